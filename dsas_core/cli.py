@@ -1,0 +1,59 @@
+"""The ``dsas`` command. Subcommands live with the code they drive: each package registers its own through the
+``dsas.commands`` entry-point group (a function ``register(subparsers)``), so adding commands edits no shared file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from importlib.metadata import entry_points
+
+from .errors import DsasError
+
+EPILOG = """examples:
+  dsas inspect assets/concepts/red-to-blue
+  dsas fit --model demo --source src.txt --target tgt.txt --control ctl.txt --out concepts/mine
+  dsas generate --model demo --prompt "a red circle on a blue background" --concept concepts/mine=0.8
+
+run `dsas COMMAND --help` for each command's options and an example."""
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """Keeps example blocks as written and shows defaults."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The top-level parser with every registered subcommand."""
+    parser = argparse.ArgumentParser(
+        prog="dsas", description="Dynamically Scaled Activation Steering for diffusers and transformers.",
+        epilog=EPILOG, formatter_class=HelpFormatter)
+    parser.add_argument("--version", action="version", version=f"dsas {_version()}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for ep in sorted(entry_points(group="dsas.commands"), key=lambda e: e.name):
+        ep.load()(sub)
+    return parser
+
+
+def _version() -> str:
+    from . import __version__
+
+    return __version__
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``dsas`` console script."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 0
+    try:
+        return int(args.func(args) or 0)
+    except DsasError as err:
+        print(f"dsas {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

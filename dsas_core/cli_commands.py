@@ -1,0 +1,48 @@
+"""Commands that need only the core: ``dsas inspect``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from .cli import HelpFormatter
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add the core's subcommands."""
+    p = sub.add_parser(
+        "inspect", help="show a saved concept: sites, gates, accuracies, what it was fitted on",
+        description="Show a saved concept directory: its transform and scaler, every site with its width, held-out "
+                    "scaler accuracy and gate, and what it was fitted on.",
+        epilog="example:\n  dsas inspect assets/concepts/red-to-blue\n  dsas inspect concepts/pear --json",
+        formatter_class=HelpFormatter)
+    p.add_argument("concept", metavar="DIR", help="a concept directory (dsas_config.json + dsas_model.safetensors)")
+    p.add_argument("--json", action="store_true", help="print the full config as JSON")
+    p.set_defaults(func=inspect_command)
+
+
+def inspect_command(args: argparse.Namespace) -> int:
+    """Print a concept's summary."""
+    from .concept import Concept
+
+    concept = Concept.from_pretrained(args.concept)
+    cfg = concept.config
+    if args.json:
+        print(json.dumps(cfg.to_dict(), indent=2, sort_keys=True))
+        return 0
+    print(f"concept     {cfg.name}")
+    print(f"transform   {cfg.transform}")
+    print(f"scaler      {cfg.scaler}  (PCA components {cfg.n_components}, gate {cfg.gate})")
+    if cfg.source_text or cfg.target_text:
+        print(f"texts       {cfg.source_text!r} -> {cfg.target_text!r}")
+    print(f"model       {cfg.model_class or 'unknown'}")
+    for key, value in sorted(cfg.fitted_on.items()):
+        print(f"  {key:<18} {value}")
+    ungated = sum(not s.scaler.gated for s in concept.sites.values())
+    print(f"sites       {len(cfg.sites)} ({ungated} active, {len(cfg.sites) - ungated} gated off)")
+    print(f"  {'site':<60} {'width':>6} {'accuracy':>9} {'gate':>6}")
+    for site in cfg.sites:
+        d = cfg.diagnostics.get(site, {})
+        acc = f"{d['accuracy']:.3f}" if "accuracy" in d else "-"
+        print(f"  {site:<60} {cfg.site_widths[site]:>6} {acc:>9} {'off' if d.get('gated') else 'on':>6}")
+    return 0

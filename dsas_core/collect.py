@@ -1,0 +1,60 @@
+"""Pooled-activation collection: the mean over tokens / positions of each site's output, per sample.
+
+Only the pooled (B, d) means are kept (float32, on the CPU), which is all that fitting needs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from .errors import DsasError
+from .hooks import HookHandle, Site, observe
+
+
+class PooledCollector(HookHandle):
+    """Collect per-sample means at ``sites`` on every forward call while attached.
+
+    Set ``mask`` (B, N) before a forward to average token sites over the masked-in tokens only (padding out);
+    set ``rows`` (a slice or index tensor over the batch) to keep only some samples (e.g. the conditional half of a
+    classifier-free-guidance batch). Feature maps (B, d, H, W) are averaged over H and W.
+    """
+
+    def __init__(self, sites: Sequence[Site]) -> None:
+        super().__init__()
+        self.sites = list(sites)
+        self.mask: Tensor | None = None
+        self.rows: slice | Tensor | None = None
+        self.store: dict[str, list[Tensor]] = {s.name: [] for s in self.sites}
+        observe(self.sites, self._take, into=self)
+
+    def _take(self, site: Site, h: Tensor) -> None:
+        x = h.detach().float()  # (B, N, d) or (B, H, W, d)
+        if site.layout == "channels":
+            pooled = x.flatten(1, -2).mean(1)
+        elif self.mask is not None and x.ndim == 3:
+            if self.mask.shape != x.shape[:2]:
+                raise DsasError(f"site {site.name!r}: mask of shape {tuple(self.mask.shape)} does not match the "
+                                f"activations' (batch, tokens) = {tuple(x.shape[:2])}.")
+            m = self.mask.to(x.device, torch.float32).unsqueeze(-1)  # (B, N, 1)
+            pooled = (x * m).sum(1) / m.sum(1).clamp_min(1.0)
+        else:
+            pooled = x.flatten(1, -2).mean(1) if x.ndim > 2 else x
+        if self.rows is not None:
+            pooled = pooled[self.rows]
+        self.store[site.name].append(pooled.cpu())
+
+    def pooled(self) -> dict[str, Tensor]:
+        """Every site's pooled activations, (n_samples_seen, d), in call order."""
+        empty = [name for name, parts in self.store.items() if not parts]
+        if empty:
+            raise DsasError(f"no activations were collected at {empty[:3]}: these sites did not run. Check the "
+                            "site names against the model (dsas sites MODEL).")
+        return {name: torch.cat(parts) for name, parts in self.store.items()}
+
+    def clear(self) -> None:
+        """Drop what was collected."""
+        for parts in self.store.values():
+            parts.clear()

@@ -1,0 +1,315 @@
+"""The only place where dsas registers and removes forward hooks.
+
+At every hooked site, one hook applies every attached concept c to the site's output h:
+
+    h' = h + Σ_c λ_c · α_c(h) · (T_c(h) − h)
+
+Composition rule: all concepts read the same, unsteered h and their updates add up, so the result does not
+depend on the order concepts were given. Math runs in float32 and is cast back to h's dtype. With every λ = 0
+and no α recorded the hook returns ``None`` and the output is untouched, bit for bit.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Iterator, Mapping, MutableMapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+from torch import Tensor, nn
+
+from .concept import Concept
+from .errors import DsasError
+from .scaler import Scaler
+from .transforms import Transform
+
+Layout = Literal["tokens", "channels"]
+
+
+@dataclass(frozen=True)
+class Site:
+    """A hookable place: a module, which element of its (tuple) output to steer, and the output's layout.
+
+    ``layout="tokens"``: (..., N, d) with the width last; ``"channels"``: (B, d, H, W) feature maps.
+    """
+
+    name: str
+    module: nn.Module
+    output_index: int | None = None
+    layout: Layout = "tokens"
+
+
+def read_output(site: Site, output: Any) -> Tensor:
+    """The steered stream of a module's output, as a tensor."""
+    value = output if site.output_index is None else output[site.output_index]
+    if not isinstance(value, Tensor):
+        where = "output" if site.output_index is None else f"output[{site.output_index}]"
+        raise DsasError(
+            f"site {site.name!r}: expected the module's {where} to be a tensor, got {type(value).__name__}. "
+            "The model's output format differs from what the adapter's site table expects: choose other sites "
+            "or update the library."
+        )
+    return value
+
+
+def write_output(site: Site, output: Any, value: Tensor) -> Any:
+    """The module's output with the steered stream replaced."""
+    if site.output_index is None:
+        return value
+    items = list(output)
+    items[site.output_index] = value
+    return type(output)(items) if isinstance(output, (tuple, list)) else tuple(items)
+
+
+def tokens_last(site: Site, h: Tensor) -> Tensor:
+    """View of h with the width last: (B, N, d) stays, (B, d, H, W) becomes (B, H, W, d)."""
+    return h.movedim(1, -1) if site.layout == "channels" else h
+
+
+class HookHandle:
+    """Owns registered hooks: ``.remove()``, or use it as a context manager (removes in ``finally``)."""
+
+    def __init__(self) -> None:
+        self._removables: list[torch.utils.hooks.RemovableHandle] = []
+
+    def _register(self, module: nn.Module, hook: Callable[..., Any]) -> None:
+        self._removables.append(module.register_forward_hook(hook, with_kwargs=True))
+
+    @property
+    def attached(self) -> bool:
+        """True until :meth:`remove`."""
+        return bool(self._removables)
+
+    def remove(self) -> None:
+        """Remove every hook this handle registered (idempotent)."""
+        while self._removables:
+            self._removables.pop().remove()
+
+    def __enter__(self) -> "HookHandle":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.remove()
+
+
+# ------------------------------------------------------------------------------------------------ observing
+def observe(sites: Sequence[Site], callback: Callable[[Site, Tensor], None], into: HookHandle | None = None) -> HookHandle:
+    """Call ``callback(site, h)`` with each site's output (width last) on every forward; changes nothing.
+
+    The hooks are registered on ``into`` (or on a new handle), which is returned."""
+    handle = into if into is not None else HookHandle()
+    for site in sites:
+        def hook(module: nn.Module, args: Any, kwargs: Any, output: Any, site: Site = site) -> None:
+            callback(site, tokens_last(site, read_output(site, output)))
+        handle._register(site.module, hook)
+    return handle
+
+
+# ------------------------------------------------------------------------------------------------ steering
+class Strengths(MutableMapping[str, float]):
+    """λ per concept name. Setting a value updates a 0-d tensor in place: no re-attach, no recompile."""
+
+    def __init__(self, initial: Mapping[str, float]) -> None:
+        self._values: dict[str, float] = {}
+        self._tensors: dict[str, Tensor] = {}
+        for name, value in initial.items():
+            self._tensors[name] = torch.zeros((), dtype=torch.float32)
+            self[name] = value
+
+    def __getitem__(self, name: str) -> float:
+        return self._values[name]
+
+    def __setitem__(self, name: str, value: float) -> None:
+        if name not in self._tensors:
+            raise DsasError(f"no concept named {name!r} is attached; attached: {sorted(self._tensors)}.")
+        try:
+            value = float(value)
+        except (TypeError, ValueError):
+            raise DsasError(f"strength for {name!r} must be a number, got {value!r}.") from None
+        if value != value or value in (float("inf"), float("-inf")):
+            raise DsasError(f"strength for {name!r} must be finite, got {value}.")
+        self._values[name] = value
+        self._tensors[name].fill_(value)
+
+    def __delitem__(self, name: str) -> None:
+        raise DsasError("strengths cannot be deleted; set them to 0 to switch a concept off.")
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._values)
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def tensor(self, name: str) -> Tensor:
+        """The 0-d float32 tensor the hooks multiply by."""
+        return self._tensors[name]
+
+    def __repr__(self) -> str:
+        return f"Strengths({self._values})"
+
+
+@dataclass
+class AlphaRecord:
+    """α of one concept at one site for one forward call: (B, N) for tokens, (B, H, W) for feature maps."""
+
+    concept: str
+    site: str
+    call: int  # index of the forward call at this site since attach
+    context: dict[str, Any]  # a copy of handle.context at the call (adapters put e.g. the denoising step here)
+    alpha: Tensor
+
+
+@dataclass
+class _Entry:
+    name: str
+    transform: Transform
+    scaler: Scaler
+    gated: bool
+
+
+@dataclass
+class _SiteHook:
+    site: Site
+    width: int
+    entries: list[_Entry]
+    handle: "SteeringHandle"
+    calls: int = 0
+    by_device: dict[torch.device, list[_Entry]] = field(default_factory=dict)
+
+    def on_device(self, device: torch.device) -> list[_Entry]:
+        """The entries with their tensors on ``device`` (copied once per device, shared when already there)."""
+        if device not in self.by_device:
+            moved = []
+            for e in self.entries:
+                t, s = e.transform, e.scaler
+                if any(b.device != device for b in [*t.parameters(), *t.buffers()]):
+                    t = copy.deepcopy(t).to(device)
+                if any(b.device != device for b in [*s.parameters(), *s.buffers()]):
+                    s = copy.deepcopy(s).to(device)
+                moved.append(_Entry(e.name, t, s, e.gated))
+            self.by_device[device] = moved
+        return self.by_device[device]
+
+    def __call__(self, module: nn.Module, args: Any, kwargs: Any, output: Any) -> Any:
+        handle = self.handle
+        call = self.calls
+        self.calls += 1
+        if not handle.enabled:
+            return None
+        strengths = handle.strengths
+        record = handle.record_alpha
+        if not record and all(strengths[e.name] == 0.0 for e in self.entries):
+            return None
+        h = read_output(self.site, output)
+        x = tokens_last(self.site, h)
+        if x.shape[-1] != self.width:
+            raise DsasError(
+                f"site {self.site.name!r} produced width {x.shape[-1]} but the concept was fitted on width "
+                f"{self.width}: the concept belongs to another model."
+            )
+        x32 = x.float()
+        adaptive = handle.adaptive
+        total: Tensor | None = None
+        for e in self.on_device(x.device):
+            steering = strengths[e.name] != 0.0
+            if not (steering or record):
+                continue
+            off = adaptive and e.gated  # α ≡ 0
+            alpha = e.scaler(x32) if adaptive and not e.gated else None  # (...,) ; None: constant 0 or 1
+            if record:
+                fill = torch.zeros if off else torch.ones
+                a = alpha if alpha is not None else fill(x32.shape[:-1], device=x.device)
+                handle.records.append(AlphaRecord(e.name, self.site.name, call, dict(handle.context), a.detach()))
+            if steering and not off:
+                delta = e.transform.delta(x32)  # (..., d) or (d,)
+                update = strengths.tensor(e.name) * (delta if alpha is None else alpha.unsqueeze(-1) * delta)
+                total = update if total is None else total + update
+        if total is None:
+            return None
+        new = (x32 + total).to(h.dtype)
+        if self.site.layout == "channels":
+            new = new.movedim(-1, 1)
+        return write_output(self.site, output, new)
+
+
+class SteeringHandle(HookHandle):
+    """Steering attached to a model. Knobs: ``strengths[name]``, ``adaptive``, ``record_alpha``, ``enabled``.
+
+    ``adaptive=False`` forces α ≡ 1 at every fitted site (plain steering, gated sites included).
+    ``context`` is copied into every :class:`AlphaRecord` (adapters store the denoising step or decode position).
+    """
+
+    def __init__(self, concepts: Sequence[Concept], strengths: Mapping[str, float], adaptive: bool, record_alpha: bool) -> None:
+        super().__init__()
+        self.concepts: dict[str, Concept] = {c.name: c for c in concepts}
+        self.strengths = Strengths(strengths)
+        self.adaptive = adaptive
+        self.record_alpha = record_alpha
+        self.enabled = True
+        self.context: dict[str, Any] = {}
+        self.records: list[AlphaRecord] = []
+
+    def alpha_records(self, concept: str | None = None, site: str | None = None) -> list[AlphaRecord]:
+        """Recorded α, optionally filtered by concept and site, in call order."""
+        return [r for r in self.records if (concept is None or r.concept == concept) and (site is None or r.site == site)]
+
+    def clear_records(self) -> None:
+        """Forget recorded α (e.g. before the next generation)."""
+        self.records.clear()
+
+    def __enter__(self) -> "SteeringHandle":
+        return self
+
+
+def attach(
+    sites: Sequence[Site],
+    concepts: Mapping[Concept, float] | Sequence[tuple[Concept, float]],
+    adaptive: bool = True,
+    record_alpha: bool = False,
+) -> SteeringHandle:
+    """Hook every site any concept steers; returns the handle (also a context manager).
+
+    ``sites`` must include every site of every concept (extra sites are ignored). Raises if a site already
+    carries dsas steering, if two concepts share a name, or if a concept names a site not given.
+    """
+    pairs = list(concepts.items()) if isinstance(concepts, Mapping) else list(concepts)
+    if not pairs:
+        raise DsasError("no concepts given: pass {concept: strength, ...}.")
+    names = [c.name for c, _ in pairs]
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise DsasError(f"two concepts share the name {dup[0]!r}: concept names must be unique; rename one (config.name).")
+    by_name = {s.name: s for s in sites}
+    if len(by_name) != len(sites):
+        raise DsasError("the same site name was given twice.")
+    for concept, _ in pairs:
+        unknown = [s for s in concept.config.sites if s not in by_name]
+        if unknown:
+            raise DsasError(f"concept {concept.name!r} steers sites the model does not offer: {unknown[:3]}; "
+                            "fit the concept on this model.")
+    handle = SteeringHandle([c for c, _ in pairs], {c.name: lam for c, lam in pairs}, adaptive, record_alpha)
+    used = [s for s in sites if any(s.name in c.sites for c, _ in pairs)]
+    for site in used:
+        for hook in site.module._forward_hooks.values():
+            if isinstance(hook, _SiteHook) and hook.site.output_index == site.output_index and hook.handle.attached:
+                raise DsasError(
+                    f"site {site.name!r} is already steered by another handle: remove it first (handle.remove()), "
+                    "or pass every concept in one steer(...) call."
+                )
+    try:
+        for site in used:
+            entries = [
+                _Entry(c.name, c.sites[site.name].transform, c.sites[site.name].scaler, c.sites[site.name].scaler.gated)
+                for c, _ in pairs if site.name in c.sites
+            ]
+            widths = {c.name: c.config.site_widths[site.name] for c, _ in pairs if site.name in c.sites}
+            if len(set(widths.values())) > 1:
+                raise DsasError(f"concepts disagree on the width of site {site.name!r}: {widths}; one of them "
+                                "was fitted on another model.")
+            width = next(iter(widths.values()))
+            handle._register(site.module, _SiteHook(site, width, entries, handle))
+    except BaseException:
+        handle.remove()
+        raise
+    return handle

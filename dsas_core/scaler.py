@@ -1,0 +1,154 @@
+"""Scalers α: *when* and *how strongly* to steer, per token or per image position, in [0, 1].
+
+``ProbeScaler`` is the paper's: PCA to r components (scores standardised to unit variance), then an L2 logistic
+regression (C = 1, balanced classes) on pooled *source* (steer here) vs *control* (leave alone) activations,
+folded into a single ``sigmoid(w·h + b)``. A site whose k-fold held-out accuracy is below the gate is switched
+off (α ≡ 0). ``ConstantScaler`` is α ≡ 1: plain steering.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from .errors import DsasError, check_activations, check_same_width
+from .linear import fit_logistic, fit_pca
+
+DEFAULT_COMPONENTS = 5
+DEFAULT_GATE = 0.75
+DEFAULT_FOLDS = 5
+
+
+@dataclass
+class ProbeFit:
+    """What fitting a probe measured, kept in the concept's diagnostics."""
+
+    accuracy: float  # k-fold held-out balanced accuracy, source vs control
+    gated: bool  # accuracy < gate: α ≡ 0 at this site
+    n_source: int
+    n_control: int
+
+
+class Scaler(nn.Module):
+    """Base class: ``forward(h (..., d)) -> α (...)`` in float32."""
+
+    kind: ClassVar[str]
+    names: ClassVar[tuple[str, ...]] = ()
+    gated: bool = False
+
+    def __init__(self, **tensors: Tensor) -> None:
+        super().__init__()
+        for key in self.names:
+            self.register_buffer(key, tensors[key].detach().to(torch.float32).clone())
+
+    def tensors(self) -> dict[str, Tensor]:
+        """The learned state, for safetensors."""
+        return {k: getattr(self, k) for k in self.names}
+
+    @classmethod
+    def from_tensors(cls, tensors: dict[str, Tensor]) -> "Scaler":
+        """Rebuild from :meth:`tensors`."""
+        return cls(**{k: tensors[k] for k in cls.names})
+
+    @classmethod
+    def expected_shapes(cls, width: int, n_components: int) -> dict[str, tuple[int, ...]]:
+        """Shape of each saved tensor."""
+        return {}
+
+
+class ConstantScaler(Scaler):
+    """α ≡ 1 everywhere: plain (non-adaptive) steering."""
+
+    kind = "constant"
+
+    def forward(self, h: Tensor) -> Tensor:
+        return torch.ones(h.shape[:-1], dtype=torch.float32, device=h.device)
+
+
+class ProbeScaler(Scaler):
+    """Per-position α = sigmoid(w·h + b), with the PCA + logistic regression folded into (w, b).
+
+    The unfolded pieces are kept for inspection: ``mean`` (d,), ``components`` (r, d), ``scale`` (r,),
+    ``coef`` (r,), ``intercept`` ().
+    """
+
+    kind = "probe"
+    names = ("weight", "bias", "mean", "components", "scale", "coef", "intercept")
+
+    def forward(self, h: Tensor) -> Tensor:
+        return torch.sigmoid(h @ self.weight + self.bias)  # (..., d) -> (...)
+
+    @classmethod
+    def expected_shapes(cls, width: int, n_components: int) -> dict[str, tuple[int, ...]]:
+        r = n_components
+        return {"weight": (width,), "bias": (), "mean": (width,), "components": (r, width), "scale": (r,),
+                "coef": (r,), "intercept": ()}
+
+    @classmethod
+    def fit(
+        cls, source: Tensor, control: Tensor, n_components: int = DEFAULT_COMPONENTS, gate: float = DEFAULT_GATE,
+        folds: int = DEFAULT_FOLDS, seed: int = 0,
+    ) -> tuple["ProbeScaler", ProbeFit]:
+        """Fit on pooled source (n_s, d) vs control (n_c, d); returns the scaler and its diagnostics."""
+        s = check_activations(source, "source activations (scaler)")
+        c = check_activations(control, "control activations (scaler)")
+        check_same_width(s, c, "source activations", "control activations")
+        x = torch.cat([s, c])  # (n, d)
+        y = torch.cat([torch.ones(len(s)), torch.zeros(len(c))])
+        k = min(folds, len(s), len(c))
+        smallest_train = len(x) - -(-len(x) // k)  # n minus the largest held-out fold
+        limit = min(smallest_train, x.shape[1])
+        if not 1 <= n_components <= limit:
+            raise DsasError(
+                f"n_components={n_components} is too large: with {len(s)} source and {len(c)} control samples "
+                f"of width {x.shape[1]}, a {k}-fold split leaves {smallest_train} training samples, so at most "
+                f"{limit} components can be estimated. Use n_components <= {limit}, or give more prompts."
+            )
+        accuracy = _held_out_accuracy(x, y, n_components, k, seed)
+        w, b, parts = _fit_folded(x, y, n_components)
+        scaler = cls(weight=w, bias=b, **parts)
+        scaler.gated = accuracy < gate
+        return scaler, ProbeFit(accuracy=accuracy, gated=scaler.gated, n_source=len(s), n_control=len(c))
+
+
+def _fit_folded(x: Tensor, y: Tensor, r: int) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+    """PCA(r) + logistic regression, folded: α = sigmoid(w̃·h + b̃) with w̃ = Pᵀ(coef/scale), b̃ = b − w̃·μ."""
+    pca = fit_pca(x, r)
+    coef, intercept = fit_logistic(pca.scores(x), y)
+    w = pca.components.T @ (coef / pca.scale)  # (d,)
+    b = intercept - w @ pca.mean
+    parts = {"mean": pca.mean, "components": pca.components, "scale": pca.scale, "coef": coef, "intercept": intercept}
+    return w, b, parts
+
+
+def _held_out_accuracy(x: Tensor, y: Tensor, r: int, k: int, seed: int) -> float:
+    """Stratified k-fold balanced accuracy of the folded probe."""
+    gen = torch.Generator().manual_seed(seed)
+    fold = torch.empty(len(y), dtype=torch.long)
+    for label in (0, 1):
+        idx = torch.nonzero(y == label).flatten()
+        idx = idx[torch.randperm(len(idx), generator=gen)]
+        fold[idx] = torch.arange(len(idx)) % k
+    pred = torch.empty_like(y)
+    for f in range(k):
+        test = fold == f
+        w, b, _ = _fit_folded(x[~test], y[~test], r)
+        pred[test] = ((x[test] @ w + b) > 0).to(y.dtype)
+    recall = [((pred == y) & (y == label)).sum() / (y == label).sum() for label in (0, 1)]
+    return float((recall[0] + recall[1]) / 2)
+
+
+SCALERS: dict[str, type[Scaler]] = {c.kind: c for c in (ProbeScaler, ConstantScaler)}
+SCALER_NAMES = ("probe", "prompt", "constant", "e2e")  # every name the config accepts; adapters supply the rest
+
+
+def scaler_class(name: str) -> type[Scaler]:
+    """Look a per-site scaler up by name, with an error listing the known ones."""
+    if name in SCALERS:
+        return SCALERS[name]
+    if name in SCALER_NAMES:
+        raise DsasError(f"scaler {name!r} is not available in this version; use one of {sorted(SCALERS)}.")
+    raise DsasError(f"unknown scaler {name!r}; choose one of {list(SCALER_NAMES)}.")

@@ -1,0 +1,179 @@
+"""Hooks apply h + λ·α·(T(h) − h) exactly, leave no trace when removed, and refuse double attachment."""
+
+import pytest
+import torch
+
+from dsas_core import DsasError, Site, attach, fit_from_activations
+from helpers import D, N, Toy, cloud, unit
+
+
+def make_concept(name="c", sites=("inner",), transform="mean_shift", scaler="probe", seed=0):
+    u = 4 * unit(seed=seed)
+    acts = {
+        "source": {s: cloud(N, 1.0, seed=seed + 1, shift=u).float() for s in sites},
+        "target": {s: cloud(N, 1.0, seed=seed + 2, shift=-u).float() for s in sites},
+        "control": {s: cloud(N, 1.0, seed=seed + 3).float() for s in sites},
+    }
+    return fit_from_activations(name, acts["source"], acts["target"], acts["control"], transform=transform,
+                                scaler=scaler, progress=False)
+
+
+def toy_sites(model):
+    return [Site("inner", model.inner), Site("outer", model.outer), Site("conv", model.conv, layout="channels")]
+
+
+def inputs(seed=5):
+    return torch.randn(2, 7, D, generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("transform", ["mean_shift", "itic", "linear_act"])
+@pytest.mark.parametrize("lam", [0.7, -1.3])
+def test_hooked_output_equals_the_formula_written_out(transform, lam):
+    model, x = Toy(), inputs()
+    concept = make_concept(transform=transform)
+    h = model.inner(x)
+    steer = concept.sites["inner"]
+    alpha = torch.sigmoid(h @ steer.scaler.weight + steer.scaler.bias).unsqueeze(-1)
+    h_new = h + lam * alpha * (steer.transform.delta(h) + h - h)
+    expected = model.outer(torch.tanh(h_new))
+    with attach(toy_sites(model), {concept: lam}):
+        got = model(x)
+    assert torch.allclose(got, expected, atol=1e-6, rtol=0)
+
+
+def test_channel_layout_applies_alpha_per_spatial_position():
+    model = Toy()
+    concept = make_concept(sites=("conv",))
+    x = torch.randn(2, D, 3, 4, generator=torch.Generator().manual_seed(6))
+    h = model.conv(x).movedim(1, -1)  # (B, H, W, D)
+    s = concept.sites["conv"]
+    expected = (h + 0.5 * torch.sigmoid(h @ s.scaler.weight + s.scaler.bias).unsqueeze(-1) * s.transform.shift).movedim(-1, 1)
+    with attach(toy_sites(model), {concept: 0.5}, record_alpha=True) as handle:
+        got = model.conv(x)
+    assert torch.allclose(got, expected, atol=1e-6, rtol=0)
+    assert handle.records[0].alpha.shape == (2, 3, 4)
+
+
+def test_strength_zero_returns_the_input_bit_for_bit():
+    model, x = Toy(), inputs()
+    before = model(x)
+    with attach(toy_sites(model), {make_concept(): 0.0}):
+        assert torch.equal(model(x), before)
+
+
+def test_outputs_are_bit_identical_after_remove_and_no_hooks_remain():
+    model, x = Toy(), inputs()
+    before = model(x)
+    handle = attach(toy_sites(model), {make_concept(): 1.0})
+    assert not torch.equal(model(x), before)
+    handle.remove()
+    assert torch.equal(model(x), before)
+    assert sum(len(m._forward_hooks) for m in model.modules()) == 0
+
+
+def test_an_exception_inside_the_context_manager_removes_the_hooks():
+    model, x = Toy(), inputs()
+    before = model(x)
+    with pytest.raises(RuntimeError, match="boom"):
+        with attach(toy_sites(model), {make_concept(): 1.0}):
+            raise RuntimeError("boom")
+    assert torch.equal(model(x), before)
+    assert sum(len(m._forward_hooks) for m in model.modules()) == 0
+
+
+def test_attaching_a_site_twice_raises():
+    model = Toy()
+    with attach(toy_sites(model), {make_concept("a"): 1.0}):
+        with pytest.raises(DsasError, match="already steered"):
+            attach(toy_sites(model), {make_concept("b"): 1.0})
+
+
+def test_two_concepts_with_one_name_raise():
+    with pytest.raises(DsasError, match="share the name 'same'"):
+        attach(toy_sites(Toy()), {make_concept("same"): 1.0, make_concept("same", seed=9): 1.0})
+
+
+def test_non_adaptive_mode_gives_alpha_one_everywhere_and_equals_plain_steering():
+    model, x = Toy(), inputs()
+    concept = make_concept()
+    h = model.inner(x)
+    expected = model.outer(torch.tanh(h + 0.8 * concept.sites["inner"].transform.shift))
+    with attach(toy_sites(model), {concept: 0.8}, adaptive=False, record_alpha=True) as handle:
+        got = model(x)
+    assert torch.allclose(got, expected, atol=1e-6, rtol=0)
+    assert torch.equal(handle.records[0].alpha, torch.ones(2, 7))
+
+
+def test_two_concepts_at_one_site_add_their_updates_from_the_same_input():
+    model, x = Toy(), inputs()
+    a, b = make_concept("a"), make_concept("b", seed=40, transform="linear_act")
+    h = model.inner(x)
+    upd = 0
+    for c, lam in ((a, 0.5), (b, -0.25)):
+        s = c.sites["inner"]
+        upd = upd + lam * torch.sigmoid(h @ s.scaler.weight + s.scaler.bias).unsqueeze(-1) * s.transform.delta(h)
+    with attach(toy_sites(model), {a: 0.5, b: -0.25}):
+        got = model(x)
+    assert torch.allclose(got, model.outer(torch.tanh(h + upd)), atol=1e-6, rtol=0)
+
+
+def test_changing_a_strength_between_calls_needs_no_reattach():
+    model, x = Toy(), inputs()
+    concept = make_concept()
+    with attach(toy_sites(model), {concept: 1.0}) as handle:
+        one = model(x)
+        handle.strengths["c"] = 0.0
+        zero = model(x)
+        handle.strengths["c"] = 1.0
+        again = model(x)
+    assert torch.equal(zero, Toy()(x)) and torch.equal(one, again)
+
+
+def test_gated_sites_get_alpha_zero_unless_steering_is_plain():
+    model, x = Toy(), inputs()
+    src, ctl = cloud(N, 1.0, seed=50).float(), cloud(N, 1.0, seed=51).float()  # no signal: gated
+    concept = fit_from_activations("g", {"inner": src}, {"inner": src + 1}, {"inner": ctl}, progress=False)
+    assert concept.config.diagnostics["inner"]["gated"] is True
+    before = model(x)
+    with attach(toy_sites(model), {concept: 1.0}, record_alpha=True) as handle:
+        assert torch.equal(model(x), before)
+        assert torch.equal(handle.records[0].alpha, torch.zeros(2, 7))
+        handle.adaptive = False
+        assert not torch.equal(model(x), before)
+
+
+def test_fp16_activations_are_steered_in_float32_and_cast_back():
+    model = Toy().half()
+    x = inputs().half()
+    concept = make_concept()
+    h = model.inner(x)
+    s = concept.sites["inner"]
+    h32 = h.float()
+    expected = (h32 + 0.5 * torch.sigmoid(h32 @ s.scaler.weight + s.scaler.bias).unsqueeze(-1) * s.transform.shift).half()
+    with attach([Site("inner", model.inner)], {concept: 0.5}):
+        got = model.inner(x)
+    assert got.dtype == torch.float16
+    assert torch.equal(got, expected)
+
+
+def test_a_concept_of_another_width_is_refused_at_run_time():
+    model = Toy()
+    wide = fit_from_activations("w", {"inner": torch.randn(8, D + 2)}, {"inner": torch.randn(8, D + 2)},
+                                None, scaler="constant", progress=False)
+    with attach([Site("inner", model.inner)], {wide: 1.0}):
+        with pytest.raises(DsasError, match="width 64 but the concept was fitted on width 66"):
+            model(inputs())
+
+
+def test_a_tuple_output_is_steered_at_the_chosen_index_only():
+    class Pair(torch.nn.Module):
+        def forward(self, x):
+            return (x * 2, x * 3)
+
+    mod, x = Pair(), inputs()
+    concept = make_concept(sites=("pair",))
+    with attach([Site("pair", mod, output_index=1)], {concept: 1.0}):
+        first, second = mod(x)
+    assert torch.equal(first, x * 2)
+    assert not torch.equal(second, x * 3)
+

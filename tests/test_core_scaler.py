@@ -1,0 +1,46 @@
+"""The probe scaler separates planted source from control, at every scale, and gates sites with no signal."""
+
+import pytest
+import torch
+
+from dsas_core import DsasError, ProbeScaler
+from dsas_core.scaler import scaler_class
+from helpers import N, SCALES, cloud, unit
+
+
+@pytest.mark.parametrize("scale", SCALES)
+def test_probe_alpha_is_high_on_held_out_source_and_low_on_held_out_control(scale):
+    """Source and control means 4σ apart along u, σ the norm of the noise vectors."""
+    u = 4 * unit(seed=20)
+    scaler, fit = ProbeScaler.fit(cloud(N, scale, seed=21, shift=u), cloud(N, scale, seed=22))
+    held_src = cloud(500, scale, seed=23, shift=u).float()
+    held_ctl = cloud(500, scale, seed=24).float()
+    assert (scaler(held_src) >= 0.9).float().mean().item() >= 0.95
+    assert (scaler(held_ctl) <= 0.1).float().mean().item() >= 0.95
+    assert fit.accuracy == 1.0 and not fit.gated
+
+
+@pytest.mark.parametrize("scale", SCALES)
+def test_a_site_with_no_signal_is_gated_off(scale):
+    scaler, fit = ProbeScaler.fit(cloud(N, scale, seed=25), cloud(N, scale, seed=26))
+    assert fit.accuracy < 0.75
+    assert scaler.gated
+
+
+def test_folded_probe_equals_pca_then_logistic_regression():
+    u = 4 * unit(seed=27)
+    scaler, _ = ProbeScaler.fit(cloud(N, 1.0, seed=28, shift=u), cloud(N, 1.0, seed=29))
+    h = cloud(10, 1.0, seed=30, shift=u / 2).float()
+    scores = (h - scaler.mean) @ scaler.components.T / scaler.scale
+    unfolded = torch.sigmoid(scores @ scaler.coef + scaler.intercept)
+    assert torch.allclose(scaler(h), unfolded, atol=1e-5)
+
+
+def test_more_components_than_samples_is_refused():
+    with pytest.raises(DsasError, match="n_components=40 is too large"):
+        ProbeScaler.fit(cloud(8, 1.0, seed=31), cloud(8, 1.0, seed=32), n_components=40)
+
+
+def test_an_unknown_scaler_name_lists_the_known_ones():
+    with pytest.raises(DsasError, match="choose one of .*probe"):
+        scaler_class("probes")
