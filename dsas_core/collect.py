@@ -19,7 +19,8 @@ class PooledCollector(HookHandle):
 
     Set ``mask`` (B, N) before a forward to average token sites over the masked-in tokens only (padding out);
     set ``rows`` (a slice or index tensor over the batch) to keep only some samples (e.g. the conditional half of a
-    classifier-free-guidance batch). Feature maps (B, d, H, W) are averaged over H and W.
+    classifier-free-guidance batch); set ``enabled = False`` to skip calls (e.g. denoising steps not collected).
+    Feature maps (B, d, H, W) are averaged over H and W.
     """
 
     def __init__(self, sites: Sequence[Site]) -> None:
@@ -27,10 +28,13 @@ class PooledCollector(HookHandle):
         self.sites = list(sites)
         self.mask: Tensor | None = None
         self.rows: slice | Tensor | None = None
+        self.enabled = True
         self.store: dict[str, list[Tensor]] = {s.name: [] for s in self.sites}
         observe(self.sites, self._take, into=self)
 
     def _take(self, site: Site, h: Tensor) -> None:
+        if not self.enabled:
+            return
         x = h.detach().float()  # (B, N, d) or (B, H, W, d)
         if site.layout == "channels":
             pooled = x.flatten(1, -2).mean(1)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
@@ -17,15 +18,20 @@ from .transforms import transform_class
 def fit_site(
     source: Tensor, target: Tensor, control: Tensor | None, transform: str, scaler: str,
     n_components: int = DEFAULT_COMPONENTS, gate: float = DEFAULT_GATE, seed: int = 0,
+    groups: tuple[Tensor, Tensor] | None = None,
 ) -> tuple[SiteSteer, dict[str, Any]]:
-    """Fit one site from pooled (n, d) activations; returns the pair and its diagnostics."""
+    """Fit one site from pooled (n, d) activations; returns the pair and its diagnostics.
+
+    ``groups`` = (source groups (n_s,), control groups (n_c,)): rows sharing a group id (one prompt seen at several
+    steps) stay in one cross-validation fold."""
     t = transform_class(transform).fit(source, target)
     diag: dict[str, Any] = {"n_source": int(source.shape[0]), "n_target": int(target.shape[0])}
     s: Scaler
     if scaler == "probe":
         if control is None:
             raise DsasError("the 'probe' scaler needs control activations (inputs to leave alone).")
-        s, probe = ProbeScaler.fit(source, control, n_components=n_components, gate=gate, seed=seed)
+        both = None if groups is None else torch.cat([groups[0], groups[1] + int(groups[0].max()) + 1])
+        s, probe = ProbeScaler.fit(source, control, n_components=n_components, gate=gate, seed=seed, groups=both)
         diag |= {"accuracy": probe.accuracy, "gated": probe.gated, "n_control": probe.n_control}
     elif scaler == "constant":
         s = ConstantScaler()
@@ -45,6 +51,7 @@ def fit_from_activations(
     n_components: int = DEFAULT_COMPONENTS,
     gate: float = DEFAULT_GATE,
     seed: int = 0,
+    groups: tuple[Tensor, Tensor] | None = None,
     progress: bool = True,
     **config: Any,
 ) -> Concept:
@@ -64,7 +71,7 @@ def fit_from_activations(
         try:
             pairs[site], diagnostics[site] = fit_site(
                 source[site], target[site], None if control is None else control[site], transform, scaler,
-                n_components=n_components, gate=gate, seed=seed)
+                n_components=n_components, gate=gate, seed=seed, groups=groups)
         except DsasError as err:
             raise DsasError(f"site {site!r}: {err}") from None
     widths = {site: int(source[site].shape[-1]) for site in sites}

@@ -76,6 +76,15 @@ class HookHandle:
     def _register(self, module: nn.Module, hook: Callable[..., Any]) -> None:
         self._removables.append(module.register_forward_hook(hook, with_kwargs=True))
 
+    def before_calls(self, module: nn.Module, fn: Callable[[tuple[Any, ...], dict[str, Any]], None]) -> None:
+        """Run ``fn(args, kwargs)`` before every call of ``module`` (e.g. to track the denoising step);
+        removed with this handle. ``fn`` must not change the inputs."""
+
+        def pre_hook(mod: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+            fn(args, kwargs)
+
+        self._removables.append(module.register_forward_pre_hook(pre_hook, with_kwargs=True))
+
     @property
     def attached(self) -> bool:
         """True until :meth:`remove`."""
@@ -217,6 +226,8 @@ class _SiteHook:
                 continue
             off = adaptive and e.gated  # α ≡ 0
             alpha = e.scaler(x32) if adaptive and not e.gated else None  # (...,) ; None: constant 0 or 1
+            if alpha is not None and handle.alpha_rows is not None:
+                alpha = alpha[handle.alpha_rows]  # e.g. the unconditional half of a CFG batch reuses its pair's α
             if record:
                 fill = torch.zeros if off else torch.ones
                 a = alpha if alpha is not None else fill(x32.shape[:-1], device=x.device)
@@ -238,6 +249,7 @@ class SteeringHandle(HookHandle):
 
     ``adaptive=False`` forces α ≡ 1 at every fitted site (plain steering, gated sites included).
     ``context`` is copied into every :class:`AlphaRecord` (adapters store the denoising step or decode position).
+    ``alpha_rows`` (B,), when set, makes sample i use the α computed for sample ``alpha_rows[i]``.
     """
 
     def __init__(self, concepts: Sequence[Concept], strengths: Mapping[str, float], adaptive: bool, record_alpha: bool) -> None:
@@ -248,6 +260,7 @@ class SteeringHandle(HookHandle):
         self.record_alpha = record_alpha
         self.enabled = True
         self.context: dict[str, Any] = {}
+        self.alpha_rows: Tensor | None = None
         self.records: list[AlphaRecord] = []
 
     def alpha_records(self, concept: str | None = None, site: str | None = None) -> list[AlphaRecord]:

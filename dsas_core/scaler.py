@@ -90,15 +90,27 @@ class ProbeScaler(Scaler):
     @classmethod
     def fit(
         cls, source: Tensor, control: Tensor, n_components: int = DEFAULT_COMPONENTS, gate: float = DEFAULT_GATE,
-        folds: int = DEFAULT_FOLDS, seed: int = 0,
+        folds: int = DEFAULT_FOLDS, seed: int = 0, groups: Tensor | None = None,
     ) -> tuple["ProbeScaler", ProbeFit]:
-        """Fit on pooled source (n_s, d) vs control (n_c, d); returns the scaler and its diagnostics."""
+        """Fit on pooled source (n_s, d) vs control (n_c, d); returns the scaler and its diagnostics.
+
+        ``groups`` (n_s + n_c,) keeps rows of one group (e.g. one prompt at several denoising steps) in the same
+        fold, so the held-out accuracy is measured on unseen prompts.
+        """
         s = check_activations(source, "source activations (scaler)")
         c = check_activations(control, "control activations (scaler)")
         check_same_width(s, c, "source activations", "control activations")
         x = torch.cat([s, c])  # (n, d)
         y = torch.cat([torch.ones(len(s)), torch.zeros(len(c))])
-        k = min(folds, len(s), len(c))
+        if groups is None:
+            groups = torch.arange(len(x))
+        elif groups.shape != (len(x),):
+            raise DsasError(f"groups must have one entry per sample ({len(x)}), got shape {tuple(groups.shape)}.")
+        n_groups = [len(torch.unique(groups[y == label])) for label in (1, 0)]
+        k = min(folds, *n_groups)
+        if k < 2:
+            raise DsasError(f"the scaler needs at least 2 distinct source and 2 distinct control inputs, got "
+                            f"{n_groups[0]} and {n_groups[1]}: add prompts to the smaller set.")
         smallest_train = len(x) - -(-len(x) // k)  # n minus the largest held-out fold
         limit = min(smallest_train, x.shape[1])
         if not 1 <= n_components <= limit:
@@ -107,7 +119,7 @@ class ProbeScaler(Scaler):
                 f"of width {x.shape[1]}, a {k}-fold split leaves {smallest_train} training samples, so at most "
                 f"{limit} components can be estimated. Use n_components <= {limit}, or give more prompts."
             )
-        accuracy = _held_out_accuracy(x, y, n_components, k, seed)
+        accuracy = _held_out_accuracy(x, y, groups, n_components, k, seed)
         w, b, parts = _fit_folded(x, y, n_components)
         scaler = cls(weight=w, bias=b, **parts)
         scaler.gated = accuracy < gate
@@ -124,14 +136,15 @@ def _fit_folded(x: Tensor, y: Tensor, r: int) -> tuple[Tensor, Tensor, dict[str,
     return w, b, parts
 
 
-def _held_out_accuracy(x: Tensor, y: Tensor, r: int, k: int, seed: int) -> float:
-    """Stratified k-fold balanced accuracy of the folded probe."""
+def _held_out_accuracy(x: Tensor, y: Tensor, groups: Tensor, r: int, k: int, seed: int) -> float:
+    """Stratified, group-aware k-fold balanced accuracy of the folded probe."""
     gen = torch.Generator().manual_seed(seed)
     fold = torch.empty(len(y), dtype=torch.long)
     for label in (0, 1):
-        idx = torch.nonzero(y == label).flatten()
-        idx = idx[torch.randperm(len(idx), generator=gen)]
-        fold[idx] = torch.arange(len(idx)) % k
+        members = torch.unique(groups[y == label])
+        members = members[torch.randperm(len(members), generator=gen)]
+        for i, g in enumerate(members.tolist()):
+            fold[(groups == g) & (y == label)] = i % k
     pred = torch.empty_like(y)
     for f in range(k):
         test = fold == f
