@@ -85,6 +85,15 @@ class HookHandle:
 
         self._removables.append(module.register_forward_pre_hook(pre_hook, with_kwargs=True))
 
+    def after_calls(self, module: nn.Module, fn: Callable[[Any], None]) -> None:
+        """Run ``fn(output)`` after every call of ``module`` with its raw output (e.g. to learn whether it is a
+        tensor or a tuple); removed with this handle. ``fn`` must not change the output."""
+
+        def post_hook(mod: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> None:
+            fn(output)
+
+        self._register(module, post_hook)
+
     @property
     def attached(self) -> bool:
         """True until :meth:`remove`."""
