@@ -289,11 +289,13 @@ def attach(
     concepts: Mapping[Concept, float] | Sequence[tuple[Concept, float]],
     adaptive: bool = True,
     record_alpha: bool = False,
+    handle_class: type[SteeringHandle] = SteeringHandle,
 ) -> SteeringHandle:
     """Hook every site any concept steers; returns the handle (also a context manager).
 
     ``sites`` must include every site of every concept (extra sites are ignored). Raises if a site already
-    carries dsas steering, if two concepts share a name, or if a concept names a site not given.
+    carries dsas steering, if two concepts share a name, or if a concept names a site not given. Adapters pass
+    their own ``handle_class`` (a subclass adding e.g. α maps).
     """
     pairs = list(concepts.items()) if isinstance(concepts, Mapping) else list(concepts)
     if not pairs:
@@ -310,7 +312,7 @@ def attach(
         if unknown:
             raise DsasError(f"concept {concept.name!r} steers sites the model does not offer: {unknown[:3]}; "
                             "fit the concept on this model.")
-    handle = SteeringHandle([c for c, _ in pairs], {c.name: lam for c, lam in pairs}, adaptive, record_alpha)
+    handle = handle_class([c for c, _ in pairs], {c.name: lam for c, lam in pairs}, adaptive, record_alpha)
     used = [s for s in sites if any(s.name in c.sites for c, _ in pairs)]
     for site in used:
         for hook in site.module._forward_hooks.values():

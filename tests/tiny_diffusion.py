@@ -1,0 +1,89 @@
+"""Tiny random-initialised diffusers pipelines built offline from configs (shared by the diffusion tests)."""
+
+from __future__ import annotations
+
+import functools
+import tempfile
+
+import torch
+
+SIZE = 16  # image side; latents are 8×8
+
+
+@functools.lru_cache(maxsize=1)
+def tokenizer_dir() -> str:
+    """A CLIP tokenizer folder rebuilt from open_clip's bundled vocabulary (written once per test session)."""
+    from dsas_diffusion.demo.tokenizer import write_clip_tokenizer
+
+    return str(write_clip_tokenizer(tempfile.mkdtemp(prefix="dsas-tok-"), model_max_length=16))
+
+
+def _text_encoder(seed: int, projection: bool = False):
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    torch.manual_seed(seed)
+    cfg = CLIPTextConfig(vocab_size=49408, hidden_size=32, intermediate_size=64, projection_dim=32,
+                         num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=16,
+                         bos_token_id=49406, eos_token_id=49407, pad_token_id=49407)
+    return (CLIPTextModelWithProjection if projection else CLIPTextModel)(cfg).eval()
+
+
+def _vae():
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(1)
+    return AutoencoderKL(block_out_channels=(8, 8), in_channels=3, out_channels=3, latent_channels=4,
+                         down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+                         norm_num_groups=4, sample_size=SIZE).eval()
+
+
+def _scheduler():
+    from diffusers import DDIMScheduler
+
+    return DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, clip_sample=False,
+                         set_alpha_to_one=False, steps_offset=1)
+
+
+def tiny_sd():
+    """A StableDiffusionPipeline: 2-level UNet with self- and cross-attention at both levels."""
+    from diffusers import StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTokenizer
+
+    torch.manual_seed(2)
+    unet = UNet2DConditionModel(
+        sample_size=SIZE // 2, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(16, 32),
+        down_block_types=("CrossAttnDownBlock2D",) * 2, up_block_types=("CrossAttnUpBlock2D",) * 2,
+        cross_attention_dim=32, attention_head_dim=4, norm_num_groups=8).eval()
+    pipe = StableDiffusionPipeline(
+        vae=_vae(), text_encoder=_text_encoder(3), tokenizer=CLIPTokenizer.from_pretrained(tokenizer_dir()),
+        unet=unet, scheduler=_scheduler(), safety_checker=None, feature_extractor=None,
+        requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def tiny_sdxl():
+    """A StableDiffusionXLPipeline with two text encoders and text-time conditioning."""
+    from diffusers import StableDiffusionXLPipeline, UNet2DConditionModel
+    from transformers import CLIPTokenizer
+
+    torch.manual_seed(4)
+    unet = UNet2DConditionModel(
+        sample_size=SIZE // 2, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(16, 32),
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=64, attention_head_dim=(2, 4), transformer_layers_per_block=(1, 2), norm_num_groups=8,
+        addition_embed_type="text_time", addition_time_embed_dim=8, projection_class_embeddings_input_dim=32 + 6 * 8,
+        use_linear_projection=True).eval()
+    tok = CLIPTokenizer.from_pretrained(tokenizer_dir())
+    pipe = StableDiffusionXLPipeline(
+        vae=_vae(), text_encoder=_text_encoder(5), text_encoder_2=_text_encoder(6, projection=True), tokenizer=tok,
+        tokenizer_2=tok, unet=unet, scheduler=_scheduler(), force_zeros_for_empty_prompt=False)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def run(pipe, prompt, seed=0, steps=2, **kwargs):
+    """One seeded call at SIZE×SIZE; returns the images as a float tensor (B, H, W, 3)."""
+    out = pipe(prompt, num_inference_steps=steps, height=SIZE, width=SIZE, output_type="np",
+               generator=torch.Generator().manual_seed(seed), **kwargs)
+    return torch.from_numpy(out.images)
