@@ -1,0 +1,150 @@
+"""``dsas fit``, ``dsas generate`` and ``dsas sites`` for diffusers pipelines."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from dsas_core.cli import HelpFormatter
+
+MODEL_HELP = "'demo' (the bundled tiny model), a local diffusers folder, or a hub id"
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add the diffusion subcommands."""
+    p = sub.add_parser(
+        "fit", help="fit a concept on a diffusers pipeline from three prompt files", formatter_class=HelpFormatter,
+        description="Fit a concept: the transform on source vs target prompts, the DSAS scaler on source vs "
+                    "control prompts. Prompt files hold one prompt per line ('#' comments and blank lines ignored).",
+        epilog="example:\n  dsas fit --model demo --source assets/prompts/red_circles.txt \\\n"
+               "    --target assets/prompts/blue_circles.txt --control assets/prompts/other_shapes.txt \\\n"
+               "    --name red-to-blue --source-text 'a red shape' --target-text 'a blue shape' --out concepts/red-to-blue")
+    p.add_argument("--model", default="demo", help=MODEL_HELP)
+    p.add_argument("--source", required=True, help="prompts where the concept should act")
+    p.add_argument("--target", required=True, help="the source prompts with the wanted change")
+    p.add_argument("--control", help="prompts to leave alone (needed by the probe scaler)")
+    p.add_argument("--transform", default="mean_shift", choices=["mean_shift", "itic", "linear_act", "lineas"])
+    p.add_argument("--scaler", default="probe", choices=["probe", "constant"])
+    p.add_argument("--name", default=None, help="concept name (default: the output folder's name)")
+    p.add_argument("--source-text", default=None, help="short description of the source, for CLIP scores")
+    p.add_argument("--target-text", default=None, help="short description of the target, for CLIP scores")
+    p.add_argument("--sites", default=None, help="regex over site names (default: every attention output)")
+    p.add_argument("--steps", type=int, default=10, help="inference steps of the fitting runs")
+    p.add_argument("--collect-steps", default=None, help="comma-separated steps to pool (default: all)")
+    p.add_argument("--guidance", type=float, default=None, help="guidance scale (default: the pipeline's)")
+    p.add_argument("--incremental", type=int, default=0, help="fit sites in K groups, earlier groups steered")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, help="output concept folder")
+    p.set_defaults(func=fit_command)
+
+    p = sub.add_parser(
+        "generate", help="generate an image with concepts steered", formatter_class=HelpFormatter,
+        description="Generate one image, steered by one or more concepts (DIR or DIR=STRENGTH).",
+        epilog="example:\n  dsas generate --model demo --prompt 'a red circle on a white background' \\\n"
+               "    --concept assets/concepts/red-to-blue=1.0 --out steered.png --alpha-map alpha.png")
+    p.add_argument("--model", default="demo", help=MODEL_HELP)
+    p.add_argument("--prompt", required=True)
+    p.add_argument("--negative-prompt", default=None)
+    p.add_argument("--concept", action="append", default=[], metavar="DIR[=STRENGTH]", help="repeatable")
+    p.add_argument("--constant", action="store_true", help="plain steering: α = 1 everywhere (the baseline)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--guidance", type=float, default=None, help="guidance scale (default: the pipeline's)")
+    p.add_argument("--height", type=int, default=None)
+    p.add_argument("--width", type=int, default=None)
+    p.add_argument("--out", default="dsas.png", help="PNG path of the image")
+    p.add_argument("--compare", default=None, help="also write unsteered | steered side by side to this PNG")
+    p.add_argument("--alpha-map", default=None, help="write the α heat map over the image to this PNG")
+    p.set_defaults(func=generate_command)
+
+    p = sub.add_parser(
+        "sites", help="list a denoiser's steerable sites with output widths", formatter_class=HelpFormatter,
+        description="List the steerable sites of a pipeline's denoiser, their output widths, and the defaults.",
+        epilog="example:\n  dsas sites demo\n  dsas sites stable-diffusion-v1-5/stable-diffusion-v1-5 --match attn2")
+    p.add_argument("model", metavar="MODEL", help=MODEL_HELP)
+    p.add_argument("--match", default=None, help="only sites whose name matches this regex")
+    p.set_defaults(func=sites_command)
+
+
+def fit_command(args: argparse.Namespace) -> int:
+    """Fit and save a concept."""
+    from .fit import fit_concept
+    from .loading import load_pipeline, read_prompts
+
+    source = read_prompts(args.source, "source")
+    target = read_prompts(args.target, "target")
+    control = read_prompts(args.control, "control") if args.control else []
+    if args.scaler == "probe" and not control:
+        from dsas_core import DsasError
+
+        raise DsasError("the probe scaler needs --control prompts (inputs to leave alone); or use --scaler constant.")
+    pipe = load_pipeline(args.model)
+    steps = [int(s) for s in args.collect_steps.split(",")] if args.collect_steps else None
+    out = Path(args.out)
+    concept = fit_concept(
+        pipe, source, target, control, transform=args.transform, scaler=args.scaler, name=args.name or out.name,
+        sites=args.sites, num_inference_steps=args.steps, collect_steps=steps, guidance_scale=args.guidance,
+        incremental=args.incremental, batch_size=args.batch_size, source_text=args.source_text,
+        target_text=args.target_text, seed=args.seed)
+    concept.save_pretrained(out)
+    diag = concept.config.diagnostics
+    on = [s for s in concept.config.sites if not diag[s].get("gated")]
+    print(f"saved {concept.name!r} to {out}: {len(on)} of {len(diag)} sites active")
+    return 0
+
+
+def generate_command(args: argparse.Namespace) -> int:
+    """Generate one (optionally steered) image."""
+    import torch
+    from PIL import Image
+
+    from .alpha import overlay
+    from .loading import load_pipeline, parse_concept_arg
+    from .pipeline import load_concept, steer
+
+    pipe = load_pipeline(args.model)
+    concepts = {}
+    for spec in args.concept:
+        path, strength = parse_concept_arg(spec)
+        concepts[load_concept(path)] = strength
+    kwargs = {"num_inference_steps": args.steps, "negative_prompt": args.negative_prompt}
+    kwargs |= {k: v for k, v in (("guidance_scale", args.guidance), ("height", args.height), ("width", args.width)) if v is not None}
+
+    def generate() -> Image.Image:
+        gen = torch.Generator(device="cpu").manual_seed(args.seed)
+        return pipe(args.prompt, generator=gen, **kwargs).images[0]
+
+    plain = generate() if args.compare or not concepts else None
+    if concepts:
+        with steer(pipe, concepts, adaptive=not args.constant, record_alpha=bool(args.alpha_map)) as handle:
+            image = generate()
+        if args.alpha_map:
+            overlay(image, handle.alpha_heatmap()[0]).save(args.alpha_map)
+            print(f"wrote {args.alpha_map}")
+    else:
+        image = plain
+    image.save(args.out)
+    print(f"wrote {args.out}")
+    if args.compare and plain is not None:
+        both = Image.new("RGB", (image.width * 2, image.height))
+        both.paste(plain, (0, 0))
+        both.paste(image, (image.width, 0))
+        both.save(args.compare)
+        print(f"wrote {args.compare}")
+    return 0
+
+
+def sites_command(args: argparse.Namespace) -> int:
+    """Print candidate sites."""
+    import re
+
+    from .loading import load_pipeline
+    from .sites import candidates, denoiser_of
+
+    denoiser = denoiser_of(load_pipeline(args.model, device="cpu", dtype=None))
+    rows = [c for c in candidates(denoiser) if not args.match or re.search(args.match, c.site.name)]
+    print(f"{type(denoiser).__name__}: {len(rows)} sites")
+    for c in rows:
+        print(f"  {c.site.name:<64} width {c.width:>5}  {'default' if c.default else ''}")
+    return 0

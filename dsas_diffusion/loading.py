@@ -1,0 +1,61 @@
+"""Loading pipelines and prompt files for the CLI and the app."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from dsas_core import DsasError
+
+
+def default_device() -> torch.device:
+    """CUDA when present, else the CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def load_pipeline(model: str, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> Any:
+    """``"demo"`` (the bundled tiny model), a local diffusers folder, or a hub id (for users who can reach one)."""
+    device = torch.device(device) if device is not None else default_device()
+    if dtype is None:
+        dtype = torch.float16 if device.type == "cuda" else torch.float32
+    if model == "demo":
+        from .demo import load_demo_pipeline
+
+        return load_demo_pipeline(device=device, dtype=dtype)
+    from diffusers import DiffusionPipeline
+
+    local = Path(model).exists()
+    if not local and (model.startswith((".", "/")) or model.count("/") != 1):
+        raise DsasError(f"no pipeline at {model!r}: give 'demo', a local diffusers folder (with model_index.json), "
+                        "or a hub id like 'stable-diffusion-v1-5/stable-diffusion-v1-5'.")
+    try:
+        pipe = DiffusionPipeline.from_pretrained(model, torch_dtype=dtype, local_files_only=local)
+    except (OSError, ValueError) as err:
+        raise DsasError(f"could not load the pipeline {model!r}: {err}") from None
+    pipe.set_progress_bar_config(leave=False)
+    return pipe.to(device)
+
+
+def read_prompts(path: str | Path, what: str = "prompt") -> list[str]:
+    """Prompts from a text file: one per line; blank lines and lines starting with '#' are ignored."""
+    p = Path(path)
+    if not p.is_file():
+        raise DsasError(f"{what} file {str(p)!r} not found: give a text file with one prompt per line.")
+    lines = [line.strip() for line in p.read_text(encoding="utf-8").splitlines()]
+    prompts = [line for line in lines if line and not line.startswith("#")]
+    if len(prompts) < 2:
+        raise DsasError(f"{what} file {str(p)!r} holds {len(prompts)} prompt(s); give at least 2 (32 is a good default).")
+    return prompts
+
+
+def parse_concept_arg(spec: str, default_strength: float = 1.0) -> tuple[str, float]:
+    """``DIR`` or ``DIR=STRENGTH`` -> (dir, strength)."""
+    path, sep, value = spec.rpartition("=")
+    if not sep:
+        return spec, default_strength
+    try:
+        return path, float(value)
+    except ValueError:
+        raise DsasError(f"--concept {spec!r}: the strength after '=' must be a number, e.g. concepts/pear=0.8.") from None
