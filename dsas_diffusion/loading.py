@@ -26,12 +26,16 @@ def load_pipeline(model: str, device: str | torch.device | None = None, dtype: t
         return load_demo_pipeline(device=device, dtype=dtype)
     from diffusers import DiffusionPipeline
 
+    import diffusers
+
     local = Path(model).exists()
     if not local and (model.startswith((".", "/")) or model.count("/") != 1):
         raise DsasError(f"no pipeline at {model!r}: give 'demo', a local diffusers folder (with model_index.json), "
                         "or a hub id like 'stable-diffusion-v1-5/stable-diffusion-v1-5'.")
     try:
-        pipe = DiffusionPipeline.from_pretrained(model, torch_dtype=dtype, local_files_only=local)
+        new_api = tuple(int(x) for x in diffusers.__version__.split(".")[:2]) >= (0, 42)
+        dtype_kw = {"dtype" if new_api else "torch_dtype": dtype}
+        pipe = DiffusionPipeline.from_pretrained(model, local_files_only=local, **dtype_kw)
     except (OSError, ValueError) as err:
         raise DsasError(f"could not load the pipeline {model!r}: {err}") from None
     pipe.set_progress_bar_config(leave=False)

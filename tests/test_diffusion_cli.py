@@ -1,0 +1,64 @@
+"""`dsas fit`, `dsas generate`, `dsas inspect` and `dsas sites` end to end on a local tiny pipeline folder."""
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from dsas_core.cli import main
+from dsas_diffusion.loading import parse_concept_arg, read_prompts
+from tiny_diffusion import tiny_sd
+
+THINGS = ["cat", "dog", "house", "tree", "car", "boat", "chair", "lamp"]
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli")
+    tiny_sd().save_pretrained(root / "pipe")
+    for name, fmt in (("src", "a ripe yellow banana fruit beside a {}"), ("tgt", "a ripe green pear fruit beside a {}"),
+                      ("ctl", "a plain photo of a {} at night")):
+        (root / f"{name}.txt").write_text("# prompts\n\n" + "\n".join(fmt.format(t) for t in THINGS) + "\n")
+    return root
+
+
+def test_fit_then_inspect_then_generate_with_an_alpha_map(workdir, capsys):
+    w = workdir
+    assert main(["fit", "--model", str(w / "pipe"), "--source", str(w / "src.txt"), "--target", str(w / "tgt.txt"),
+                 "--control", str(w / "ctl.txt"), "--steps", "2", "--out", str(w / "pear")]) == 0
+    assert "saved 'pear'" in capsys.readouterr().out
+    assert main(["inspect", str(w / "pear")]) == 0
+    assert "sites       14" in capsys.readouterr().out
+    args = ["generate", "--model", str(w / "pipe"), "--prompt", "a ripe yellow banana fruit beside a cup",
+            "--steps", "2", "--height", "16", "--width", "16"]
+    assert main(args + ["--out", str(w / "plain.png")]) == 0
+    assert main(args + ["--concept", f"{w / 'pear'}=4", "--out", str(w / "steered.png"),
+                        "--alpha-map", str(w / "alpha.png"), "--compare", str(w / "both.png")]) == 0
+    plain, steered = (np.asarray(Image.open(w / f"{n}.png")) for n in ("plain", "steered"))
+    both = np.asarray(Image.open(w / "both.png"))
+    assert plain.shape == (16, 16, 3) and both.shape == (16, 32, 3)
+    assert np.array_equal(both[:, :16], plain) and np.array_equal(both[:, 16:], steered)
+    assert np.abs(plain.astype(int) - steered.astype(int)).max() > 0
+    assert Image.open(w / "alpha.png").size == (16, 16)
+
+
+def test_sites_lists_every_attention_output_with_its_width(workdir, capsys):
+    assert main(["sites", str(workdir / "pipe"), "--match", "attn2"]) == 0
+    out = capsys.readouterr().out
+    assert "UNet2DConditionModel: 7 sites" in out
+    assert "down_blocks.1.attentions.0.transformer_blocks.0.attn2" in out and "width    32" in out
+
+
+def test_a_missing_prompt_file_exits_2_with_the_reason(workdir, capsys):
+    assert main(["fit", "--model", str(workdir / "pipe"), "--source", str(workdir / "nope.txt"), "--target",
+                 str(workdir / "tgt.txt"), "--control", str(workdir / "ctl.txt"), "--out", str(workdir / "x")]) == 2
+    assert "source file" in capsys.readouterr().err
+
+
+def test_prompt_files_skip_comments_and_blank_lines(tmp_path):
+    (tmp_path / "p.txt").write_text("# a comment\n\n a red circle \n#x\na blue square\n")
+    assert read_prompts(tmp_path / "p.txt") == ["a red circle", "a blue square"]
+
+
+def test_concept_arguments_parse_an_optional_strength():
+    assert parse_concept_arg("concepts/pear=0.5") == ("concepts/pear", 0.5)
+    assert parse_concept_arg("concepts/pear") == ("concepts/pear", 1.0)
