@@ -145,3 +145,14 @@ def test_a_planted_concept_gets_high_alpha_on_held_out_source_and_low_on_held_ou
 
     assert mean_alpha([f"a ripe yellow banana fruit beside a {t}" for t in held]) >= 0.8
     assert mean_alpha([f"a plain photo of a {t} at night" for t in held]) <= 0.2
+
+
+def test_several_prompts_with_several_images_each_get_one_alpha_map_per_image(fitted):
+    _, pipe, concept = fitted
+    with steer(pipe, {concept: 1.0}, record_alpha=True) as handle:
+        images = run(pipe, [SOURCE[0], CONTROL[0]], num_images_per_prompt=2)
+    assert images.shape[0] == 4
+    assert handle.records[0].alpha.shape[0] == 8  # CFG-doubled
+    heat = handle.alpha_heatmap()
+    assert heat.shape == (4, 8, 8)
+    assert heat[:2].mean().item() > heat[2:].mean().item()
