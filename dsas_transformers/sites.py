@@ -1,0 +1,232 @@
+"""Where to hook a causal language model: sites by *role*, mapped per architecture in one table.
+
+Norm names mean different things across families (Llama's ``post_attention_layernorm`` is the norm *before* the
+MLP; Gemma's is after attention), so sites are chosen by role:
+
+* ``residual``  — the residual stream: each decoder layer's output (the default);
+* ``mlp_input`` — the MLP's input: the output of the norm that feeds the MLP;
+* ``attention`` — the attention block's output, before it is added to the residual stream.
+
+Whether a module returns a tensor or a tuple is learned at run time from one single-token forward pass (decoder
+layers return a plain tensor in transformers 5.x and a tuple in some 4.x families); tuples are steered at index 0.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from dsas_core import DsasError, HookHandle, Site
+
+ROLES = ("residual", "mlp_input", "attention")
+
+
+@dataclass(frozen=True)
+class Family:
+    """Architecture facts for one ``config.model_type``: the decoder-layer list and each role's module inside a
+    layer (``""`` = the layer itself)."""
+
+    layers: str
+    roles: dict[str, str]
+    note: str = ""
+
+
+_LLAMA_LIKE = Family("model.layers", {"residual": "", "mlp_input": "post_attention_layernorm", "attention": "self_attn"})
+_GEMMA = Family("model.layers", {"residual": "", "mlp_input": "pre_feedforward_layernorm", "attention": "self_attn"},
+                note="attention = self_attn output, before post_attention_layernorm")
+
+FAMILIES: dict[str, Family] = {
+    "llama": _LLAMA_LIKE,
+    "qwen2": _LLAMA_LIKE,
+    "qwen3": _LLAMA_LIKE,
+    "mistral": _LLAMA_LIKE,
+    "phi3": _LLAMA_LIKE,
+    "gemma": _LLAMA_LIKE,
+    "gemma2": _GEMMA,
+    "gemma3_text": _GEMMA,
+    "gpt2": Family("transformer.h", {"residual": "", "mlp_input": "ln_2", "attention": "attn"}),
+    "phi": Family("model.layers", {"residual": "", "mlp_input": "input_layernorm", "attention": "self_attn"},
+                  note="parallel block: input_layernorm feeds both attention and MLP"),
+}
+
+
+@dataclass(frozen=True)
+class LMSite:
+    """A resolved site: the core :class:`Site` plus its decoder-layer index (None outside the layers) and width."""
+
+    site: Site
+    layer: int | None
+    width: int
+    output: str  # "tensor" or "tuple[0]"
+
+
+def family_of(model: nn.Module) -> Family:
+    """The table entry for ``model``; for an unknown type, the residual stream of the decoder-layer list found."""
+    model_type = str(getattr(getattr(model, "config", None), "model_type", ""))
+    if model_type in FAMILIES:
+        return FAMILIES[model_type]
+    return Family(_find_layer_list(model), {"residual": ""}, note=f"unknown model_type {model_type!r}: residual only")
+
+
+def _find_layer_list(model: nn.Module) -> str:
+    n_layers = getattr(getattr(model, "config", None), "num_hidden_layers", None)
+    lists = [(name, m) for name, m in model.named_modules() if isinstance(m, nn.ModuleList) and len(m) > 0]
+    matching = [name for name, m in lists if n_layers is None or len(m) == n_layers]
+    if not matching:
+        raise DsasError(
+            f"could not find the decoder layers of {type(model).__name__}: no nn.ModuleList of num_hidden_layers="
+            f"{n_layers} modules. Pass sites=REGEX (module names, see `dsas llm sites MODEL`)."
+        )
+    return max(matching, key=lambda name: len(dict(model.named_modules())[name]))
+
+
+def parse_layers(layers: str | int | Sequence[int] | None, n_layers: int) -> list[int]:
+    """Layer indices from ``None`` (all), an int, a list, ``"3,5,7"`` or a Python slice ``"-16:-4"``."""
+    every = list(range(n_layers))
+    if layers is None:
+        return every
+    try:
+        if isinstance(layers, int):
+            picked = [every[layers]]
+        elif isinstance(layers, str) and ":" in layers:
+            parts = [int(p) if p.strip() else None for p in layers.split(":")]
+            if len(parts) > 3:
+                raise ValueError
+            picked = every[slice(*parts)]
+        elif isinstance(layers, str):
+            picked = [every[int(p)] for p in layers.split(",") if p.strip()]
+        else:
+            picked = [every[int(i)] for i in layers]
+    except (ValueError, IndexError):
+        raise DsasError(
+            f"layers={layers!r} is not a valid choice for a model with {n_layers} decoder layers: use an index, a "
+            f"list like '3,5,7', or a slice like '-16:-4' (indices from -{n_layers} to {n_layers - 1})."
+        ) from None
+    if not picked:
+        raise DsasError(f"layers={layers!r} selects no layer of the {n_layers} decoder layers.")
+    return sorted(set(picked))
+
+
+def candidate_modules(
+    model: nn.Module, role: str = "residual", layers: str | int | Sequence[int] | None = None,
+    sites: str | Sequence[str] | None = None,
+) -> list[tuple[str, int | None]]:
+    """(module name, layer index) pairs for a role and layer range, or for an explicit name list / regex.
+
+    ``sites`` as a string is a regular expression matched against full module names (``re.fullmatch``); as a list
+    it names modules exactly. ``layers`` also filters explicitly named modules that live inside a decoder layer.
+    """
+    fam = family_of(model)
+    try:
+        layer_list = model.get_submodule(fam.layers)
+    except AttributeError:
+        raise DsasError(f"{type(model).__name__} has no module {fam.layers!r}; pass sites=REGEX.") from None
+    n = len(layer_list)
+    keep = set(parse_layers(layers, n))
+    prefix = fam.layers + "."
+
+    def layer_of(name: str) -> int | None:
+        if not name.startswith(prefix):
+            return None
+        head = name[len(prefix):].split(".", 1)[0]
+        return int(head) if head.isdigit() else None
+
+    if sites is None:
+        if role not in ROLES:
+            raise DsasError(f"unknown site role {role!r}; choose one of {list(ROLES)}, or pass sites=REGEX.")
+        if role not in fam.roles:
+            raise DsasError(f"{type(model).__name__} has no known {role!r} site in the table; use role='residual' "
+                            "or pass sites=REGEX (see `dsas llm sites MODEL`).")
+        rel = fam.roles[role]
+        return [(f"{fam.layers}.{i}" + (f".{rel}" if rel else ""), i) for i in sorted(keep)]
+    names = dict(model.named_modules())
+    if isinstance(sites, str):
+        try:
+            pattern = re.compile(sites)
+        except re.error as err:
+            raise DsasError(f"sites={sites!r} is not a valid regular expression ({err}).") from None
+        chosen = [name for name in names if name and pattern.fullmatch(name)]
+        if not chosen:
+            raise DsasError(f"sites={sites!r} matches no module of {type(model).__name__}; module names look like "
+                            f"{fam.layers}.0{'.' + fam.roles.get('mlp_input', '') if 'mlp_input' in fam.roles else ''}"
+                            " (list them with `dsas llm sites MODEL`).")
+    else:
+        chosen = list(sites)
+        missing = [s for s in chosen if s not in names]
+        if missing:
+            raise DsasError(f"{type(model).__name__} has no module(s) {missing[:3]}; list the sites with "
+                            "`dsas llm sites MODEL`.")
+    picked = [(name, layer_of(name)) for name in chosen]
+    if layers is not None:
+        picked = [(name, i) for name, i in picked if i is not None and i in keep]
+        if not picked:
+            raise DsasError(f"no module matching sites={sites!r} lies in layers {layers!r}.")
+    return picked
+
+
+def probe_input(model: nn.Module) -> dict[str, Tensor]:
+    """A one-token batch for a shape probe, on the device of the input embeddings."""
+    emb = model.get_input_embeddings()
+    device = emb.weight.device if emb is not None else next(model.parameters()).device
+    cfg = getattr(model, "config", None)
+    vocab = emb.num_embeddings if isinstance(emb, nn.Embedding) else 1
+    ids = (getattr(cfg, "bos_token_id", None), getattr(cfg, "pad_token_id", None))
+    token = next((t for t in ids if isinstance(t, int) and 0 <= t < vocab), 0)
+    ids = torch.full((1, 1), token, dtype=torch.long, device=device)
+    return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+
+
+def resolve(model: nn.Module, modules: Sequence[tuple[str, int | None]]) -> list[LMSite]:
+    """Build sites for named modules, learning each one's output format and width from one single-token forward."""
+    seen: dict[str, Any] = {}
+    probe = HookHandle()
+    try:
+        for name, _ in modules:
+            probe.after_calls(model.get_submodule(name), lambda out, name=name: seen.setdefault(name, _describe(out)))
+        with torch.no_grad():
+            model(**probe_input(model), use_cache=False)
+    finally:
+        probe.remove()
+    out = []
+    for name, layer in modules:
+        if name not in seen:
+            raise DsasError(f"module {name!r} did not run in a forward pass of {type(model).__name__}: it cannot be "
+                            "steered. Choose another site (`dsas llm sites MODEL`).")
+        kind, width = seen[name]
+        if kind is None:
+            raise DsasError(f"module {name!r} returns {width}, not a tensor or a tuple starting with a (batch, tokens, "
+                            "width) tensor; dsas cannot steer it. Choose another site (`dsas llm sites MODEL`).")
+        index = None if kind == "tensor" else 0
+        out.append(LMSite(Site(name, model.get_submodule(name), output_index=index), layer, width, kind))
+    return out
+
+
+def _describe(output: Any) -> tuple[str | None, Any]:
+    """("tensor" | "tuple[0]", width) for a (B, N, d) stream, or (None, what it was)."""
+    if isinstance(output, Tensor) and output.ndim == 3:
+        return "tensor", int(output.shape[-1])
+    if isinstance(output, (tuple, list)) and output and isinstance(output[0], Tensor) and output[0].ndim == 3:
+        return "tuple[0]", int(output[0].shape[-1])
+    shape = tuple(output.shape) if isinstance(output, Tensor) else None
+    return None, f"a tensor of shape {shape}" if shape else type(output).__name__
+
+
+def lm_sites(
+    model: nn.Module, role: str = "residual", layers: str | int | Sequence[int] | None = None,
+    sites: str | Sequence[str] | None = None,
+) -> list[LMSite]:
+    """The steerable sites of ``model`` for a role and layer range (or a name list / regex), resolved."""
+    return resolve(model, candidate_modules(model, role=role, layers=layers, sites=sites))
+
+
+def sites_table(model: nn.Module) -> list[dict[str, Any]]:
+    """Every role site of every layer, for ``dsas llm sites``: role, layer, module name, output format, width."""
+    roles = {name: role for role in family_of(model).roles for name, _ in candidate_modules(model, role=role)}
+    modules = [m for role in family_of(model).roles for m in candidate_modules(model, role=role)]
+    return [{"role": roles[s.site.name], "layer": s.layer, "name": s.site.name, "output": s.output, "width": s.width}
+            for s in resolve(model, modules)]
