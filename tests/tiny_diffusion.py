@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import functools
+import shutil
 import tempfile
+from pathlib import Path
 
 import torch
 
@@ -12,10 +14,18 @@ SIZE = 16  # image side; latents are 8×8
 
 @functools.lru_cache(maxsize=1)
 def tokenizer_dir() -> str:
-    """A CLIP tokenizer folder rebuilt from open_clip's bundled vocabulary (written once per test session)."""
+    """A CLIP tokenizer folder rebuilt from open_clip's bundled vocabulary (written once, then reused)."""
     from dsas_diffusion.demo.tokenizer import write_clip_tokenizer
 
-    return str(write_clip_tokenizer(tempfile.mkdtemp(prefix="dsas-tok-"), model_max_length=16))
+    final = Path(tempfile.gettempdir()) / "dsas-test-clip-tokenizer-16"
+    if not (final / "special_tokens_map.json").exists():
+        tmp = Path(tempfile.mkdtemp(prefix="dsas-tok-"))
+        write_clip_tokenizer(tmp, model_max_length=16)
+        try:
+            tmp.rename(final)
+        except OSError:  # another process wrote it first
+            shutil.rmtree(tmp, ignore_errors=True)
+    return str(final)
 
 
 def _text_encoder(seed: int, projection: bool = False):
