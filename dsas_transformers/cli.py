@@ -1,0 +1,227 @@
+"""``dsas llm fit | generate | sites``: the transformers adapter on the command line.
+
+MODEL is a hub id or a local folder (anything ``from_pretrained`` accepts). Prompt files hold one text per line;
+blank lines and lines starting with ``#`` are ignored.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from dsas_core import DsasError
+from dsas_core.cli import HelpFormatter
+
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+FIT_EXAMPLE = """example:
+  dsas llm fit --model Qwen/Qwen2.5-1.5B --source toxic.txt --target polite.txt --control neutral.txt \\
+      --out concepts/detox --transform mean_shift --layers=-16:-4"""
+GENERATE_EXAMPLE = """example:
+  dsas llm generate --model Qwen/Qwen2.5-1.5B --prompt "You are such a" --concept concepts/detox=1.5 \\
+      --show-alpha --max-new-tokens 32"""
+SITES_EXAMPLE = """example:
+  dsas llm sites Qwen/Qwen2.5-1.5B
+  dsas llm sites ./my-local-model --json"""
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add ``dsas llm`` and its subcommands."""
+    llm = sub.add_parser("llm", help="steer transformers causal language models (fit, generate, sites)",
+                         description="DSAS for transformers causal language models.",
+                         epilog=f"{FIT_EXAMPLE}\n\n{GENERATE_EXAMPLE}\n\n{SITES_EXAMPLE}", formatter_class=HelpFormatter)
+    llm.set_defaults(func=lambda args: llm.print_help() or 0)
+    cmds = llm.add_subparsers(dest="llm_command", metavar="SUBCOMMAND")
+
+    fit = cmds.add_parser("fit", help="fit a concept from three text files", formatter_class=HelpFormatter,
+                          description="Fit a DSAS concept on a causal LM: the transform on source vs target texts, the "
+                                      "scaler on source vs control texts (one text per line; blank lines and '#' "
+                                      "comments ignored). Writes dsas_config.json + dsas_model.safetensors to --out.",
+                          epilog=FIT_EXAMPLE)
+    _model_args(fit)
+    fit.add_argument("--source", required=True, type=Path, help="texts to steer away from (where the scaler fires)")
+    fit.add_argument("--target", required=True, type=Path, help="texts to steer toward")
+    fit.add_argument("--control", type=Path, help="texts to leave alone (needed by the probe scaler)")
+    fit.add_argument("--out", required=True, type=Path, help="concept directory to write")
+    fit.add_argument("--transform", default="mean_shift", choices=["mean_shift", "itic", "linear_act"])
+    fit.add_argument("--scaler", default="probe", choices=["probe", "constant"])
+    fit.add_argument("--name", default=None, help="concept name (default: the --out folder's name)")
+    fit.add_argument("--role", default="residual", choices=["residual", "mlp_input", "attention"],
+                     help="which site of each decoder layer to steer")
+    fit.add_argument("--layers", default=None, help="decoder layers: '-16:-4', '3,5,7' or one index (default: all)")
+    fit.add_argument("--sites", default=None, help="regex over module names, overriding --role")
+    fit.add_argument("--batch-size", type=int, default=8)
+    fit.add_argument("--max-length", type=int, default=None, help="truncate texts to this many tokens")
+    fit.add_argument("--chat-template", action="store_true", help="wrap each text as a user message")
+    fit.add_argument("--seed", type=int, default=0)
+    fit.set_defaults(func=fit_command)
+
+    gen = cmds.add_parser("generate", help="generate text with concepts attached", formatter_class=HelpFormatter,
+                          description="Generate a continuation of --prompt, steered by each --concept DIR[=STRENGTH] "
+                                      "(strength 1.0 when omitted). Greedy unless --sample.",
+                          epilog=GENERATE_EXAMPLE)
+    _model_args(gen)
+    gen.add_argument("--prompt", required=True, help="the prompt text")
+    gen.add_argument("--concept", action="append", default=[], metavar="DIR[=STRENGTH]",
+                     help="a concept directory and its strength λ; repeat for several")
+    gen.add_argument("--constant", action="store_true", help="plain steering: α ≡ 1 at every fitted site")
+    gen.add_argument("--show-alpha", action="store_true", help="print each token coloured by its mean α")
+    gen.add_argument("--html", type=Path, default=None, help="also write the α map as HTML to this file")
+    gen.add_argument("--max-new-tokens", type=int, default=32)
+    gen.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
+    gen.add_argument("--temperature", type=float, default=1.0)
+    gen.add_argument("--top-p", type=float, default=1.0)
+    gen.add_argument("--seed", type=int, default=0)
+    gen.add_argument("--chat-template", action="store_true", help="wrap the prompt as a user message")
+    gen.set_defaults(func=generate_command)
+
+    sites = cmds.add_parser("sites", help="list the steerable sites of a model", formatter_class=HelpFormatter,
+                            description="List every site by role (residual, mlp_input, attention) and layer, with "
+                                        "its module name, output format and width.", epilog=SITES_EXAMPLE)
+    sites.add_argument("model", metavar="MODEL", help="hub id or local folder")
+    sites.add_argument("--dtype", default="auto", choices=DTYPES)
+    sites.add_argument("--json", action="store_true", help="print the table as JSON")
+    sites.set_defaults(func=sites_command, device="cpu")
+
+
+def _model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, metavar="MODEL", help="hub id or local folder (from_pretrained)")
+    p.add_argument("--dtype", default="auto", choices=DTYPES, help="weights dtype ('auto': as saved)")
+    p.add_argument("--device", default=None,
+                   help="cpu, cuda, cuda:1, ... or 'auto' (accelerate device_map); default: cuda if available")
+
+
+def read_prompt_file(path: Path) -> list[str]:
+    """One text per line; blank lines and lines starting with '#' are skipped."""
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except OSError as err:
+        raise DsasError(f"cannot read prompt file {str(path)!r} ({err.strerror}): give a text file, one text per line.") from None
+    texts = [line.strip() for line in lines if line.strip() and not line.strip().startswith("#")]
+    if not texts:
+        raise DsasError(f"prompt file {str(path)!r} holds no texts (only blank lines or '#' comments).")
+    return texts
+
+
+def load(model_id: str, dtype: str = "auto", device: str | None = None) -> tuple[Any, Any]:
+    """(model, tokenizer) from a hub id or local folder, in eval mode."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    kwargs: dict[str, Any] = {"dtype": dtype if dtype == "auto" else getattr(torch, dtype)}
+    if device == "auto":
+        kwargs["device_map"] = "auto"
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(model_id)
+        model = AutoModelForCausalLM.from_pretrained(model_id, **kwargs)
+    except (OSError, ValueError) as err:
+        raise DsasError(f"could not load model {model_id!r}: {err}\nGive a hub id (e.g. Qwen/Qwen2.5-1.5B) or a local "
+                        "folder holding config.json, the weights and the tokenizer files.") from None
+    if device != "auto":
+        model = model.to(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    return model.eval(), tokenizer
+
+
+def parse_concept_arg(value: str) -> tuple[str, float]:
+    """'DIR=STRENGTH' -> (DIR, STRENGTH); 'DIR' -> (DIR, 1.0)."""
+    path, sep, strength = value.rpartition("=")
+    if sep:
+        try:
+            return path, float(strength)
+        except ValueError:
+            pass
+    return value, 1.0
+
+
+def fit_command(args: argparse.Namespace) -> int:
+    """dsas llm fit."""
+    from .fit import fit_concept
+
+    texts = {k: read_prompt_file(getattr(args, k)) for k in ("source", "target")}
+    control = read_prompt_file(args.control) if args.control else None
+    if control is None and args.scaler == "probe":
+        raise DsasError("the probe scaler needs --control texts (inputs to leave alone); or use --scaler constant.")
+    model, tokenizer = load(args.model, args.dtype, args.device)
+    name = args.name or args.out.resolve().name
+    concept = fit_concept(model, tokenizer, texts["source"], texts["target"], control, transform=args.transform,
+                          scaler=args.scaler, name=name, sites=args.sites, layers=args.layers, role=args.role,
+                          batch_size=args.batch_size, chat_template=args.chat_template, max_length=args.max_length,
+                          seed=args.seed)
+    path = concept.save_pretrained(args.out)
+    diag = concept.config.diagnostics
+    active = sum(not d.get("gated", False) for d in diag.values())
+    print(f"fitted {name!r} on {len(concept.config.sites)} sites ({active} active) of {type(model).__name__}")
+    for site in concept.config.sites:
+        d = diag.get(site, {})
+        acc = f"{d['accuracy']:.3f}" if "accuracy" in d else "-"
+        print(f"  {site:<50} accuracy {acc:>6}  {'gated off' if d.get('gated') else 'on'}")
+    print(f"saved to {path}")
+    return 0
+
+
+def generate_command(args: argparse.Namespace) -> int:
+    """dsas llm generate."""
+    import torch
+
+    from .fit import apply_chat_template
+    from .steer import attach
+
+    if (args.show_alpha or args.html) and not args.concept:
+        raise DsasError("--show-alpha / --html need at least one --concept DIR[=STRENGTH].")
+    if args.max_new_tokens < 1:
+        raise DsasError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}.")
+    from dsas_core import Concept
+
+    concepts = {Concept.from_pretrained(p): s for p, s in map(parse_concept_arg, args.concept)}
+    model, tokenizer = load(args.model, args.dtype, args.device)
+    prompt = apply_chat_template(tokenizer, [args.prompt], add_generation_prompt=True)[0] if args.chat_template else args.prompt
+    enc = tokenizer(prompt, return_tensors="pt", add_special_tokens=not args.chat_template)
+    device = model.get_input_embeddings().weight.device
+    enc = {k: v.to(device) for k, v in enc.items() if k in ("input_ids", "attention_mask")}
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    gen_kwargs: dict[str, Any] = {"max_new_tokens": args.max_new_tokens, "do_sample": args.sample, "pad_token_id": pad}
+    if args.sample:
+        gen_kwargs |= {"temperature": args.temperature, "top_p": args.top_p}
+    torch.manual_seed(args.seed)
+    handle = attach(model, concepts, adaptive=not args.constant, record_alpha=args.show_alpha or bool(args.html)) if concepts else None
+    try:
+        with torch.no_grad():
+            out = model.generate(**enc, **gen_kwargs)
+    finally:
+        if handle is not None:
+            handle.remove()
+    print(tokenizer.decode(out[0], skip_special_tokens=True))
+    if handle is not None and (args.show_alpha or args.html):
+        parts = []
+        for name in handle.concepts:
+            at = handle.alpha_tokens(concept=name)
+            if args.show_alpha:
+                print(f"α {name} (mean over {len(at.ungated)} active sites, white 0 → red 1; "
+                      f"text mean {at.per_text()[0].item():.3f}):", file=sys.stdout)
+                print(at.ansi(tokenizer))
+            parts.append(f"<h3>{name}</h3>{at.html(tokenizer)}")
+        if args.html:
+            args.html.write_text("<!doctype html><meta charset='utf-8'>" + "".join(parts) + "\n", encoding="utf-8")
+            print(f"α map written to {args.html}")
+    return 0
+
+
+def sites_command(args: argparse.Namespace) -> int:
+    """dsas llm sites."""
+    from .sites import family_of, sites_table
+
+    model, _ = load(args.model, args.dtype, args.device)
+    rows = sites_table(model)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    fam = family_of(model)
+    print(f"{type(model).__name__} (model_type {getattr(model.config, 'model_type', '?')}), decoder layers at "
+          f"{fam.layers!r}{'; ' + fam.note if fam.note else ''}")
+    print(f"  {'role':<10} {'layer':>5}  {'module':<50} {'output':<9} {'width':>6}")
+    for r in rows:
+        print(f"  {r['role']:<10} {r['layer'] if r['layer'] is not None else '-':>5}  {r['name']:<50} {r['output']:<9} {r['width']:>6}")
+    return 0
