@@ -1,0 +1,209 @@
+"""dsas studio: steer a text-to-image model with concept sliders, see where DSAS acted, fit new concepts.
+
+    python app.py                      # the bundled demo model, on http://127.0.0.1:7860
+    python app.py --model demo --model stable-diffusion-v1-5/stable-diffusion-v1-5 --workers 1
+
+Wiring only: the logic lives in ``dsas_diffusion.studio``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+
+from dsas_core import DsasError
+from dsas_core.paths import assets_dir
+from dsas_diffusion.studio import ConceptRegistry, Request, Studio
+
+SLOTS = 8  # concept sliders shown at most
+DEFAULT_PROMPT = "a red circle on a white background"
+
+
+def _loader(model: str) -> Any:
+    from dsas_diffusion.loading import load_pipeline
+
+    return lambda: load_pipeline(model)
+
+
+def make_studio(models: list[str], concept_dir: Path, workers: int) -> Studio:
+    """The app's state: launch-listed models, bundled + user concepts."""
+    registry = ConceptRegistry([assets_dir() / "concepts"], concept_dir)
+    return Studio({m: _loader(m) for m in models}, registry, workers=workers)
+
+
+def build_app(studio: Studio) -> gr.Blocks:
+    """The Gradio UI over a :class:`Studio`."""
+
+    def fail(err: DsasError) -> gr.Error:
+        return gr.Error(str(err))
+
+    def slot_updates() -> list[Any]:
+        names = studio.registry.names()[:SLOTS]
+        updates = [gr.update(visible=True, label=n, value=0.0) for n in names]
+        updates += [gr.update(visible=False, label="", value=0.0)] * (SLOTS - len(names))
+        return [names, *updates, gr.update(choices=studio.registry.names())]
+
+    def request(model: str, prompt: str, negative: str, seed: float, steps: float, guidance: float, mode: str,
+                strengths: dict[str, float]) -> Request:
+        return Request(model=model, prompt=prompt, negative_prompt=negative or "", seed=int(seed), steps=int(steps),
+                       guidance=float(guidance), plain=(mode == "plain"), strengths=strengths)
+
+    def outputs_of(studio_result: Any) -> tuple[Any, Any, Any]:
+        rows = [{"site": f"{c}: {s.split('.transformer_blocks')[0]}.{s.rsplit('.', 1)[-1]}", "alpha": a}
+                for c, s, a in studio_result.profile]
+        import pandas as pd
+
+        frame = pd.DataFrame(rows or [{"site": "-", "alpha": 0.0}])
+        return studio_result.image, studio_result.heat, frame
+
+    def steered_only(model, prompt, negative, seed, steps, guidance, mode, names, *values):  # noqa: ANN001, ANN202
+        strengths = {n: float(v) for n, v in zip(names, values)}
+        try:
+            req = request(model, prompt, negative, seed, steps, guidance, mode, strengths)
+            studio.validate(req)
+            return outputs_of(studio.steered(req))
+        except DsasError as err:
+            raise fail(err) from None
+
+    def both(model, prompt, negative, seed, steps, guidance, mode, names, *values):  # noqa: ANN001, ANN202
+        try:
+            req = request(model, prompt, negative, seed, steps, guidance, mode, {})
+            studio.validate(req)
+            plain = studio.unsteered(req)
+        except DsasError as err:
+            raise fail(err) from None
+        return (plain, *steered_only(model, prompt, negative, seed, steps, guidance, mode, names, *values))
+
+    def api_generate(model, prompt, negative, seed, steps, guidance, mode, strengths_json):  # noqa: ANN001, ANN202
+        """Unsteered and steered images for a JSON object of strengths, e.g. {"red-to-blue": 0.8}."""
+        try:
+            strengths = json.loads(strengths_json or "{}")
+            if not isinstance(strengths, dict):
+                raise DsasError('strengths must be a JSON object such as {"red-to-blue": 0.8}.')
+        except json.JSONDecodeError as err:
+            raise fail(DsasError(f"strengths is not valid JSON ({err}).")) from None
+        try:
+            req = request(model, prompt, negative, seed, steps, guidance, mode, strengths)
+            studio.validate(req)
+            result = studio.steered(req)
+            return studio.unsteered(req), result.image, result.heat
+        except DsasError as err:
+            raise fail(err) from None
+
+    def fit(model, source, target, control, name, transform, scaler, source_text, target_text,  # noqa: ANN001, ANN202
+            progress=gr.Progress(track_tqdm=True)):
+        try:
+            concept = studio.fit(model, source, target, control, name, transform, scaler, source_text, target_text)
+        except DsasError as err:
+            raise fail(err) from None
+        diag = concept.config.diagnostics
+        active = sum(not d.get("gated") for d in diag.values())
+        return f"Fitted **{concept.name}**: {active} of {len(diag)} sites active.", studio.export(concept.name)
+
+    def upload(model, files):  # noqa: ANN001, ANN202
+        try:
+            name = studio.registry.add_upload([getattr(f, "name", f) for f in files or []], studio.denoiser(model))
+        except DsasError as err:
+            raise fail(err) from None
+        return f"Added **{name}**."
+
+    def download(name):  # noqa: ANN001, ANN202
+        try:
+            return studio.export(name)
+        except DsasError as err:
+            raise fail(err) from None
+
+    with gr.Blocks(title="dsas studio") as app:
+        gr.Markdown("# dsas studio\nDynamically Scaled Activation Steering: each concept acts only where the "
+                    "prompt calls for it. Move a slider; *plain* steers everywhere (α = 1) for comparison.")
+        names = gr.State([])
+        with gr.Tab("Steer"):
+            with gr.Row():
+                model = gr.Dropdown(studio.models(), value=studio.models()[0], label="model")
+                prompt = gr.Textbox(DEFAULT_PROMPT, label="prompt", scale=3)
+                negative = gr.Textbox("", label="negative prompt", scale=2)
+            with gr.Row():
+                seed = gr.Number(0, label="seed", precision=0)
+                steps = gr.Slider(1, 100, value=20, step=1, label="steps")
+                guidance = gr.Slider(0, 15, value=5.0, step=0.5, label="guidance")
+                mode = gr.Radio(["DSAS", "plain"], value="DSAS", label="steering")
+                go = gr.Button("Generate", variant="primary")
+            sliders = [gr.Slider(-3, 3, value=0.0, step=0.05, label="", visible=False, elem_id=f"slot{i}")
+                       for i in range(SLOTS)]
+            with gr.Row():
+                plain_img = gr.Image(label="unsteered", format="png", type="pil", elem_id="unsteered")
+                steered_img = gr.Image(label="steered", format="png", type="pil", elem_id="steered")
+                heat_img = gr.Image(label="α heat map (where it steered)", format="png", type="pil")
+            profile = gr.BarPlot(x="site", y="alpha", label="mean α per site", y_lim=[0, 1])
+        with gr.Tab("Fit a concept"):
+            with gr.Row():
+                src = gr.Textbox(lines=8, label="source prompts (steer these), one per line")
+                tgt = gr.Textbox(lines=8, label="target prompts (what they should become)")
+                ctl = gr.Textbox(lines=8, label="control prompts (leave these alone)")
+            with gr.Row():
+                cname = gr.Textbox("my-concept", label="name")
+                transform = gr.Dropdown(["mean_shift", "linear_act", "itic"], value="mean_shift", label="transform")
+                scaler = gr.Dropdown(["probe", "constant"], value="probe", label="scaler")
+                stext = gr.Textbox("", label="source text (for CLIP scores)")
+                ttext = gr.Textbox("", label="target text")
+            fit_btn = gr.Button("Fit", variant="primary")
+            fit_msg = gr.Markdown()
+            fit_files = gr.File(label="download the concept", file_count="multiple")
+        with gr.Tab("Concepts"):
+            uploads = gr.File(label="upload dsas_config.json + dsas_model.safetensors", file_count="multiple",
+                              file_types=[".json", ".safetensors"])
+            up_btn = gr.Button("Add uploaded concept")
+            up_msg = gr.Markdown()
+            pick = gr.Dropdown(studio.registry.names(), label="concept")
+            dl_btn = gr.Button("Download")
+            dl_files = gr.File(label="files", file_count="multiple")
+
+        strengths_json = gr.Textbox(visible=False)
+        common = [model, prompt, negative, seed, steps, guidance, mode]
+        slot_outputs = [names, *sliders, pick]
+        app.load(slot_updates, None, slot_outputs, api_visibility="private")
+        go.click(both, [*common, names, *sliders], [plain_img, steered_img, heat_img, profile],
+                 api_visibility="private", concurrency_limit=studio.workers)
+        for s in sliders:
+            s.release(steered_only, [*common, names, *sliders], [steered_img, heat_img, profile],
+                      api_visibility="private", concurrency_limit=studio.workers)
+        mode.change(steered_only, [*common, names, *sliders], [steered_img, heat_img, profile],
+                    api_visibility="private", concurrency_limit=studio.workers)
+        hidden_go = gr.Button(visible=False)
+        hidden_go.click(api_generate, [*common, strengths_json], [plain_img, steered_img, heat_img],
+                        api_name="generate", concurrency_limit=studio.workers)
+        fit_btn.click(fit, [model, src, tgt, ctl, cname, transform, scaler, stext, ttext], [fit_msg, fit_files],
+                      api_name="fit").then(slot_updates, None, slot_outputs, api_visibility="private")
+        up_btn.click(upload, [model, uploads], up_msg, api_name="upload").then(
+            slot_updates, None, slot_outputs, api_visibility="private")
+        dl_btn.click(download, pick, dl_files, api_name="download")
+        app.queue(default_concurrency_limit=studio.workers)
+    return app
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Parse flags and launch."""
+    parser = argparse.ArgumentParser(
+        description="dsas studio: concept sliders with Dynamically Scaled Activation Steering.",
+        epilog="example:\n  python app.py\n  python app.py --model demo --model ./my-sd-folder --port 7861",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", action="append", default=None,
+                        help="'demo', a local diffusers folder, or a hub id; repeat to offer several (default: demo)")
+    parser.add_argument("--concept-dir", default=os.environ.get("DSAS_CONCEPT_DIR", "concepts"),
+                        help="where fitted and uploaded concepts are kept (default: ./concepts)")
+    parser.add_argument("--host", default="127.0.0.1", help="bind address (default: this machine only)")
+    parser.add_argument("--port", type=int, default=7860)
+    parser.add_argument("--workers", type=int, default=2,
+                        help="simultaneous generations; each holds its own copy of the pipeline")
+    args = parser.parse_args(argv)
+    studio = make_studio(args.model or ["demo"], Path(args.concept_dir), args.workers)
+    build_app(studio).launch(server_name=args.host, server_port=args.port)
+
+
+if __name__ == "__main__":
+    main()
