@@ -24,6 +24,23 @@ SLOTS = 8  # concept sliders shown at most
 DEFAULT_PROMPT = "a red circle on a white background"
 
 
+def show(image: Any, side: int = 320) -> Any:
+    """Small images (the demo's 32×32) enlarged with crisp pixels for display; large ones unchanged."""
+    if image is None or image.width >= side:
+        return image
+    from PIL import Image
+
+    return image.resize((side, side * image.height // image.width), Image.NEAREST)
+
+
+def short_site(name: str) -> str:
+    """'up_blocks.1.attentions.0.transformer_blocks.0.attn2' -> 'up1.0.0 attn2'."""
+    parts = name.split(".")
+    block = {"down_blocks": "down", "up_blocks": "up", "mid_block": "mid"}.get(parts[0], parts[0])
+    numbers = [p for p in parts[1:-1] if p.isdigit()]
+    return f"{block}{'.'.join(numbers)} {parts[-1]}"
+
+
 def _loader(model: str) -> Any:
     from dsas_diffusion.loading import load_pipeline
 
@@ -54,12 +71,11 @@ def build_app(studio: Studio) -> gr.Blocks:
                        guidance=float(guidance), plain=(mode == "plain"), strengths=strengths)
 
     def outputs_of(studio_result: Any) -> tuple[Any, Any, Any]:
-        rows = [{"site": f"{c}: {s.split('.transformer_blocks')[0]}.{s.rsplit('.', 1)[-1]}", "alpha": a}
-                for c, s, a in studio_result.profile]
         import pandas as pd
 
-        frame = pd.DataFrame(rows or [{"site": "-", "alpha": 0.0}])
-        return studio_result.image, studio_result.heat, frame
+        rows = [{"site": short_site(s), "alpha": a, "concept": c} for c, s, a in studio_result.profile]
+        frame = pd.DataFrame(rows or [{"site": "-", "alpha": 0.0, "concept": "-"}])
+        return show(studio_result.image), show(studio_result.heat), frame
 
     def steered_only(model, prompt, negative, seed, steps, guidance, mode, names, *values):  # noqa: ANN001, ANN202
         strengths = {n: float(v) for n, v in zip(names, values)}
@@ -74,7 +90,7 @@ def build_app(studio: Studio) -> gr.Blocks:
         try:
             req = request(model, prompt, negative, seed, steps, guidance, mode, {})
             studio.validate(req)
-            plain = studio.unsteered(req)
+            plain = show(studio.unsteered(req))
         except DsasError as err:
             raise fail(err) from None
         return (plain, *steered_only(model, prompt, negative, seed, steps, guidance, mode, names, *values))
@@ -91,7 +107,7 @@ def build_app(studio: Studio) -> gr.Blocks:
             req = request(model, prompt, negative, seed, steps, guidance, mode, strengths)
             studio.validate(req)
             result = studio.steered(req)
-            return studio.unsteered(req), result.image, result.heat
+            return show(studio.unsteered(req)), show(result.image), show(result.heat)
         except DsasError as err:
             raise fail(err) from None
 
@@ -136,10 +152,11 @@ def build_app(studio: Studio) -> gr.Blocks:
             sliders = [gr.Slider(-3, 3, value=0.0, step=0.05, label="", visible=False, elem_id=f"slot{i}")
                        for i in range(SLOTS)]
             with gr.Row():
-                plain_img = gr.Image(label="unsteered", format="png", type="pil", elem_id="unsteered")
-                steered_img = gr.Image(label="steered", format="png", type="pil", elem_id="steered")
-                heat_img = gr.Image(label="α heat map (where it steered)", format="png", type="pil")
-            profile = gr.BarPlot(x="site", y="alpha", label="mean α per site", y_lim=[0, 1])
+                plain_img = gr.Image(label="unsteered", format="png", type="pil", elem_id="unsteered", height=340)
+                steered_img = gr.Image(label="steered", format="png", type="pil", elem_id="steered", height=340)
+                heat_img = gr.Image(label="α heat map (where it steered)", format="png", type="pil", height=340)
+            profile = gr.BarPlot(x="site", y="alpha", color="concept", label="mean α per site (0 = left alone)",
+                                 y_lim=[0, 1], x_label_angle=-40, sort=None)
         with gr.Tab("Fit a concept"):
             with gr.Row():
                 src = gr.Textbox(lines=8, label="source prompts (steer these), one per line")

@@ -1,0 +1,33 @@
+"""Start the Gradio app in this process on a free local port, for client and browser tests."""
+
+from __future__ import annotations
+
+import socket
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import app as app_module  # noqa: E402
+from dsas_diffusion.studio import ConceptRegistry, Studio  # noqa: E402
+
+
+def free_port() -> int:
+    """An unused TCP port on 127.0.0.1."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def launch(models: dict[str, Callable[[], Any]], concept_dir: Path, bundled: list[Path] | None = None,
+           workers: int = 2) -> tuple[Any, Studio, str]:
+    """(running Blocks, its Studio, its URL). Close with ``blocks.close()``."""
+    studio = Studio(models, ConceptRegistry(bundled or [], concept_dir), workers=workers)
+    blocks = app_module.build_app(studio)
+    port = free_port()
+    blocks.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    return blocks, studio, f"http://127.0.0.1:{port}/"

@@ -1,0 +1,120 @@
+"""The Gradio app driven through gradio_client: strengths, fitting, uploads, path safety, concurrency."""
+
+import json
+import threading
+import time
+
+import pytest
+from gradio_client import Client, handle_file
+from PIL import Image, ImageChops
+
+from app_harness import launch
+from dsas_diffusion.demo import load_demo_pipeline
+
+SRC = "\n".join(f"a red {s} on a {b} background" for s in ("circle", "square", "triangle") for b in ("white", "black", "gray"))
+TGT = "\n".join(f"a blue {s} on a {b} background" for s in ("circle", "square", "triangle") for b in ("white", "black", "gray"))
+CTL = "\n".join(f"a {c} {s} on a {b} background" for c in ("green", "yellow") for s in ("circle", "square") for b in ("white", "black"))
+PROMPT = "a red circle on a white background"
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    root = tmp_path_factory.mktemp("app")
+    blocks, studio, url = launch({"demo": load_demo_pipeline}, root / "concepts")
+    client = Client(url, verbose=False)
+    fitted = client.predict("demo", SRC, TGT, CTL, "red-to-blue", "mean_shift", "probe", "a red shape",
+                            "a blue shape", api_name="/fit")
+    yield client, studio, fitted, root
+    blocks.close()
+
+
+def generate(client, strengths, seed=0, mode="DSAS"):
+    return client.predict("demo", PROMPT, "", seed, 12, 5.0, mode, json.dumps(strengths), api_name="/generate")
+
+
+def same(a, b):
+    return ImageChops.difference(Image.open(a).convert("RGB"), Image.open(b).convert("RGB")).getbbox() is None
+
+
+def test_a_concept_fitted_from_three_short_prompt_lists_appears(served):
+    client, studio, (message, files), _ = served
+    assert "Fitted **red-to-blue**" in message
+    assert sorted(f.rsplit("/", 1)[-1] for f in files) == ["dsas_config.json", "dsas_model.safetensors"]
+    assert studio.registry.names() == ["red-to-blue"]
+
+
+def test_two_strengths_give_different_steered_and_identical_unsteered_images(served):
+    client = served[0]
+    plain_a, steered_a, heat_a = generate(client, {"red-to-blue": 1.5})
+    plain_b, steered_b, _ = generate(client, {"red-to-blue": 0.3})
+    assert same(plain_a, plain_b)
+    assert not same(steered_a, steered_b)
+    assert Image.open(steered_a).format == "PNG" and Image.open(heat_a).size == Image.open(steered_a).size
+
+
+def test_a_path_instead_of_a_concept_name_is_refused_through_the_api(served):
+    client = served[0]
+    for name in ("../../etc/passwd", "/tmp", "concepts/red-to-blue"):
+        with pytest.raises(Exception, match="unknown concept"):
+            generate(client, {name: 1.0})
+        with pytest.raises(Exception, match="unknown concept"):
+            client.predict(name, api_name="/download")
+
+
+def test_uploading_a_non_safetensors_file_is_refused(served):
+    client, _, _, root = served
+    bad = root / "evil.pt"
+    bad.write_bytes(b"\x80\x04not a concept")
+    with pytest.raises(Exception, match="Other file types are refused"):
+        client.predict("demo", [handle_file(str(bad))], api_name="/upload")
+
+
+def test_uploading_a_concept_for_another_model_is_refused(served, tmp_path):
+    from tiny_diffusion import tiny_sd
+
+    from dsas_diffusion import fit_concept
+
+    things = ["cat", "dog", "house", "tree"]
+    other = fit_concept(tiny_sd(), [f"a banana and a {t}" for t in things], [f"a pear and a {t}" for t in things],
+                        [f"a photo of a {t}" for t in things], name="foreign", num_inference_steps=2, progress=False)
+    other.save_pretrained(tmp_path / "foreign")
+    files = [handle_file(str(tmp_path / "foreign" / n)) for n in ("dsas_config.json", "dsas_model.safetensors")]
+    with pytest.raises(Exception, match="fit the concept again on this model|fitted on another model"):
+        served[0].predict("demo", files, api_name="/upload")
+
+
+def test_a_valid_upload_is_added_under_its_own_name(served, tmp_path):
+    client, studio, (_, files), _ = served
+    data = json.loads(open(next(f for f in files if f.endswith(".json"))).read()) | {"name": "copy"}
+    (tmp_path / "dsas_config.json").write_text(json.dumps(data))
+    weights = next(f for f in files if f.endswith(".safetensors"))
+    message = client.predict("demo", [handle_file(str(tmp_path / "dsas_config.json")), handle_file(weights)],
+                             api_name="/upload")
+    assert message == "Added **copy**."
+    assert "copy" in studio.registry.names()
+
+
+def test_overlapping_requests_with_different_strengths_match_sequential_ones(served):
+    client, studio, _, _ = served
+    spans, lock = [], threading.Lock()
+    original = studio._run
+
+    def timed(pipe, req):
+        start = time.perf_counter()
+        out = original(pipe, req)
+        with lock:
+            spans.append((start, time.perf_counter(), dict(req.strengths)))
+        return out
+
+    studio._run = timed
+    try:
+        jobs = [client.submit("demo", PROMPT, "", 7, 12, 5.0, "DSAS", json.dumps({"red-to-blue": s}),
+                              api_name="/generate") for s in (1.5, -1.0)]
+        together = [job.result() for job in jobs]
+    finally:
+        studio._run = original
+    steered = sorted((s for s in spans if s[2]), key=lambda s: s[0])
+    assert len(steered) == 2 and steered[1][0] < steered[0][1]  # the second started before the first ended
+    alone = [generate(client, {"red-to-blue": s}, seed=7) for s in (1.5, -1.0)]
+    assert all(same(t[1], a[1]) for t, a in zip(together, alone))
+    assert not same(together[0][1], together[1][1])

@@ -1,0 +1,58 @@
+"""A real browser (Debian's chromium driven by Playwright) loads the app, moves a slider and sees a new image."""
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from app_harness import ROOT, launch
+from dsas_diffusion.demo import load_demo_pipeline
+from test_app import CTL, SRC, TGT
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+         "--disable-component-update", "--no-first-run"]
+UPDATE = os.environ.get("DSAS_UPDATE_SCREENSHOT") == "1"  # write the README's screenshot into assets/
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (apt-get install chromium)")
+def test_the_page_loads_a_slider_move_shows_a_new_steered_image(tmp_path):
+    shot = ROOT / "assets" / "screenshot.png" if UPDATE else tmp_path / "screenshot.png"
+    from gradio_client import Client
+    from playwright.sync_api import sync_playwright
+
+    blocks, studio, url = launch({"demo": load_demo_pipeline}, tmp_path / "concepts")
+    try:
+        Client(url, verbose=False).predict("demo", SRC, TGT, CTL, "red-to-blue", "mean_shift", "probe", "", "",
+                                           api_name="/fit")
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch_persistent_context(
+                tempfile.mkdtemp(prefix="dsas-chromium-"), executable_path=CHROMIUM, args=FLAGS, headless=True,
+                viewport={"width": 1280, "height": 1000})
+            page = browser.new_page()
+            page.goto(url)
+            slider = page.locator("#slot0 input[type=range]")
+            slider.wait_for(timeout=30_000)
+            page.get_by_role("button", name="Generate").click()
+            steered = page.locator("#steered img")
+            steered.wait_for(timeout=60_000)
+            first = steered.get_attribute("src")
+            box = slider.bounding_box()
+            page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+            page.mouse.down()
+            page.mouse.move(box["x"] + box["width"] * 0.85, box["y"] + box["height"] / 2, steps=5)
+            page.mouse.up()
+            page.wait_for_function(
+                "(old) => { const i = document.querySelector('#steered img'); return i && i.src !== old; }",
+                arg=first, timeout=60_000)
+            value = float(page.locator("#slot0 input[type=number]").input_value())
+            page.wait_for_timeout(500)
+            page.screenshot(path=str(shot), full_page=True)
+            browser.close()
+        assert value > 1.0
+        assert Path(shot).stat().st_size > 10_000
+    finally:
+        blocks.close()
+
