@@ -9,6 +9,7 @@ computed when token t was read, so prompt tokens are ``prefill`` and generated t
 from __future__ import annotations
 
 import html
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,9 +46,13 @@ class AlphaTokens:
         """(B, T) α at one site."""
         return self.by_site[self.sites.index(name)]
 
-    def per_text(self) -> Tensor:
-        """(B,) the mean α over each row's real tokens (of :attr:`mean`)."""
-        return self.mean.nanmean(dim=-1)
+    def per_text(self, exclude: Sequence[int] = ()) -> Tensor:
+        """(B,) the mean α (of :attr:`mean`) over each row's real tokens, leaving out the token ids in ``exclude``
+        (e.g. ``tokenizer.all_special_ids``: fitting pools without special tokens by default)."""
+        m = self.mean
+        if exclude:
+            m = m.masked_fill(torch.isin(self.ids, torch.tensor(list(exclude), dtype=self.ids.dtype)), float("nan"))
+        return m.nanmean(dim=-1)
 
     def pieces(self, tokenizer: Any, row: int = 0) -> list[tuple[str, float]]:
         """(text piece, α) for the real tokens of one row; pieces keep the tokenizer's spacing."""
