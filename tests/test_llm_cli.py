@@ -1,0 +1,133 @@
+"""`dsas llm fit | generate | sites` end to end on a tiny model folder saved by the test, and the α renderings."""
+
+import json
+import re
+
+import pytest
+import torch
+
+from dsas_core import Concept
+from dsas_core.cli import main
+from dsas_transformers import encode, steer
+from dsas_transformers.cli import parse_concept_arg, read_prompt_file
+from test_llm_planted import PHRASE, TOK, make
+from dsas_transformers.testing import tiny_model
+
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("tiny-llama")
+    tiny_model("llama", len(TOK), hidden=64, layers=4, seed=0).save_pretrained(path)
+    TOK.save_pretrained(path)
+    return path
+
+
+def write(path, lines):
+    path.write_text("# a comment line\n\n" + "\n".join(lines) + "\n\n")
+    return path
+
+
+@pytest.fixture(scope="module")
+def concept_dir(model_dir, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("texts")
+    files = {k: write(tmp / f"{k}.txt", make(32, seed, planted)) for k, seed, planted in
+             (("source", 1, True), ("target", 2, False), ("control", 3, False))}
+    out = tmp / "planted"
+    code = main(["llm", "fit", "--model", str(model_dir), "--source", str(files["source"]), "--target",
+                 str(files["target"]), "--control", str(files["control"]), "--out", str(out), "--layers=-3:",
+                 "--dtype", "float32", "--device", "cpu"])
+    assert code == 0
+    return out
+
+
+def test_prompt_files_skip_blank_lines_and_comments(tmp_path):
+    path = write(tmp_path / "p.txt", ["  one text ", "# not this", "two"])
+    assert read_prompt_file(path) == ["one text", "two"]
+
+
+def test_concept_arguments_parse_an_optional_strength():
+    assert parse_concept_arg("concepts/a=0.5") == ("concepts/a", 0.5)
+    assert parse_concept_arg("concepts/a") == ("concepts/a", 1.0)
+    assert parse_concept_arg("concepts/a=-2") == ("concepts/a", -2.0)
+
+
+def test_fit_writes_a_concept_on_the_chosen_layers(concept_dir):
+    concept = Concept.from_pretrained(concept_dir)
+    assert concept.name == "planted"
+    assert concept.config.sites == ["model.layers.1", "model.layers.2", "model.layers.3"]
+    assert concept.config.model_class == "LlamaForCausalLM"
+    assert concept.config.fitted_on["n_texts"] == {"source": 32, "target": 32, "control": 32}
+
+
+def test_generate_with_a_concept_prints_the_text_and_a_coloured_alpha_line(model_dir, concept_dir, tmp_path, capsys):
+    html_path = tmp_path / "alpha.html"
+    prompt = " ".join(PHRASE + ["the"])
+    code = main(["llm", "generate", "--model", str(model_dir), "--prompt", prompt, "--concept",
+                 f"{concept_dir}=0.5", "--show-alpha", "--html", str(html_path), "--max-new-tokens", "3",
+                 "--dtype", "float32", "--device", "cpu"])
+    out = capsys.readouterr().out.splitlines()
+    assert code == 0
+    assert out[0].startswith(prompt + " ") and len(out[0].split()) == 5 + 3
+    assert ANSI.sub("", out[2]) == " ".join(["<bos>", *out[0].split()[:-1]])  # every token read, coloured
+    assert out[2].count("\x1b[48;2;") == 1 + 5 + 2
+    assert html_path.read_text().count("<span ") == 1 + 5 + 2
+
+
+def test_generate_is_deterministic_and_constant_mode_differs_from_adaptive(model_dir, concept_dir, capsys):
+    def run(*extra):
+        assert main(["llm", "generate", "--model", str(model_dir), "--prompt", "the a of", "--concept",
+                     f"{concept_dir}=8", "--max-new-tokens", "4", "--dtype", "float32", "--device", "cpu",
+                     *extra]) == 0
+        return capsys.readouterr().out
+
+    assert run() == run()
+    assert run("--sample", "--seed", "3") == run("--sample", "--seed", "3")
+    plain = run("--constant")
+    assert main(["llm", "generate", "--model", str(model_dir), "--prompt", "the a of", "--max-new-tokens", "4",
+                 "--dtype", "float32", "--device", "cpu"]) == 0
+    unsteered = capsys.readouterr().out
+    assert plain != unsteered
+
+
+def test_sites_lists_every_role_of_every_layer(model_dir, capsys):
+    assert main(["llm", "sites", str(model_dir), "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert len(rows) == 3 * 4
+    assert rows[0] == {"role": "residual", "layer": 0, "name": "model.layers.0", "output": "tensor", "width": 64}
+    assert main(["llm", "sites", str(model_dir)]) == 0
+    assert "model.layers.3.post_attention_layernorm" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("command", [["llm"], ["llm", "fit"], ["llm", "generate"], ["llm", "sites"]])
+def test_every_llm_command_has_help_with_an_example(command, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main([*command, "--help"])
+    assert exit_.value.code == 0
+    assert "example:\n  dsas llm" in capsys.readouterr().out
+
+
+def test_errors_are_reported_without_a_traceback(model_dir, tmp_path, capsys):
+    assert main(["llm", "sites", str(tmp_path / "nowhere")]) == 2
+    assert "could not load model" in capsys.readouterr().err
+    assert main(["llm", "generate", "--model", str(model_dir), "--prompt", "x", "--show-alpha"]) == 2
+    assert "need at least one --concept" in capsys.readouterr().err
+
+
+def test_alpha_renderings_colour_each_token_and_escape_html():
+    model = tiny_model("llama", len(TOK), hidden=64, layers=4, seed=0)
+    from dsas_transformers import fit_concept
+
+    concept = fit_concept(model, TOK, make(8, 1, True), make(8, 2, False), make(8, 3, False), gate=0.0,
+                          progress=False)
+    batch = encode(TOK, ["zebra quantum", "the a of and"])
+    with steer(model, {concept: 0.0}, record_alpha=True) as handle:
+        model(**batch)
+        at = handle.alpha_tokens()
+    pieces = at.pieces(TOK, row=0)
+    assert [p for p, _ in pieces] == ["<bos>", " zebra", " quantum"]
+    assert torch.allclose(torch.tensor([a for _, a in pieces]), at.mean[0, -3:], atol=0, rtol=0)
+    assert ANSI.sub("", at.ansi(TOK, row=1)) == "<bos> the a of and"
+    html = at.html(TOK, row=0)
+    assert html.count("<span ") == 3 and "&lt;bos&gt;" in html and "<bos>" not in html
