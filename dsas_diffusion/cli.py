@@ -66,6 +66,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--match", default=None, help="only sites whose name matches this regex")
     p.set_defaults(func=sites_command)
 
+    from .cli_eval import register as register_eval
+
+    register_eval(sub)
+
 
 def fit_command(args: argparse.Namespace) -> int:
     """Fit and save a concept."""
