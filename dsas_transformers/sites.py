@@ -49,6 +49,7 @@ FAMILIES: dict[str, Family] = {
     "gemma": _LLAMA_LIKE,
     "gemma2": _GEMMA,
     "gemma3_text": _GEMMA,
+    "gemma3": Family("model.language_model.layers", _GEMMA.roles, note="the language model of Gemma 3 (image+text)"),
     "gpt2": Family("transformer.h", {"residual": "", "mlp_input": "ln_2", "attention": "attn"}),
     "phi": Family("model.layers", {"residual": "", "mlp_input": "input_layernorm", "attention": "self_attn"},
                   note="parallel block: input_layernorm feeds both attention and MLP"),

@@ -18,6 +18,7 @@ EXPECTED = {  # family: (layer 1's residual, mlp_input, attention module)
     "gemma3_text": ("model.layers.1", "model.layers.1.pre_feedforward_layernorm", "model.layers.1.self_attn"),
     "gpt2": ("transformer.h.1", "transformer.h.1.ln_2", "transformer.h.1.attn"),
     "phi": ("model.layers.1", "model.layers.1.input_layernorm", "model.layers.1.self_attn"),
+    "phi3": ("model.layers.1", "model.layers.1.post_attention_layernorm", "model.layers.1.self_attn"),
 }
 
 
@@ -104,3 +105,78 @@ def test_a_chat_template_wraps_every_text_before_pooling():
     for s in sites:
         expected = pooled[1][s.site.name].mean(0) - pooled[0][s.site.name].mean(0)
         assert torch.allclose(concept.sites[s.site.name].transform.shift, expected, atol=1e-6, rtol=0)
+
+
+def test_gemma3_image_text_models_steer_their_language_model_layers():
+    import transformers as tf
+
+    text = dict(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                num_key_value_heads=2, head_dim=8, pad_token_id=0, bos_token_id=2, eos_token_id=3)
+    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4, image_size=28,
+                  patch_size=14)
+    torch.manual_seed(0)
+    model = tf.AutoModelForCausalLM.from_config(tf.Gemma3Config(text_config=text, vision_config=vision,
+                                                                mm_tokens_per_image=4), dtype=torch.float32).eval()
+    assert [s.site.name for s in lm_sites(model, role="mlp_input")] == [
+        "model.language_model.layers.0.pre_feedforward_layernorm", "model.language_model.layers.1.pre_feedforward_layernorm"]
+    concept = fit_concept(model, TOK, texts(8, 1), texts(8, 2), texts(8, 3), gate=0.0, progress=False)
+    with steer(model, {concept: 3.0}):
+        cached = greedy(model, steps=3, use_cache=True)
+        uncached = greedy(model, steps=3, use_cache=False)
+    assert torch.equal(cached.sequences, uncached.sequences)
+    assert max((a - b).abs().max().item() for a, b in zip(cached.logits, uncached.logits)) <= 1e-5
+
+
+class _Block(torch.nn.Module):
+    def __init__(self, out="tuple"):
+        super().__init__()
+        self.lin, self.out = torch.nn.Linear(8, 8), out
+
+    def forward(self, h):
+        h = h + torch.tanh(self.lin(h))
+        return (h, None) if self.out == "tuple" else h[:, -1] if self.out == "2d" else h
+
+
+class _ToyLM(torch.nn.Module):
+    """An unknown architecture whose decoder layers return tuples, as some transformers 4.x families do."""
+
+    def __init__(self, out="tuple"):
+        super().__init__()
+        torch.manual_seed(0)
+        self.config = type("Cfg", (), {"model_type": "toy", "num_hidden_layers": 2})()
+        self.embed = torch.nn.Embedding(10, 8)
+        self.blocks = torch.nn.ModuleList([_Block(out), _Block()])
+
+    def get_input_embeddings(self):
+        return self.embed
+
+    def forward(self, input_ids, attention_mask=None, use_cache=False, **kwargs):
+        h = self.embed(input_ids)
+        for block in self.blocks:
+            h = block(h)[0]
+        return h
+
+
+def test_tuple_layer_outputs_of_an_unknown_family_are_found_and_steered_at_index_0():
+    model = _ToyLM()
+    sites = lm_sites(model)
+    assert [(s.site.name, s.output, s.site.output_index, s.width) for s in sites] == [
+        ("blocks.0", "tuple[0]", 0, 8), ("blocks.1", "tuple[0]", 0, 8)]
+    with pytest.raises(DsasError, match="no known 'attention' site"):
+        lm_sites(model, role="attention")
+    from dsas_core import attach, fit_from_activations
+
+    g = torch.Generator().manual_seed(0)
+    acts = {k: {"blocks.1": torch.randn(8, 8, generator=g) + shift} for k, shift in (("s", 1.0), ("t", -1.0))}
+    concept = fit_from_activations("toy", acts["s"], acts["t"], None, scaler="constant", progress=False)
+    ids = torch.tensor([[1, 2, 3]])
+    h0 = model.blocks[0](model.embed(ids))[0]
+    expected = model.blocks[1](h0)[0] + 0.5 * concept.sites["blocks.1"].transform.shift
+    with attach([s.site for s in sites], {concept: 0.5}):
+        assert torch.allclose(model(ids), expected, atol=1e-6, rtol=0)
+
+
+def test_a_site_whose_output_is_not_a_token_stream_is_refused():
+    model = _ToyLM(out="2d")
+    with pytest.raises(DsasError, match=r"blocks.0' returns a tensor of shape \(1, 8\)"):
+        lm_sites(model)
