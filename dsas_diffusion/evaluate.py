@@ -10,6 +10,7 @@ GPUs) and gathered on the main process.
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import math
 import time
@@ -28,7 +29,7 @@ from .pipeline import steer
 from .scoring import ClipScorer, OracleTarget, read_attributes, unchanged_fraction
 
 METHODS = ("dsas", "plain")
-FIELDS = ["method", "strength", "set", "prompt_index", "prompt", "seed", "process", "seconds", "clip_concept",
+FIELDS = ["method", "strength", "set", "prompt_index", "prompt", "seed", "process", "seconds", "image_digest", "clip_concept",
           "clip_prompt", "clip_image_sim", "oracle_hit", "oracle_unchanged"]
 
 
@@ -107,7 +108,8 @@ def sweep(pipe: Any, concept: Concept, steer_prompts: Sequence[str], control_pro
             if seed == 0 and idx < keep_images:
                 images[(method, strength, set_name, idx, seed)] = imgs[k]
             row: dict[str, Any] = {"method": method, "strength": strength, "set": set_name, "prompt_index": idx,
-                                   "prompt": prompt, "seed": seed, "process": process, "seconds": round(seconds, 4)}
+                                   "prompt": prompt, "seed": seed, "process": process, "seconds": round(seconds, 4),
+                                   "image_digest": hashlib.sha1(imgs[k].tobytes()).hexdigest()[:16]}
             if clip is not None:
                 row |= {"clip_concept": float(concept_p[k]), "clip_prompt": float(prompt_cos[k]),
                         "clip_image_sim": float(clip.cosine(emb[k:k + 1], base_emb[k:k + 1])[0])}
