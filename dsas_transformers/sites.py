@@ -122,17 +122,19 @@ def candidate_modules(
     ``sites`` as a string is a regular expression matched against full module names (``re.fullmatch``); as a list
     it names modules exactly. ``layers`` also filters explicitly named modules that live inside a decoder layer.
     """
-    fam = family_of(model)
     try:
-        layer_list = model.get_submodule(fam.layers)
-    except AttributeError:
-        raise DsasError(f"{type(model).__name__} has no module {fam.layers!r}; pass sites=REGEX.") from None
-    n = len(layer_list)
-    keep = set(parse_layers(layers, n))
+        fam = family_of(model)
+        n = len(model.get_submodule(fam.layers))
+    except (AttributeError, DsasError) as err:
+        if sites is None or layers is not None:
+            raise DsasError(f"{type(model).__name__}: cannot locate its decoder layers ({err}); pass sites=[names] "
+                            "without layers=.") from None
+        fam, n = Family("", {}), 0  # explicit names only: no layer indices
+    keep = set(parse_layers(layers, n)) if n else set()
     prefix = fam.layers + "."
 
     def layer_of(name: str) -> int | None:
-        if not name.startswith(prefix):
+        if not fam.layers or not name.startswith(prefix):
             return None
         head = name[len(prefix):].split(".", 1)[0]
         return int(head) if head.isdigit() else None
