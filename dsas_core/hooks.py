@@ -131,6 +131,7 @@ class Strengths(MutableMapping[str, float]):
     def __init__(self, initial: Mapping[str, float]) -> None:
         self._values: dict[str, float] = {}
         self._tensors: dict[str, Tensor] = {}
+        self._on_device: dict[tuple[str, torch.device], Tensor] = {}
         for name, value in initial.items():
             self._tensors[name] = torch.zeros((), dtype=torch.float32)
             self[name] = value
@@ -149,6 +150,9 @@ class Strengths(MutableMapping[str, float]):
             raise DsasError(f"strength for {name!r} must be finite, got {value}.")
         self._values[name] = value
         self._tensors[name].fill_(value)
+        for (n, _), t in self._on_device.items():
+            if n == name:
+                t.fill_(value)  # a kernel launch on that device, no host sync
 
     def __delitem__(self, name: str) -> None:
         raise DsasError("strengths cannot be deleted; set them to 0 to switch a concept off.")
@@ -159,9 +163,14 @@ class Strengths(MutableMapping[str, float]):
     def __len__(self) -> int:
         return len(self._values)
 
-    def tensor(self, name: str) -> Tensor:
-        """The 0-d float32 tensor the hooks multiply by."""
-        return self._tensors[name]
+    def tensor(self, name: str, device: torch.device | None = None) -> Tensor:
+        """The 0-d float32 tensor the hooks multiply by, kept on ``device`` (copied there once)."""
+        if device is None or device.type == "cpu":
+            return self._tensors[name]
+        key = (name, device)
+        if key not in self._on_device:
+            self._on_device[key] = self._tensors[name].to(device)
+        return self._on_device[key]
 
     def __repr__(self) -> str:
         return f"Strengths({self._values})"
@@ -228,7 +237,7 @@ class _SiteHook:
             )
         x32 = x.float()
         adaptive = handle.adaptive
-        total: Tensor | None = None
+        out: Tensor | None = None  # x32 plus every concept's update, accumulated in one buffer
         for e in self.on_device(x.device):
             steering = strengths[e.name] != 0.0
             if not (steering or record):
@@ -243,11 +252,17 @@ class _SiteHook:
                 handle.records.append(AlphaRecord(e.name, self.site.name, call, dict(handle.context), a.detach()))
             if steering and not off:
                 delta = e.transform.delta(x32)  # (..., d) or (d,)
-                update = strengths.tensor(e.name) * (delta if alpha is None else alpha.unsqueeze(-1) * delta)
-                total = update if total is None else total + update
-        if total is None:
+                lam = strengths.tensor(e.name, x.device)
+                coef = lam if alpha is None else (lam * alpha).unsqueeze(-1)  # () or (..., 1)
+                if out is None:
+                    out = torch.addcmul(x32, coef, delta)
+                elif out.requires_grad:
+                    out = torch.addcmul(out, coef, delta)
+                else:
+                    out.addcmul_(coef, delta)
+        if out is None:
             return None
-        new = (x32 + total).to(h.dtype)
+        new = out.to(h.dtype)
         if self.site.layout == "channels":
             new = new.movedim(-1, 1)
         return write_output(self.site, output, new)
