@@ -54,6 +54,12 @@ class AlphaTokens:
             m = m.masked_fill(torch.isin(self.ids, torch.tensor(list(exclude), dtype=self.ids.dtype)), float("nan"))
         return m.nanmean(dim=-1)
 
+    def per_site(self, row: int | None = None) -> dict[str, float]:
+        """The layer profile: mean α over the real tokens (of one row, or all rows) at each site."""
+        rows = slice(None) if row is None else slice(row, row + 1)
+        keep = self.mask[rows].bool()
+        return {s: self.by_site[i][rows][keep].nanmean().item() for i, s in enumerate(self.sites)}
+
     def pieces(self, tokenizer: Any, row: int = 0) -> list[tuple[str, float]]:
         """(text piece, α) for the real tokens of one row; pieces keep the tokenizer's spacing."""
         keep = self.mask[row].bool()

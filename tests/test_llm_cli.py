@@ -129,5 +129,8 @@ def test_alpha_renderings_colour_each_token_and_escape_html():
     assert [p for p, _ in pieces] == ["<bos>", " zebra", " quantum"]
     assert torch.allclose(torch.tensor([a for _, a in pieces]), at.mean[0, -3:], atol=0, rtol=0)
     assert ANSI.sub("", at.ansi(TOK, row=1)) == "<bos> the a of and"
+    profile = at.per_site(row=1)
+    assert list(profile) == concept.config.sites
+    assert abs(sum(profile.values()) / len(profile) - at.mean[1].mean().item()) <= 1e-6
     html = at.html(TOK, row=0)
     assert html.count("<span ") == 3 and "&lt;bos&gt;" in html and "<bos>" not in html
