@@ -128,3 +128,23 @@ def test_a_fitted_concept_records_what_it_was_fitted_on_and_round_trips(arch, tm
         b = greedy(model, steps=2)
     assert torch.equal(a.sequences, b.sequences)
     assert max((x - y).abs().max().item() for x, y in zip(a.logits, b.logits)) == 0.0
+
+
+def test_several_concepts_and_concept_directories_attach_together_and_alpha_names_its_concept(tmp_path):
+    model = tiny_model("llama", VOCAB, hidden=32, layers=2)
+    a = fit_concept(model, TOK, texts(8, 1), texts(8, 2), texts(8, 3), name="a", gate=0.0, progress=False)
+    b = fit_concept(model, TOK, texts(8, 4), texts(8, 5), texts(8, 6), name="b", gate=0.0, progress=False,
+                    layers=[1])
+    with steer(model, {a: 1.0, str(b.save_pretrained(tmp_path / "b")): 0.5}) as handle:
+        greedy(model, steps=2)
+        with pytest.raises(DsasError, match="record_alpha=True"):
+            handle.alpha_tokens("a")
+        handle.record_alpha = True
+        greedy(model, steps=2)
+        with pytest.raises(DsasError, match=r"several concepts are attached \(\['a', 'b'\]\)"):
+            handle.alpha_tokens()
+        assert handle.alpha_tokens("b").by_site.shape == (1, 2, 5 + 1)
+        assert handle.alpha_tokens("a").by_site.shape == (2, 2, 5 + 1)
+        with pytest.raises(DsasError, match="no α was recorded"):
+            handle.alpha_tokens("a", generation=0)  # ran before record_alpha was switched on
+        assert dict(handle.strengths) == {"a": 1.0, "b": 0.5}
