@@ -18,7 +18,7 @@ from dsas_core import AlphaRecord, Concept, DsasError, SteeringHandle
 from dsas_core import attach as core_attach
 
 from .alpha import AlphaTokens
-from .sites import candidate_modules, resolve
+from .sites import LMSite, candidate_modules, resolve
 
 ConceptLike = Concept | str | os.PathLike[str]
 
@@ -132,7 +132,9 @@ class LMSteering:
     def alpha_tokens(self, concept: str | None = None, generation: int = -1) -> AlphaTokens:
         """Per-token α of one generation (the last by default) for ``concept`` (needed when several are attached).
 
-        Needs ``record_alpha=True`` during the generation."""
+        Needs ``record_alpha=True`` during the generation. A generation starts with every forward call that begins
+        at position 0: with the KV cache that is the prefill, followed by one call per decode step; without the cache
+        every call re-reads the whole sequence, so each call is its own generation (all positions ``prefill``)."""
         names = list(self.core.concepts)
         if concept is None:
             if len(names) > 1:
@@ -184,7 +186,7 @@ def _load(concept: ConceptLike) -> Concept:
     return concept if isinstance(concept, Concept) else Concept.from_pretrained(concept)
 
 
-def check_fits(model: nn.Module, concepts: list[Concept]) -> list:
+def check_fits(model: nn.Module, concepts: list[Concept]) -> list[LMSite]:
     """Resolve the sites every concept steers and raise a clear error unless each concept fits ``model``
     (model class, site names, widths). Returns the resolved sites."""
     modules = dict(model.named_modules())
