@@ -66,9 +66,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--match", default=None, help="only sites whose name matches this regex")
     p.set_defaults(func=sites_command)
 
+    from .cli_bench import register as register_bench
     from .cli_eval import register as register_eval
 
     register_eval(sub)
+    register_bench(sub)
 
 
 def fit_command(args: argparse.Namespace) -> int:

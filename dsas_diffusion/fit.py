@@ -89,7 +89,7 @@ def collect_pooled(
                 gen = torch.Generator(device="cpu").manual_seed(seed + start)
                 pipe(batch, generator=gen, **kwargs)
     finally:
-        pipe._progress_bar_config = old_bar
+        pipe.set_progress_bar_config(**{"disable": False, **old_bar})
     pooled = collector.pooled()
     ids = torch.cat(tracker.prompt_ids)
     return pooled, ids

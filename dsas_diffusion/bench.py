@@ -1,0 +1,149 @@
+"""Benchmarks of steering overhead on diffusers denoisers, and of fitting cost (``dsas bench``).
+
+Every configuration runs the same denoiser calls on the same inputs, interleaved and repeated; ratios are medians
+over the unsteered median. A concept with every site active (gate 0) is the worst case for DSAS.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+
+from dsas_core import Concept, fit_from_activations
+from dsas_core.timing import PeakRSS, Timing, interleaved, no_context, verdict
+
+from .pipeline import attach
+from .sites import candidates
+
+LIMITS = {"lambda0": 1.01, "plain": 1.03, "dsas": 1.03, "dsas_record": 1.10}
+
+
+def bench_concept(denoiser: nn.Module, transform: str = "mean_shift", seed: int = 0) -> Concept:
+    """A concept on every default site of ``denoiser``, fitted on random activations, with no site gated."""
+    g = torch.Generator().manual_seed(seed)
+    widths = {c.site.name: c.width for c in candidates(denoiser) if c.default}
+    acts = {k: {s: torch.randn(16, w, generator=g) + (i == 0) for s, w in widths.items()} for i, k in
+            enumerate(("source", "target", "control"))}
+    concept = fit_from_activations("bench", acts["source"], acts["target"], acts["control"], transform=transform,
+                                   scaler="probe", gate=0.0, progress=False, model_class=type(denoiser).__name__)
+    return concept
+
+
+def sd15_unet() -> nn.Module:
+    """A UNet with Stable Diffusion 1.5's configuration and random weights (860M parameters)."""
+    from diffusers import UNet2DConditionModel
+
+    return UNet2DConditionModel(
+        sample_size=64, in_channels=4, out_channels=4, layers_per_block=2, block_out_channels=(320, 640, 1280, 1280),
+        down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3, cross_attention_dim=768, attention_head_dim=8,
+    ).eval()
+
+
+def unet_runner(unet: nn.Module, latent: int, batch: int, steps: int, text_tokens: int = 77,
+                device: torch.device | None = None, dtype: torch.dtype = torch.float32) -> Callable[[], None]:
+    """``steps`` UNet calls on fixed random inputs (a CFG-sized batch), without gradients."""
+    device = device or torch.device("cpu")
+    g = torch.Generator().manual_seed(0)
+    cfg = unet.config
+    sample = torch.randn(batch, cfg.in_channels, latent, latent, generator=g).to(device, dtype)
+    text = torch.randn(batch, text_tokens, cfg.cross_attention_dim, generator=g).to(device, dtype)
+    timesteps = torch.linspace(900, 100, steps).long().tolist()
+
+    @torch.no_grad()
+    def run() -> None:
+        for t in timesteps:
+            unet(sample, t, encoder_hidden_states=text, return_dict=False)
+
+    return run
+
+
+def overhead(denoiser: nn.Module, run: Callable[[], None], repeats: int = 7, device: torch.device | None = None,
+             transform: str = "mean_shift") -> dict[str, Any]:
+    """Unsteered vs attached-at-λ=0 vs plain vs DSAS vs DSAS with α recording, with ratios and verdicts."""
+    concept = bench_concept(denoiser, transform)
+    if device is not None:
+        concept_device = device  # α parameters follow the activations anyway; copying once keeps the first call fair
+        for steer in concept.sites.values():
+            steer.transform.to(concept_device)
+            steer.scaler.to(concept_device)
+    configs: dict[str, Callable[[], Any]] = {
+        "unsteered": no_context,
+        "lambda0": lambda: attach(denoiser, {concept: 0.0}),
+        "plain": lambda: attach(denoiser, {concept: 1.0}, adaptive=False),
+        "dsas": lambda: attach(denoiser, {concept: 1.0}),
+        "dsas_record": lambda: attach(denoiser, {concept: 1.0}, record_alpha=True),
+    }
+    timings = interleaved(run, configs, repeats=repeats, device=device,
+                          after=lambda ctx: ctx.clear_records() if hasattr(ctx, "clear_records") else None)
+    return report(timings, LIMITS)
+
+
+def report(timings: dict[str, Timing], limits: dict[str, float]) -> dict[str, Any]:
+    """Timings with ratios to 'unsteered' and a verdict per limit."""
+    base = timings["unsteered"]
+    out: dict[str, Any] = {"timings": {n: t.as_dict() for n, t in timings.items()}, "ratios": {}, "verdicts": {}}
+    for name, limit in limits.items():
+        if name in timings:
+            ratio = timings[name].median / base.median
+            out["ratios"][name] = ratio
+            out["verdicts"][name] = {"limit": limit, "verdict": verdict(ratio, limit, base)}
+    return out
+
+
+def fit_cost(pipe: Any, prompts: dict[str, list[str]], num_inference_steps: int = 10, batch_size: int = 8,
+             repeats: int = 3) -> dict[str, Any]:
+    """``fit_concept`` on the three prompt sets vs the same prompts through the pipeline (latents only, same
+    steps and batch size) with no hooks; medians of ``repeats``."""
+    import statistics
+    import time
+
+    from .fit import fit_concept
+
+    everything = prompts["source"] + prompts["target"] + prompts["control"]
+    pipe.set_progress_bar_config(disable=True)
+
+    def bare() -> None:
+        for i in range(0, len(everything), batch_size):
+            pipe(everything[i:i + batch_size], num_inference_steps=num_inference_steps, output_type="latent",
+                 generator=torch.Generator().manual_seed(i))
+
+    def fit() -> None:
+        fit_concept(pipe, prompts["source"], prompts["target"], prompts["control"], name="bench",
+                    num_inference_steps=num_inference_steps, batch_size=batch_size, progress=False)
+
+    times: dict[str, list[float]] = {"bare": [], "fit": []}
+    for _ in range(repeats):
+        for name, fn in (("bare", bare), ("fit", fit)):
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    bare_s, fit_s = statistics.median(times["bare"]), statistics.median(times["fit"])
+    return {"bare_s": bare_s, "fit_s": fit_s, "ratio": fit_s / bare_s, "limit": 1.2,
+            "verdict": "pass" if fit_s / bare_s <= 1.2 else "fail", "samples": times}
+
+
+def fit_memory(pipe: Any, prompts: dict[str, list[str]], size: int, steps: int) -> float:
+    """Peak resident-memory growth (MiB) of one ``fit_concept`` at image side ``size`` and ``steps`` collected."""
+    from .fit import fit_concept
+
+    with PeakRSS() as rss:
+        fit_concept(_Sized(pipe, size), prompts["source"], prompts["target"], prompts["control"], name="bench",
+                    num_inference_steps=steps, progress=False)
+    return rss.growth_mb
+
+
+class _Sized:
+    """A pipeline proxy that generates at a fixed image side (everything else delegated)."""
+
+    def __init__(self, pipe: Any, size: int) -> None:
+        self._pipe, self._size = pipe, size
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._pipe, name)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self._pipe(*args, height=self._size, width=self._size, **kwargs)

@@ -1,0 +1,141 @@
+"""``dsas bench``: steering overhead and fitting cost, measured side by side in one run."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+from pathlib import Path
+from typing import Any
+
+from dsas_core.cli import HelpFormatter
+
+EXAMPLE = """examples:
+  dsas bench                                 # every benchmark this machine can run, results printed
+  dsas bench --only sd15 --repeats 9 --json bench.json
+  dsas bench --only demo,fit --device cpu"""
+
+BENCHES = ("demo", "sd15", "flux", "llm", "fit")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add ``dsas bench``."""
+    p = sub.add_parser("bench", help="time steering overhead and fitting cost against unsteered runs",
+                       description="Times, interleaved and repeated, the denoiser (or LLM) unsteered, attached with "
+                                   "every strength 0, with plain steering, with DSAS, and with DSAS recording α; "
+                                   "reports medians, min/max, ratios to unsteered and a verdict per budget "
+                                   "('inconclusive' when the unsteered spread exceeds the margin judged).",
+                       epilog=EXAMPLE, formatter_class=HelpFormatter)
+    p.add_argument("--only", default=",".join(BENCHES), help=f"comma-separated subset of {','.join(BENCHES)}")
+    p.add_argument("--repeats", type=int, default=7)
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when present)")
+    p.add_argument("--latent", type=int, default=None, help="latent side for sd15 (default: 16 on CPU, 64 on GPU)")
+    p.add_argument("--json", default=None, help="also write the results to this file")
+    p.set_defaults(func=bench_command)
+
+
+def bench_command(args: argparse.Namespace) -> int:
+    """Run the chosen benchmarks and print a table."""
+    import torch
+
+    from dsas_core import DsasError
+
+    chosen = [b.strip() for b in args.only.split(",") if b.strip()]
+    unknown = [b for b in chosen if b not in BENCHES]
+    if unknown:
+        raise DsasError(f"--only: unknown benchmark {unknown[0]!r}; choose from {', '.join(BENCHES)}.")
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    results: dict[str, Any] = {"machine": _machine(device), "repeats": args.repeats}
+    for name in chosen:
+        results[name] = _RUNNERS[name](device, args)
+        _print(name, results[name])
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=1) + "\n")
+        print(f"wrote {args.json}")
+    return 0
+
+
+def _machine(device: Any) -> dict[str, Any]:
+    import os
+
+    import torch
+
+    info = {"device": str(device), "torch": torch.__version__, "cpu_threads": torch.get_num_threads(),
+            "cores": os.cpu_count(), "platform": platform.platform()}
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info
+
+
+def _demo(device: Any, args: argparse.Namespace) -> dict[str, Any]:
+    from .bench import overhead, unet_runner
+    from .demo import load_demo_pipeline
+
+    unet = load_demo_pipeline(device=device).unet
+    return overhead(unet, unet_runner(unet, latent=16, batch=2, steps=20, text_tokens=32, device=device),
+                    repeats=args.repeats, device=device)
+
+
+def _sd15(device: Any, args: argparse.Namespace) -> dict[str, Any]:
+    import torch
+
+    from .bench import overhead, sd15_unet, unet_runner
+
+    gpu = device.type == "cuda"
+    dtype = torch.float16 if gpu else torch.float32
+    unet = sd15_unet().to(device, dtype)
+    latent = args.latent or (64 if gpu else 16)
+    out = overhead(unet, unet_runner(unet, latent=latent, batch=2, steps=4 if gpu else 1, device=device, dtype=dtype),
+                   repeats=args.repeats, device=device)
+    return out | {"latent": latent, "dtype": str(dtype)}
+
+
+def _flux(device: Any, args: argparse.Namespace) -> dict[str, Any]:
+    from .bench import flux_runner, flux_transformer, overhead
+
+    model = flux_transformer(device)
+    return overhead(model, flux_runner(model, device), repeats=args.repeats, device=device)
+
+
+def _llm(device: Any, args: argparse.Namespace) -> dict[str, Any]:
+    from dsas_transformers.bench import tokens_per_second
+
+    return tokens_per_second(device, repeats=args.repeats)
+
+
+def _fit(device: Any, args: argparse.Namespace) -> dict[str, Any]:
+    from .bench import fit_cost, fit_memory
+    from .demo import load_demo_pipeline
+
+    pipe = load_demo_pipeline(device=device)
+    colours = ["red", "green", "blue", "yellow", "purple", "orange", "white", "black"]
+    shapes = ["circle", "square", "triangle", "cross"]
+    prompts = {
+        "source": [f"a red {s} on a {b} background" for s in shapes for b in colours if b != "red"][:32],
+        "target": [f"a blue {s} on a {b} background" for s in shapes for b in colours if b != "blue"][:32],
+        "control": [f"a {c} {s} on a {b} background" for c in ("green", "yellow") for s in shapes for b in colours
+                    if b != c][:32],
+    }
+    cost = fit_cost(pipe, prompts, repeats=max(1, args.repeats // 2))
+    fit_memory(pipe, prompts, 32, 10)  # warm-up: one-time allocations out of the comparison
+    memory = {f"side{size}_steps{steps}": fit_memory(pipe, prompts, size, steps)
+              for size, steps in ((32, 10), (64, 10), (32, 20))}
+    base = memory["side32_steps10"]
+    growth = {k: (v - base) / max(base, 1.0) for k, v in memory.items()}
+    return cost | {"memory_growth_mb": memory, "relative_growth": growth}
+
+
+_RUNNERS = {"demo": _demo, "sd15": _sd15, "flux": _flux, "llm": _llm, "fit": _fit}
+
+
+def _print(name: str, result: dict[str, Any]) -> None:
+    print(f"== {name}")
+    for config, t in result.get("timings", {}).items():
+        ratio = result["ratios"].get(config)
+        verdict = result["verdicts"].get(config, {}).get("verdict", "")
+        r = f"{ratio:.3f}" if ratio is not None else "1.000"
+        print(f"  {config:<12} median {t['median'] * 1000:9.2f} ms  min {t['low'] * 1000:9.2f}  max "
+              f"{t['high'] * 1000:9.2f}  spread {t['spread']:.3f}  ratio {r}  {verdict}")
+    for key, value in result.items():
+        if key not in ("timings", "ratios", "verdicts", "samples"):
+            print(f"  {key}: {value}")
