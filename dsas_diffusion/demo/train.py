@@ -4,7 +4,7 @@ Writes ``assets/demo-sd/`` (a StableDiffusionPipeline folder) and ``assets/demo-
 ``local-dir:`` folder). Deterministic for a given seed and device: every batch is drawn from ``(seed, stage, step)``,
 so a run resumed from its checkpoint gives the same weights as an uninterrupted one.
 
-Example (the bundled weights; about 50 minutes on one CPU core):
+Example (the bundled weights; about 55 minutes on one CPU core):
 
     OMP_NUM_THREADS=1 python -m dsas_diffusion.demo.train
 
@@ -359,16 +359,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--vae-batch", type=int, default=32)
     p.add_argument("--vae-lr", type=float, default=2e-3)
     p.add_argument("--vae-kl", type=float, default=1e-6)
-    p.add_argument("--clip-steps", type=int, default=800)
+    p.add_argument("--clip-steps", type=int, default=1500)
     p.add_argument("--clip-batch", type=int, default=256)
     p.add_argument("--clip-lr", type=float, default=2e-3)
     p.add_argument("--unet-steps", type=int, default=3000)
     p.add_argument("--unet-batch", type=int, default=64)
-    p.add_argument("--unet-lr", type=float, default=1e-3)
+    p.add_argument("--unet-lr", type=float, default=3e-3)
     p.add_argument("--uncond", type=float, default=0.1, help="caption dropout for classifier-free guidance")
     p.add_argument("--ema", type=float, default=0.999)
     p.add_argument("--snr-gamma", type=float, default=5.0, help="min-SNR loss weighting")
-    p.add_argument("--prediction", choices=("epsilon", "v_prediction"), default="epsilon")
+    p.add_argument("--prediction", choices=("epsilon", "v_prediction"), default="v_prediction")
     p.add_argument("--skip-clip", action="store_true", help="do not train/export the CLIP model")
     return p.parse_args(argv)
 
