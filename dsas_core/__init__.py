@@ -9,13 +9,13 @@ from .concept import Concept, ConceptConfig, SiteSteer
 from .errors import DsasError
 from .fitting import fit_from_activations, fit_site
 from .hooks import AlphaRecord, HookHandle, Site, SteeringHandle, attach, observe
-from .scaler import ConstantScaler, ProbeScaler, Scaler
+from .scaler import ConstantScaler, ProbeScaler, PromptScaler, Scaler
 from .transforms import ITIc, Lineas, LinearAct, MeanShift, Transform
 
 __version__ = "0.1.0"
 
 __all__ = [
     "AlphaRecord", "Concept", "ConceptConfig", "ConstantScaler", "DsasError", "HookHandle", "ITIc", "Lineas",
-    "LinearAct", "MeanShift", "PooledCollector", "ProbeScaler", "Scaler", "Site", "SiteSteer", "SteeringHandle",
-    "Transform", "attach", "fit_from_activations", "fit_site", "observe",
+    "LinearAct", "MeanShift", "PooledCollector", "ProbeScaler", "PromptScaler", "Scaler", "Site", "SiteSteer",
+    "SteeringHandle", "Transform", "attach", "fit_from_activations", "fit_site", "observe",
 ]

@@ -43,6 +43,7 @@ class ConceptConfig:
     model_class: str | None = None
     n_components: int = DEFAULT_COMPONENTS
     gate: float = DEFAULT_GATE
+    scaler_input_width: int | None = None  # width the scaler reads when not the site's (the prompt scaler's)
     diagnostics: dict[str, dict[str, Any]] = field(default_factory=dict)  # site -> accuracy, gated, counts
     fitted_on: dict[str, Any] = field(default_factory=dict)  # library versions, collect settings, ...
     format_version: int = FORMAT_VERSION
@@ -68,6 +69,9 @@ class ConceptConfig:
             raise DsasError(f"site widths must be positive integers, got {self.site_widths!r}.")
         if not 0.0 <= self.gate <= 1.0:
             raise DsasError(f"gate must lie in [0, 1] (a held-out accuracy), got {self.gate}.")
+        siw = self.scaler_input_width
+        if siw is not None and (not isinstance(siw, int) or siw < 1):
+            raise DsasError(f"scaler_input_width must be a positive integer or None, got {self.scaler_input_width!r}.")
         if self.n_components < 1:
             raise DsasError(f"n_components must be >= 1, got {self.n_components}.")
         if self.format_version > FORMAT_VERSION:
@@ -210,7 +214,8 @@ class Concept:
         for site in config.sites:
             width = config.site_widths[site]
             expected |= {f"{site}/transform/{k}": s for k, s in t_cls.expected_shapes(width).items()}
-            expected |= {f"{site}/scaler/{k}": s for k, s in s_cls.expected_shapes(width, config.n_components).items()}
+            s_width = config.scaler_input_width or width
+            expected |= {f"{site}/scaler/{k}": s for k, s in s_cls.expected_shapes(s_width, config.n_components).items()}
         missing, extra = sorted(set(expected) - set(tensors)), sorted(set(tensors) - set(expected))
         if missing or extra:
             raise DsasError(

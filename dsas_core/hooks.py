@@ -73,8 +73,8 @@ class HookHandle:
     def __init__(self) -> None:
         self._removables: list[torch.utils.hooks.RemovableHandle] = []
 
-    def _register(self, module: nn.Module, hook: Callable[..., Any]) -> None:
-        self._removables.append(module.register_forward_hook(hook, with_kwargs=True))
+    def _register(self, module: nn.Module, hook: Callable[..., Any], prepend: bool = False) -> None:
+        self._removables.append(module.register_forward_hook(hook, with_kwargs=True, prepend=prepend))
 
     def before_calls(self, module: nn.Module, fn: Callable[[tuple[Any, ...], dict[str, Any]], None]) -> None:
         """Run ``fn(args, kwargs)`` before every call of ``module`` (e.g. to track the denoising step);
@@ -85,14 +85,15 @@ class HookHandle:
 
         self._removables.append(module.register_forward_pre_hook(pre_hook, with_kwargs=True))
 
-    def after_calls(self, module: nn.Module, fn: Callable[[Any], None]) -> None:
+    def after_calls(self, module: nn.Module, fn: Callable[[Any], None], prepend: bool = False) -> None:
         """Run ``fn(output)`` after every call of ``module`` with its raw output (e.g. to learn whether it is a
-        tensor or a tuple); removed with this handle. ``fn`` must not change the output."""
+        tensor or a tuple); removed with this handle. ``fn`` must not change the output. ``prepend=True`` runs it
+        before every other forward hook of the module (e.g. to check the output format before anything reads it)."""
 
         def post_hook(mod: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> None:
             fn(output)
 
-        self._register(module, post_hook)
+        self._register(module, post_hook, prepend=prepend)
 
     @property
     def attached(self) -> bool:
@@ -218,6 +219,20 @@ class _SiteHook:
             self.by_device[device] = moved
         return self.by_device[device]
 
+    def alpha(self, e: _Entry, x32: Tensor) -> Tensor:
+        """α (...,) of one concept at this site; a scaler that ``reads_context`` also gets ``handle.context``.
+        ``handle.alpha_reuse``: ``"store"`` keeps this call's α, ``"load"`` reuses the stored one (same shape)."""
+        handle = self.handle
+        key = (e.name, self.site.name)
+        if handle.alpha_reuse == "load":
+            stored = handle.alpha_memory.get(key)
+            if stored is not None and stored.shape == x32.shape[:-1]:
+                return stored
+        alpha = e.scaler(x32, handle.context) if e.scaler.reads_context else e.scaler(x32)
+        if handle.alpha_reuse == "store":
+            handle.alpha_memory[key] = alpha
+        return alpha
+
     def __call__(self, module: nn.Module, args: Any, kwargs: Any, output: Any) -> Any:
         handle = self.handle
         call = self.calls
@@ -243,7 +258,7 @@ class _SiteHook:
             if not (steering or record):
                 continue
             off = adaptive and e.gated  # α ≡ 0
-            alpha = e.scaler(x32) if adaptive and not e.gated else None  # (...,) ; None: constant 0 or 1
+            alpha = self.alpha(e, x32) if adaptive and not e.gated else None  # (...,) ; None: constant 0 or 1
             if alpha is not None and handle.alpha_rows is not None:
                 alpha = alpha[handle.alpha_rows]  # e.g. the unconditional half of a CFG batch reuses its pair's α
             if record:
@@ -274,6 +289,8 @@ class SteeringHandle(HookHandle):
     ``adaptive=False`` forces α ≡ 1 at every fitted site (plain steering, gated sites included).
     ``context`` is copied into every :class:`AlphaRecord` (adapters store the denoising step or decode position).
     ``alpha_rows`` (B,), when set, makes sample i use the α computed for sample ``alpha_rows[i]``.
+    ``alpha_reuse``: ``"store"`` keeps each site's α of a call, ``"load"`` makes the next call reuse it (e.g. the
+    separate unconditional call of true classifier-free guidance reuses the conditional call's α); ``"off"``.
     """
 
     def __init__(self, concepts: Sequence[Concept], strengths: Mapping[str, float], adaptive: bool, record_alpha: bool) -> None:
@@ -285,6 +302,8 @@ class SteeringHandle(HookHandle):
         self.enabled = True
         self.context: dict[str, Any] = {}
         self.alpha_rows: Tensor | None = None
+        self.alpha_reuse: Literal["off", "store", "load"] = "off"
+        self.alpha_memory: dict[tuple[str, str], Tensor] = {}  # (concept, site) -> α of the last "store" call
         self.records: list[AlphaRecord] = []
 
     def alpha_records(self, concept: str | None = None, site: str | None = None) -> list[AlphaRecord]:

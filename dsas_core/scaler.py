@@ -3,13 +3,14 @@
 ``ProbeScaler`` is the paper's: PCA to r components (scores standardised to unit variance), then an L2 logistic
 regression (C = 1, balanced classes) on pooled *source* (steer here) vs *control* (leave alone) activations,
 folded into a single ``sigmoid(w·h + b)``. A site whose k-fold held-out accuracy is below the gate is switched
-off (α ≡ 0). ``ConstantScaler`` is α ≡ 1: plain steering.
+off (α ≡ 0). ``ConstantScaler`` is α ≡ 1: plain steering. ``PromptScaler`` is the same folded probe read once per
+input from a pooled prompt embedding the adapter puts in the handle's context, its α applied to every position.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -37,6 +38,7 @@ class Scaler(nn.Module):
 
     kind: ClassVar[str]
     names: ClassVar[tuple[str, ...]] = ()
+    reads_context: ClassVar[bool] = False  # True: called as ``forward(h, context)`` with the handle's context
     gated: bool = False
 
     def __init__(self, **tensors: Tensor) -> None:
@@ -126,6 +128,47 @@ class ProbeScaler(Scaler):
         return scaler, ProbeFit(accuracy=accuracy, gated=scaler.gated, n_source=len(s), n_control=len(c))
 
 
+class PromptScaler(Scaler):
+    """One α per input, applied to every position: ``sigmoid(w·e + b)`` where ``e`` (B, D) is the input's pooled
+    prompt embedding, read from ``context["prompt_pooled"]`` (the adapter puts it there before each forward).
+
+    ``(w, b)`` is a folded :class:`ProbeScaler` fitted on pooled prompt embeddings of source vs control inputs;
+    its input width D is the embedding's, not the site's (``ConceptConfig.scaler_input_width``).
+    """
+
+    kind = "prompt"
+    names = ("weight", "bias")
+    reads_context = True
+    context_key: ClassVar[str] = "prompt_pooled"
+
+    def forward(self, h: Tensor, context: dict[str, Any] | None = None) -> Tensor:
+        e = (context or {}).get(self.context_key)  # (B, D)
+        if e is None:
+            raise DsasError("the 'prompt' scaler needs the pooled prompt embedding in the handle's context "
+                            f"(context[{self.context_key!r}]); steer through an adapter's steer()/attach().")
+        if e.ndim != 2 or e.shape[-1] != self.weight.shape[0] or e.shape[0] != h.shape[0]:
+            raise DsasError(
+                f"the 'prompt' scaler expected a pooled prompt embedding of shape ({h.shape[0]}, "
+                f"{self.weight.shape[0]}), got {tuple(e.shape)}: the concept was fitted with another text encoder.")
+        alpha = torch.sigmoid(e.float() @ self.weight + self.bias)  # (B,)
+        return alpha.view(-1, *([1] * (h.ndim - 2))).expand(h.shape[:-1])  # (B, ...) every position alike
+
+    def token_alpha(self, tokens: Tensor) -> Tensor:
+        """α each prompt token would give alone, (B, T, D) -> (B, T): the pooled logit is their tokens' mean."""
+        return torch.sigmoid(tokens.float() @ self.weight + self.bias)
+
+    @classmethod
+    def expected_shapes(cls, width: int, n_components: int) -> dict[str, tuple[int, ...]]:
+        return {"weight": (width,), "bias": ()}
+
+    @classmethod
+    def from_probe(cls, probe: ProbeScaler) -> "PromptScaler":
+        """The prompt scaler with a fitted probe's folded weights and gate."""
+        scaler = cls(weight=probe.weight, bias=probe.bias)
+        scaler.gated = probe.gated
+        return scaler
+
+
 def _fit_folded(x: Tensor, y: Tensor, r: int) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
     """PCA(r) + logistic regression, folded: α = sigmoid(w̃·h + b̃) with w̃ = Pᵀ(coef/scale), b̃ = b − w̃·μ."""
     pca = fit_pca(x, r)
@@ -154,7 +197,7 @@ def _held_out_accuracy(x: Tensor, y: Tensor, groups: Tensor, r: int, k: int, see
     return float((recall[0] + recall[1]) / 2)
 
 
-SCALERS: dict[str, type[Scaler]] = {c.kind: c for c in (ProbeScaler, ConstantScaler)}
+SCALERS: dict[str, type[Scaler]] = {c.kind: c for c in (ProbeScaler, ConstantScaler, PromptScaler)}
 SCALER_NAMES = ("probe", "prompt", "constant", "e2e")  # every name the config accepts; adapters supply the rest
 
 
