@@ -167,6 +167,7 @@ def generate_command(args: argparse.Namespace) -> int:
     import torch
 
     from .fit import apply_chat_template
+    from .sites import input_device
     from .steer import attach
 
     if (args.show_alpha or args.html) and not args.concept:
@@ -179,7 +180,7 @@ def generate_command(args: argparse.Namespace) -> int:
     model, tokenizer = load(args.model, args.dtype, args.device)
     prompt = apply_chat_template(tokenizer, [args.prompt], add_generation_prompt=True)[0] if args.chat_template else args.prompt
     enc = tokenizer(prompt, return_tensors="pt", add_special_tokens=not args.chat_template)
-    device = model.get_input_embeddings().weight.device
+    device = input_device(model)
     enc = {k: v.to(device) for k, v in enc.items() if k in ("input_ids", "attention_mask")}
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     gen_kwargs: dict[str, Any] = {"max_new_tokens": args.max_new_tokens, "do_sample": args.sample, "pad_token_id": pad}

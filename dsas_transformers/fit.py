@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 
 from dsas_core import Concept, DsasError, PooledCollector, fit_from_activations
 
-from .sites import LMSite, lm_sites
+from .sites import LMSite, input_device, lm_sites
 
 
 def read_texts(texts: Sequence[str] | str, what: str) -> list[str]:
@@ -90,7 +90,7 @@ def collect_pooled(
     """Mean over each text's tokens of every site's output: ``{site: (len(texts), d)}`` float32 on the CPU."""
     if batch_size < 1:
         raise DsasError(f"batch_size must be >= 1, got {batch_size}.")
-    device = model.get_input_embeddings().weight.device
+    device = input_device(model)
     runner = _forward_target(model)
     collector = PooledCollector([s.site for s in sites])
     try:

@@ -172,10 +172,19 @@ def candidate_modules(
     return picked
 
 
+def input_device(model: nn.Module) -> torch.device:
+    """Where to put input ids: the input embeddings' device; the CPU when they are offloaded (weights on the meta
+    device, moved in by accelerate's hooks, which also move the inputs)."""
+    emb = model.get_input_embeddings()
+    weight = getattr(emb, "weight", None)
+    device = weight.device if isinstance(weight, Tensor) else next(model.parameters()).device
+    return torch.device("cpu") if device.type == "meta" else device
+
+
 def probe_input(model: nn.Module) -> dict[str, Tensor]:
     """A one-token batch for a shape probe, on the device of the input embeddings."""
     emb = model.get_input_embeddings()
-    device = emb.weight.device if emb is not None else next(model.parameters()).device
+    device = input_device(model)
     cfg = getattr(model, "config", None)
     vocab = emb.num_embeddings if isinstance(emb, nn.Embedding) else 1
     ids = (getattr(cfg, "bos_token_id", None), getattr(cfg, "pad_token_id", None))
