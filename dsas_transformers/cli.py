@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -200,8 +199,9 @@ def generate_command(args: argparse.Namespace) -> int:
         for name in handle.concepts:
             at = handle.alpha_tokens(concept=name)
             if args.show_alpha:
+                text_mean = at.per_text(exclude=tokenizer.all_special_ids)[0].item()
                 print(f"α {name} (mean over {len(at.ungated)} active sites, white 0 → red 1; "
-                      f"text mean {at.per_text()[0].item():.3f}):", file=sys.stdout)
+                      f"text mean without special tokens {text_mean:.3f}):")
                 print(at.ansi(tokenizer))
             parts.append(f"<h3>{name}</h3>{at.html(tokenizer)}")
         if args.html:
