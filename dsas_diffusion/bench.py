@@ -43,6 +43,19 @@ def sd15_unet() -> nn.Module:
     ).eval()
 
 
+def sdxl_unet() -> nn.Module:
+    """A UNet with Stable Diffusion XL's configuration and random weights (2.6B parameters)."""
+    from diffusers import UNet2DConditionModel
+
+    return UNet2DConditionModel(
+        sample_size=128, in_channels=4, out_channels=4, layers_per_block=2, block_out_channels=(320, 640, 1280),
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=2048,
+        transformer_layers_per_block=(1, 2, 10), attention_head_dim=(5, 10, 20), use_linear_projection=True,
+        addition_embed_type="text_time", addition_time_embed_dim=256, projection_class_embeddings_input_dim=2816,
+    ).eval()
+
+
 def unet_runner(unet: nn.Module, latent: int, batch: int, steps: int, text_tokens: int = 77,
                 device: torch.device | None = None, dtype: torch.dtype = torch.float32) -> Callable[[], None]:
     """``steps`` UNet calls on fixed random inputs (a CFG-sized batch), without gradients."""
@@ -52,11 +65,16 @@ def unet_runner(unet: nn.Module, latent: int, batch: int, steps: int, text_token
     sample = torch.randn(batch, cfg.in_channels, latent, latent, generator=g).to(device, dtype)
     text = torch.randn(batch, text_tokens, cfg.cross_attention_dim, generator=g).to(device, dtype)
     timesteps = torch.linspace(900, 100, steps).long().tolist()
+    added = None
+    if cfg.addition_embed_type == "text_time":  # SDXL: pooled text and the six size/crop numbers
+        pooled = cfg.projection_class_embeddings_input_dim - 6 * cfg.addition_time_embed_dim
+        added = {"text_embeds": torch.randn(batch, pooled, generator=g).to(device, dtype),
+                 "time_ids": torch.tensor([[8.0 * latent, 8.0 * latent, 0, 0, 8.0 * latent, 8.0 * latent]] * batch).to(device, dtype)}
 
     @torch.no_grad()
     def run() -> None:
         for t in timesteps:
-            unet(sample, t, encoder_hidden_states=text, return_dict=False)
+            unet(sample, t, encoder_hidden_states=text, added_cond_kwargs=added, return_dict=False)
 
     return run
 

@@ -15,7 +15,7 @@ EXAMPLE = """examples:
   dsas bench --only sd15 --repeats 9 --json bench.json
   dsas bench --only demo,fit --device cpu"""
 
-BENCHES = ("demo", "sd15", "flux", "llm", "fit")
+BENCHES = ("demo", "sd15", "sdxl", "flux", "llm", "fit")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -76,15 +76,15 @@ def _demo(device: Any, args: argparse.Namespace) -> dict[str, Any]:
                     repeats=args.repeats, device=device)
 
 
-def _sd15(device: Any, args: argparse.Namespace) -> dict[str, Any]:
+def _sd15(device: Any, args: argparse.Namespace, sdxl: bool = False) -> dict[str, Any]:
     import torch
 
-    from .bench import overhead, sd15_unet, unet_runner
+    from .bench import overhead, sd15_unet, sdxl_unet, unet_runner
 
     gpu = device.type == "cuda"
     dtype = torch.float16 if gpu else torch.float32
-    unet = sd15_unet().to(device, dtype)
-    latent = args.latent or (64 if gpu else 16)
+    unet = (sdxl_unet() if sdxl else sd15_unet()).to(device, dtype)
+    latent = args.latent or ((128 if sdxl else 64) if gpu else 16)
     out = overhead(unet, unet_runner(unet, latent=latent, batch=2, steps=4 if gpu else 1, device=device, dtype=dtype),
                    repeats=args.repeats, device=device)
     return out | {"latent": latent, "dtype": str(dtype)}
@@ -125,7 +125,7 @@ def _fit(device: Any, args: argparse.Namespace) -> dict[str, Any]:
     return cost | {"memory_growth_mb": memory, "relative_growth": growth}
 
 
-_RUNNERS = {"demo": _demo, "sd15": _sd15, "flux": _flux, "llm": _llm, "fit": _fit}
+_RUNNERS = {"demo": _demo, "sd15": _sd15, "sdxl": lambda d, a: _sd15(d, a, sdxl=True), "flux": _flux, "llm": _llm, "fit": _fit}
 
 
 def _print(name: str, result: dict[str, Any]) -> None:
