@@ -109,6 +109,9 @@ class LMSteering:
 
     # ---------------------------------------------------------------- bookkeeping
     def _before_forward(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        if not self.core.record_alpha:  # log only what α maps need: nothing grows while not recording
+            self.core.context = {}
+            return
         ids = kwargs.get("input_ids", args[0] if args else None)
         if not isinstance(ids, Tensor):
             embeds = kwargs.get("inputs_embeds")
@@ -143,7 +146,8 @@ class LMSteering:
         if concept not in self.core.concepts:
             raise DsasError(f"no concept named {concept!r} is attached; attached: {names}.")
         if not self.forwards:
-            raise DsasError("no forward pass ran while steering was attached: run model.generate(...) first.")
+            raise DsasError("no forward pass was recorded: attach with record_alpha=True (or set "
+                            "handle.record_alpha = True), then run model.generate(...).")
         generations = sorted({f.generation for f in self.forwards})
         try:
             gen = generations[generation]

@@ -145,6 +145,7 @@ def test_several_concepts_and_concept_directories_attach_together_and_alpha_name
             handle.alpha_tokens()
         assert handle.alpha_tokens("b").by_site.shape == (1, 2, 5 + 1)
         assert handle.alpha_tokens("a").by_site.shape == (2, 2, 5 + 1)
-        with pytest.raises(DsasError, match="no α was recorded"):
-            handle.alpha_tokens("a", generation=0)  # ran before record_alpha was switched on
+        with pytest.raises(DsasError, match="out of range: 1 generation"):
+            handle.alpha_tokens("a", generation=1)  # the first generation ran before recording was switched on
+        assert len(handle.forwards) == 2  # only recorded calls are logged: prefill + one decode step
         assert dict(handle.strengths) == {"a": 1.0, "b": 0.5}
