@@ -81,7 +81,8 @@ class ProbeScaler(Scaler):
     names = ("weight", "bias", "mean", "components", "scale", "coef", "intercept")
 
     def forward(self, h: Tensor) -> Tensor:
-        return torch.sigmoid(h @ self.weight + self.bias)  # (..., d) -> (...)
+        # one fused matrix-vector product with bias, then the sigmoid: (..., d) -> (...)
+        return torch.sigmoid(torch.nn.functional.linear(h, self.weight[None], self.bias[None])).squeeze(-1)
 
     @classmethod
     def expected_shapes(cls, width: int, n_components: int) -> dict[str, tuple[int, ...]]:

@@ -84,8 +84,12 @@ class ITIc(Transform):
     kind = "itic"
     names = ("direction", "sigma")
 
+    def __init__(self, **tensors: Tensor) -> None:
+        super().__init__(**tensors)
+        self.register_buffer("vector", self.sigma * self.direction, persistent=False)  # (d,), precomputed
+
     def delta(self, h: Tensor) -> Tensor:
-        return self.sigma * self.direction  # (d,)
+        return self.vector  # (d,)
 
     @classmethod
     def expected_shapes(cls, width: int) -> dict[str, tuple[int, ...]]:
