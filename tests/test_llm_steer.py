@@ -149,3 +149,18 @@ def test_several_concepts_and_concept_directories_attach_together_and_alpha_name
             handle.alpha_tokens("a", generation=1)  # the first generation ran before recording was switched on
         assert len(handle.forwards) == 2  # only recorded calls are logged: prefill + one decode step
         assert dict(handle.strengths) == {"a": 1.0, "b": 0.5}
+
+
+@pytest.mark.parametrize("transform", ["itic", "linear_act"])
+def test_other_transforms_fit_from_texts_and_keep_kv_cache_parity(transform):
+    model = tiny_model("llama", VOCAB, hidden=32, layers=2)
+    concept = fit_concept(model, TOK, texts(16, 1), texts(16, 2), texts(16, 3), transform=transform, gate=0.0,
+                          progress=False)
+    assert concept.config.transform == transform
+    with steer(model, {concept: 1.5}, adaptive=False):
+        cached = greedy(model, steps=4, use_cache=True)
+        uncached = greedy(model, steps=4, use_cache=False)
+    before = greedy(model, steps=4)
+    assert torch.equal(cached.sequences, uncached.sequences)
+    assert max((a - b).abs().max().item() for a, b in zip(cached.logits, uncached.logits)) <= 1e-5
+    assert max((a - b).abs().max().item() for a, b in zip(cached.logits, before.logits)) > 1e-4
