@@ -76,10 +76,12 @@ def encode(
             "position_ids": position_ids_from_mask(mask).to(device), "pool_mask": pool.to(device)}
 
 
-def _forward_target(model: nn.Module) -> nn.Module:
-    """The decoder without the LM head when the model exposes it (saves the vocabulary projection)."""
+def _forward_target(model: nn.Module, sites: Sequence[LMSite]) -> nn.Module:
+    """The decoder without the LM head when every site lives inside it (saves the vocabulary projection)."""
     base = getattr(model, "base_model", None)
-    return base if isinstance(base, nn.Module) and base is not model else model
+    prefix = getattr(model, "base_model_prefix", "") + "."
+    inside = all(s.site.name.startswith(prefix) for s in sites)
+    return base if isinstance(base, nn.Module) and base is not model and inside else model
 
 
 def collect_pooled(
@@ -91,7 +93,7 @@ def collect_pooled(
     if batch_size < 1:
         raise DsasError(f"batch_size must be >= 1, got {batch_size}.")
     device = input_device(model)
-    runner = _forward_target(model)
+    runner = _forward_target(model, sites)
     collector = PooledCollector([s.site for s in sites])
     try:
         with torch.no_grad():

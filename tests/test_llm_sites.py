@@ -180,3 +180,10 @@ def test_a_site_whose_output_is_not_a_token_stream_is_refused():
     model = _ToyLM(out="2d")
     with pytest.raises(DsasError, match=r"blocks.0' returns a tensor of shape \(1, 8\)"):
         lm_sites(model)
+
+
+def test_a_site_outside_the_decoder_is_collected_with_the_full_model():
+    model = tiny_model("gpt2", VOCAB, hidden=32, layers=2)
+    concept = fit_concept(model, TOK, texts(8, 1), texts(8, 2), None, sites=["transformer.h.1", "lm_head"],
+                          scaler="constant", progress=False)
+    assert concept.config.site_widths == {"transformer.h.1": 32, "lm_head": VOCAB}
