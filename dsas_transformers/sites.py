@@ -14,7 +14,7 @@ layers return a plain tensor in transformers 5.x and a tuple in some 4.x familie
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -215,6 +215,30 @@ def resolve(model: nn.Module, modules: Sequence[tuple[str, int | None]]) -> list
                             "width) tensor; dsas cannot steer it. Choose another site (`dsas llm sites MODEL`).")
         index = None if kind == "tensor" else 0
         out.append(LMSite(Site(name, model.get_submodule(name), output_index=index), layer, width, kind))
+    return out
+
+
+def resolve_static(model: nn.Module, modules: Sequence[tuple[str, int | None]], outputs: Mapping[str, str]) -> list[LMSite]:
+    """Build sites without a forward pass (used while other hooks are attached, so that a probe call does not reach
+    them): the output format as recorded at fit time (``outputs``: name -> "tensor" | "tuple[0]"), the width from
+    the module (a Linear's ``out_features``, a norm's weight) or else the width of the input embeddings."""
+    emb = model.get_input_embeddings()
+    stream = int(emb.embedding_dim) if isinstance(emb, nn.Embedding) else None
+    out = []
+    for name, layer in modules:
+        module = model.get_submodule(name)
+        weight = getattr(module, "weight", None)
+        if isinstance(module, nn.Linear):
+            width: int | None = module.out_features
+        elif isinstance(weight, Tensor) and weight.ndim == 1:
+            width = int(weight.numel())
+        else:
+            width = stream
+        kind = outputs.get(name, "tensor")
+        if width is None or kind not in ("tensor", "tuple[0]"):
+            raise DsasError(f"cannot tell the output of {name!r} without running the model while other hooks are "
+                            "attached; remove the other hooks first, or attach every concept in one steer(...) call.")
+        out.append(LMSite(Site(name, module, output_index=None if kind == "tensor" else 0), layer, width, kind))
     return out
 
 

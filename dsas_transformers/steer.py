@@ -18,7 +18,7 @@ from dsas_core import AlphaRecord, Concept, DsasError, SteeringHandle
 from dsas_core import attach as core_attach
 
 from .alpha import AlphaTokens
-from .sites import LMSite, candidate_modules, resolve
+from .sites import LMSite, candidate_modules, resolve, resolve_static
 
 ConceptLike = Concept | str | os.PathLike[str]
 
@@ -197,7 +197,12 @@ def check_fits(model: nn.Module, concepts: list[Concept]) -> list[LMSite]:
     needed = list(dict.fromkeys(s for c in concepts for s in c.config.sites))
     present = [s for s in needed if s in modules]
     by_name = {n: i for n, i in candidate_modules(model, sites=present)} if present else {}
-    resolved = resolve(model, list(by_name.items())) if present else []
+    if any(m._forward_hooks or m._forward_pre_hooks for m in model.modules()):
+        # other hooks (e.g. another steering handle) would see a probe call: trust what fitting recorded instead
+        outputs = {k: v for c in concepts for k, v in c.config.fitted_on.get("site_outputs", {}).items()}
+        resolved = resolve_static(model, list(by_name.items()), outputs)
+    else:
+        resolved = resolve(model, list(by_name.items())) if present else []
     widths = {s.site.name: s.width for s in resolved}
     for c in concepts:
         c.check_fits(widths, type(model).__name__)

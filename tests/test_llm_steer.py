@@ -164,3 +164,22 @@ def test_other_transforms_fit_from_texts_and_keep_kv_cache_parity(transform):
     assert torch.equal(cached.sequences, uncached.sequences)
     assert max((a - b).abs().max().item() for a, b in zip(cached.logits, uncached.logits)) <= 1e-5
     assert max((a - b).abs().max().item() for a, b in zip(cached.logits, before.logits)) > 1e-4
+
+
+def test_a_second_handle_attaches_without_a_probe_call_reaching_the_first():
+    model = tiny_model("qwen2", VOCAB, hidden=32, layers=2)
+    a = fit_concept(model, TOK, texts(8, 1), texts(8, 2), texts(8, 3), name="a", layers=[0], gate=0.0, progress=False)
+    b = fit_concept(model, TOK, texts(8, 4), texts(8, 5), texts(8, 6), name="b", layers=[1], gate=0.0, progress=False,
+                    role="attention")
+    with steer(model, {a: 1.0, b: 1.0}):
+        together = greedy(model, steps=3)
+    with steer(model, {a: 1.0}, record_alpha=True) as first:
+        greedy(model, steps=3)
+        calls = len(first.records)
+        with steer(model, {b: 1.0}) as second:
+            assert len(first.records) == calls  # attaching ran no forward pass through the first handle
+            first.record_alpha = False
+            stacked = greedy(model, steps=3)
+        assert first.alpha_tokens().by_site.shape == (1, 2, 5 + 2)
+    assert torch.equal(stacked.sequences, together.sequences)
+    assert max((x - y).abs().max().item() for x, y in zip(stacked.logits, together.logits)) <= 1e-6
