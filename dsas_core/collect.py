@@ -23,8 +23,10 @@ class PooledCollector(HookHandle):
     Feature maps (B, d, H, W) are averaged over H and W.
     """
 
-    def __init__(self, sites: Sequence[Site]) -> None:
+    def __init__(self, sites: Sequence[Site], keep_grad: bool = False) -> None:
+        """``keep_grad=True`` keeps the pooled means on their device and in the autograd graph (E2E training)."""
         super().__init__()
+        self.keep_grad = keep_grad
         self.sites = list(sites)
         self.mask: Tensor | None = None
         self.rows: slice | Tensor | None = None
@@ -35,7 +37,7 @@ class PooledCollector(HookHandle):
     def _take(self, site: Site, h: Tensor) -> None:
         if not self.enabled:
             return
-        x = h.detach().float()  # (B, N, d) or (B, H, W, d)
+        x = (h if self.keep_grad else h.detach()).float()  # (B, N, d) or (B, H, W, d)
         if site.layout == "channels":
             pooled = x.flatten(1, -2).mean(1)
         elif self.mask is not None and x.ndim == 3:
@@ -48,7 +50,7 @@ class PooledCollector(HookHandle):
             pooled = x.flatten(1, -2).mean(1) if x.ndim > 2 else x
         if self.rows is not None:
             pooled = pooled[self.rows]
-        self.store[site.name].append(pooled.cpu())
+        self.store[site.name].append(pooled if self.keep_grad else pooled.cpu())
 
     def pooled(self) -> dict[str, Tensor]:
         """Every site's pooled activations, (n_samples_seen, d), in call order."""

@@ -198,7 +198,38 @@ def _held_out_accuracy(x: Tensor, y: Tensor, groups: Tensor, r: int, k: int, see
     return float((recall[0] + recall[1]) / 2)
 
 
-SCALERS: dict[str, type[Scaler]] = {c.kind: c for c in (ProbeScaler, ConstantScaler, PromptScaler)}
+class E2EScaler(Scaler):
+    """A scaler head trained end to end with the transform: α = sigmoid(w·h + b), or with ``relu`` set,
+    clamp(w·h + b, 0, 1) (a ReLU kept inside [0, 1]). Trainable: ``weight`` (d,), ``bias`` ()."""
+
+    kind = "e2e"
+    names = ("weight", "bias", "relu")
+
+    def __init__(self, **tensors: Tensor) -> None:
+        nn.Module.__init__(self)
+        self.weight = nn.Parameter(tensors["weight"].detach().to(torch.float32).clone())
+        self.bias = nn.Parameter(tensors["bias"].detach().to(torch.float32).clone())
+        self.register_buffer("relu", tensors["relu"].detach().to(torch.float32).clone())
+        self.use_relu = bool(self.relu.item())  # read once here, never in the hot path
+
+    def forward(self, h: Tensor) -> Tensor:
+        z = torch.nn.functional.linear(h, self.weight[None], self.bias[None]).squeeze(-1)  # (..., d) -> (...)
+        return z.clamp(0.0, 1.0) if self.use_relu else torch.sigmoid(z)
+
+    @classmethod
+    def from_probe(cls, probe: ProbeScaler, relu: bool = False) -> "E2EScaler":
+        """Warm start at a fitted probe; the ReLU head matches the sigmoid's slope at α = ½."""
+        w, b = probe.weight.detach(), probe.bias.detach()
+        if relu:
+            w, b = w / 4, b / 4 + 0.5
+        return cls(weight=w, bias=b, relu=torch.tensor(float(relu)))
+
+    @classmethod
+    def expected_shapes(cls, width: int, n_components: int) -> dict[str, tuple[int, ...]]:
+        return {"weight": (width,), "bias": (), "relu": ()}
+
+
+SCALERS: dict[str, type[Scaler]] = {c.kind: c for c in (ProbeScaler, ConstantScaler, PromptScaler, E2EScaler)}
 SCALER_NAMES = ("probe", "prompt", "constant", "e2e")  # every name the config accepts; adapters supply the rest
 
 
