@@ -22,9 +22,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", default="demo", help=MODEL_HELP)
     p.add_argument("--source", required=True, help="prompts where the concept should act")
     p.add_argument("--target", required=True, help="the source prompts with the wanted change")
-    p.add_argument("--control", help="prompts to leave alone (needed by the probe scaler)")
+    p.add_argument("--control", help="prompts to leave alone (needed by the probe and prompt scalers)")
     p.add_argument("--transform", default="mean_shift", choices=["mean_shift", "itic", "linear_act", "lineas"])
-    p.add_argument("--scaler", default="probe", choices=["probe", "constant"])
+    p.add_argument("--scaler", default="probe", choices=["probe", "prompt", "constant"],
+                   help="probe: α per site and position (the paper's); prompt: one α per prompt from the text "
+                        "encoder, at every position; constant: α = 1 (plain steering)")
     p.add_argument("--name", default=None, help="concept name (default: the output folder's name)")
     p.add_argument("--source-text", default=None, help="short description of the source, for CLIP scores")
     p.add_argument("--target-text", default=None, help="short description of the target, for CLIP scores")
@@ -81,10 +83,11 @@ def fit_command(args: argparse.Namespace) -> int:
     source = read_prompts(args.source, "source")
     target = read_prompts(args.target, "target")
     control = read_prompts(args.control, "control") if args.control else []
-    if args.scaler == "probe" and not control:
+    if args.scaler in ("probe", "prompt") and not control:
         from dsas_core import DsasError
 
-        raise DsasError("the probe scaler needs --control prompts (inputs to leave alone); or use --scaler constant.")
+        raise DsasError(f"the {args.scaler} scaler needs --control prompts (inputs to leave alone); or use "
+                        "--scaler constant.")
     pipe = load_pipeline(args.model)
     steps = [int(s) for s in args.collect_steps.split(",")] if args.collect_steps else None
     out = Path(args.out)

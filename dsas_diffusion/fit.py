@@ -8,6 +8,7 @@ cross-validation folds that keep all steps of one prompt together.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -18,8 +19,9 @@ from tqdm.auto import tqdm
 from dsas_core import Concept, DsasError, PooledCollector, Site, fit_from_activations
 from dsas_core.scaler import DEFAULT_COMPONENTS, DEFAULT_GATE
 
-from .pipeline import attach
-from .sites import architecture_of, denoiser_of, fingerprint, refuse_cache_hooks, select_sites
+from .pipeline import StepClock, guard_stream, attach
+from .prompt_scaler import collect_prompt_embeddings, with_prompt_scaler
+from .sites import CallInfo, architecture_of, candidates, denoiser_of, fingerprint, refuse_cache_hooks, select_sites
 
 DEFAULT_FIT_STEPS = 10
 
@@ -34,22 +36,24 @@ def _check_prompts(prompts: Sequence[str], what: str) -> list[str]:
 
 
 class _CollectSteps:
-    """Before each denoiser call: collect only the chosen steps, and only the conditional half under CFG."""
+    """Before each denoiser call: collect only the chosen steps, only the first (conditional) call of a step, and
+    only the conditional half under CFG."""
 
-    def __init__(self, collector: PooledCollector, pipe: Any, steps: set[int] | None, calls_per_step: int) -> None:
-        self.collector, self.pipe, self.steps, self.calls_per_step = collector, pipe, steps, calls_per_step
-        self.calls = 0
+    def __init__(self, collector: PooledCollector, pipe: Any, denoiser: torch.nn.Module, steps: set[int] | None) -> None:
+        self.collector, self.pipe, self.denoiser, self.steps = collector, pipe, denoiser, steps
+        self.arch = architecture_of(denoiser)
+        self.clock = StepClock(pipe, self.arch.calls_per_step)
+        self.info: CallInfo | None = None
         self.prompt_ids: list[Tensor] = []  # per collected call: which prompt each kept row belongs to
         self.batch_ids: Tensor | None = None
 
     def __call__(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-        step = self.calls // self.calls_per_step
-        self.calls += 1
-        keep = self.steps is None or step in self.steps
+        step, in_step = self.clock.tick()
+        info = self.info = self.arch.describe(self.denoiser, args, kwargs)
+        keep = in_step == 0 and (self.steps is None or step in self.steps)
         self.collector.enabled = keep
-        sample = kwargs.get("sample", kwargs.get("hidden_states", args[0] if args else None))
-        cfg = bool(getattr(self.pipe, "do_classifier_free_guidance", False))
-        n = sample.shape[0]
+        cfg = bool(getattr(self.pipe, "do_classifier_free_guidance", False)) and info.batch % 2 == 0
+        n = info.batch
         self.collector.rows = slice(n // 2, n) if cfg else None
         if keep:
             self.prompt_ids.append(self.batch_ids)
@@ -66,8 +70,12 @@ def collect_pooled(
         raise DsasError(f"collect_steps {sorted(collect_steps or [])} must lie below num_inference_steps={num_inference_steps}.")
     device = getattr(pipe, "device", torch.device("cpu"))
     collector = PooledCollector(sites)
-    tracker = _CollectSteps(collector, pipe, collect_steps, architecture_of(denoiser).calls_per_step)
+    tracker = _CollectSteps(collector, pipe, denoiser, collect_steps)
     collector.before_calls(denoiser, tracker)
+    names = {s.name for s in sites}
+    for cand in candidates(denoiser):
+        if cand.site.name in names and cand.stream is not None:
+            collector.after_calls(cand.site.module, functools.partial(guard_stream, cand, tracker), prepend=True)
 
     def stop_after_last(p: Any, i: int, t: Any, callback_kwargs: dict[str, Any]) -> dict[str, Any]:
         if i >= last:
@@ -84,7 +92,6 @@ def collect_pooled(
         with collector, torch.no_grad():
             for start in tqdm(range(0, len(prompts), batch_size), desc=desc, disable=not progress, leave=False):
                 batch = prompts[start:start + batch_size]
-                tracker.calls = 0
                 tracker.batch_ids = torch.arange(start, start + len(batch))
                 gen = torch.Generator(device="cpu").manual_seed(seed + start)
                 pipe(batch, generator=gen, **kwargs)
@@ -122,10 +129,15 @@ def fit_concept(
     wanted change (fruit *with a pear*); ``control``: prompts to leave alone. ``collect_steps``: denoising steps
     (of a ``num_inference_steps`` run) whose activations are pooled, default all. ``incremental=k`` fits the sites
     in k groups in forward order, each collected with the groups before it already steered (λ = 1).
+
+    ``scaler``: ``"probe"`` (the paper's, per site and position, fitted on site activations of source vs control),
+    ``"prompt"`` (one α per prompt from the text encoder's output, fitted on source vs control prompts, applied to
+    every position of every site) or ``"constant"`` (α ≡ 1).
     """
     src = _check_prompts(source, "source")
     tgt = _check_prompts(target, "target")
-    ctl = _check_prompts(control, "control") if scaler == "probe" else []
+    ctl = _check_prompts(control, "control") if scaler in ("probe", "prompt") else []
+    by_prompt = scaler == "prompt"
     denoiser = denoiser_of(pipe)
     refuse_cache_hooks(denoiser)
     site_list = select_sites(denoiser, sites)
@@ -138,7 +150,8 @@ def fit_concept(
         source_text=source_text, target_text=target_text, model_class=type(denoiser).__name__,
         fitted_on=_fitted_on(pipe, denoiser, run, incremental, len(src), len(tgt), len(ctl)),
     )
-    fit_args = dict(transform=transform, scaler=scaler, n_components=n_components, gate=gate, seed=seed, progress=False)
+    fit_args = dict(transform=transform, scaler="constant" if by_prompt else scaler, n_components=n_components,
+                    gate=gate, seed=seed, progress=False)
     tgt_acts, _ = collect_pooled(pipe, tgt, site_list, desc="target prompts", **run)
     groups = max(1, int(incremental)) if incremental else 1
     chunks = [site_list[i * len(site_list) // groups:(i + 1) * len(site_list) // groups] for i in range(groups)]
@@ -147,7 +160,8 @@ def fit_concept(
         handle = attach(pipe, {fitted: 1.0}) if fitted is not None else None
         try:
             src_acts, src_ids = collect_pooled(pipe, src, chunk, desc="source prompts", **run)
-            ctl_acts, ctl_ids = collect_pooled(pipe, ctl, chunk, desc="control prompts", **run) if ctl else ({}, None)
+            ctl_acts, ctl_ids = ({}, None) if by_prompt or not ctl else collect_pooled(
+                pipe, ctl, chunk, desc="control prompts", **run)
         finally:
             if handle is not None:
                 handle.remove()
@@ -156,6 +170,12 @@ def fit_concept(
             groups=(src_ids, ctl_ids) if ctl_ids is not None else None, **fit_args, **config)
         fitted = part if fitted is None else _merge(fitted, part)
     assert fitted is not None
+    if by_prompt:
+        text = {what: collect_prompt_embeddings(pipe, prompts, batch_size=batch_size, guidance_scale=guidance_scale,
+                                                seed=seed, desc=f"{what} text", progress=progress)
+                for what, prompts in (("source", src), ("control", ctl))}
+        fitted = with_prompt_scaler(fitted, text["source"], text["control"], n_components=n_components, gate=gate,
+                                    seed=seed)
     return fitted
 
 

@@ -10,16 +10,17 @@ the steered result what the unguided model would make of the steered activations
 
 from __future__ import annotations
 
-import math
+import functools
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
 
-from dsas_core import Concept, DsasError, SteeringHandle, attach as core_attach
+from dsas_core import AlphaRecord, Concept, DsasError, PromptScaler, SteeringHandle, attach as core_attach
 
-from .sites import architecture_of, candidates, denoiser_of, fingerprint, refuse_cache_hooks
+from .sites import (CallInfo, Candidate, architecture_of, candidates, check_stream, denoiser_of, fingerprint, latent_hw,
+                    prompt_tokens, refuse_cache_hooks, token_grid)
 
 
 def check_concept_fits(concept: Concept, denoiser: nn.Module) -> None:
@@ -37,83 +38,176 @@ def check_concept_fits(concept: Concept, denoiser: nn.Module) -> None:
             )
 
 
-def _latent_grid(n_tokens: int, latent_hw: tuple[int, int]) -> tuple[int, int]:
-    """(h, w) of a UNet level with ``n_tokens`` positions: the latent grid halved (rounding up) k times."""
-    h, w = latent_hw
-    for _ in range(8):
-        if h * w == n_tokens:
-            return h, w
-        h, w = math.ceil(h / 2), math.ceil(w / 2)
-    raise DsasError(f"cannot place {n_tokens} positions on a latent grid of {latent_hw}.")
+_MISSING = object()
+
+
+class StepClock:
+    """Which denoising step a denoiser call belongs to, and its place within that step.
+
+    Steps are read from the scheduler's ``step_index`` (minus its ``begin_index``, e.g. for img2img) when the
+    scheduler keeps one: exact whatever the number of denoiser calls per step (true CFG, skip-layer guidance).
+    Otherwise calls are counted, ``calls_per_step`` per step. A new ``scheduler.timesteps`` starts a new count.
+    """
+
+    def __init__(self, pipe: Any, calls_per_step: int) -> None:
+        self.pipe, self.calls_per_step = pipe, calls_per_step
+        self.timesteps: Any = None
+        self.calls, self.step, self.in_step = 0, -1, 0
+
+    def tick(self) -> tuple[int, int]:
+        """(step, index of this call within the step) for the call about to run."""
+        scheduler = getattr(self.pipe, "scheduler", None)
+        timesteps = getattr(scheduler, "timesteps", None)
+        if timesteps is not self.timesteps:  # set_timesteps ran: a new pipeline call began
+            self.timesteps, self.calls, self.step, self.in_step = timesteps, 0, -1, 0
+        index = getattr(scheduler, "step_index", _MISSING)
+        if index is _MISSING:
+            step, in_step = divmod(self.calls, self.calls_per_step)
+        else:  # None until the scheduler's first step() of this pipeline call
+            step = 0 if index is None else int(index) - int(getattr(scheduler, "begin_index", None) or 0)
+            in_step = self.in_step + 1 if step == self.step else 0
+        self.calls += 1
+        self.step, self.in_step = step, in_step
+        return step, in_step
 
 
 class DiffusionHandle(SteeringHandle):
     """A :class:`SteeringHandle` that also tracks denoising steps and turns α into maps on the latent grid.
 
-    ``context`` holds ``step`` (index of the denoising step within the current pipeline call), ``latent_hw`` and
-    ``cfg`` (whether the batch is CFG-doubled) at every denoiser call.
+    ``context`` holds, at every denoiser call: ``step`` (index of the denoising step within the current pipeline
+    call), ``branch`` (``"cond"``, or ``"uncond"`` for the negative-prompt call of FLUX true CFG), ``cfg`` (whether
+    the batch is CFG-doubled), ``latent_hw`` and ``patch`` (the latent grid and the patch side of an image token;
+    FLUX records the packed tokens' ``image_ids`` instead of ``latent_hw``), and ``prompt_pooled`` (B, D) when a
+    concept uses the prompt scaler. ``prompt_records`` hold that scaler's per-prompt-token α at the first step.
     """
 
     step_window: tuple[int, int] | None = None
     cfg_alpha: Literal["cond", "own"] = "cond"
 
-    def alpha_maps(self, concept: str | None = None) -> dict[str, dict[str, Tensor]]:
-        """``{concept: {site: α (steps, B, h, w)}}`` from the records of the last pipeline call(s), on the CPU."""
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.pipe: Any = None
+        self.text_sites: set[str] = set()  # text-stream sites: their α has no place on the latent grid
+        self.prompt_records: list[AlphaRecord] = []  # prompt scaler: α per prompt token (B, T), step 0
+
+    def clear_records(self) -> None:
+        """Forget recorded α, per-position and per-prompt-token (e.g. before the next generation)."""
+        super().clear_records()
+        self.prompt_records.clear()
+
+    def _image_records(self, name: str, branch: str) -> list[AlphaRecord]:
+        return [r for r in self.alpha_records(concept=name)
+                if r.site not in self.text_sites and r.context.get("branch", "cond") == branch]
+
+    def alpha_maps(self, concept: str | None = None, branch: str = "cond") -> dict[str, dict[str, Tensor]]:
+        """``{concept: {site: α (steps, B, h, w)}}`` from the records of the last pipeline call(s), on the CPU.
+
+        ``h, w``: the site's grid (a UNet level, or the latent grid cut into patches for SD3/FLUX). ``branch``:
+        which denoiser call of a step (``"uncond"``: the negative-prompt call of FLUX true CFG). Text-stream sites
+        are left out (their α is in :meth:`alpha_records`)."""
         name = concept or next(iter(self.concepts))
         out: dict[str, dict[str, list[Tensor]]] = {}
-        for r in self.alpha_records(concept=name):
-            h, w = _latent_grid(r.alpha.shape[-1], r.context["latent_hw"])
+        for r in self._image_records(name, branch):
+            h, w = token_grid(r.context, r.alpha.shape[-1])
             out.setdefault(name, {}).setdefault(r.site, []).append(r.alpha.detach().float().cpu().reshape(-1, h, w))
         return {c: {s: torch.stack(v) for s, v in sites.items()} for c, sites in out.items()}
 
     def alpha_heatmap(self, concept: str | None = None) -> Tensor:
         """One α heat map per generated image, (n_images, H_latent, W_latent): the mean over steered steps and
-        ungated sites, each site's map upsampled to the latent grid. Only the conditional half of a CFG batch."""
+        ungated image sites, each site's map upsampled to the latent grid. Only the conditional half of a CFG batch
+        (and the conditional call of true CFG)."""
         name = concept or next(iter(self.concepts))
         cfg = self.concepts[name].config
         gated = {s for s, d in cfg.diagnostics.items() if d.get("gated")} if self.adaptive else set()
-        records = [r for r in self.alpha_records(concept=name) if r.site not in gated]
+        records = [r for r in self._image_records(name, "cond") if r.site not in gated]
         if not records:
             raise DsasError(f"no α was recorded for {name!r}: attach with record_alpha=True and run the pipeline.")
-        latent_hw = records[-1].context["latent_hw"]
+        size = latent_hw(records[-1].context)
         total = None
         for r in records:
             a = r.alpha.detach().float().cpu()
             if r.context.get("cfg"):
                 a = a[a.shape[0] // 2:]
-            h, w = _latent_grid(a.shape[-1], latent_hw)
-            up = torch.nn.functional.interpolate(a.reshape(-1, 1, h, w), size=latent_hw, mode="bilinear", align_corners=False)
+            h, w = token_grid(r.context, a.shape[-1])
+            up = torch.nn.functional.interpolate(a.reshape(-1, 1, h, w), size=size, mode="bilinear", align_corners=False)
             total = up if total is None else total + up
         return (total / len(records)).squeeze(1)
 
+    def prompt_alpha(self, prompt: str, image: int = 0, concept: str | None = None,
+                     logits: bool = False) -> list[tuple[str, float]]:
+        """Prompt scaler: ``[(token, α), ...]`` for ``prompt``'s tokens (padding left out) in image ``image`` of the
+        last pipeline call: the probe read on that token's embedding alone. The prompt's α is the sigmoid of the
+        mean of all positions' logits, so the tokens with the highest logits pushed α up the most; ``logits=True``
+        returns those logits (they rank tokens even where α saturates at 0 or 1)."""
+        name = concept or next(iter(self.concepts))
+        records = [r for r in self.prompt_records if r.concept == name and r.context.get("branch") == "cond"]
+        if not records:
+            raise DsasError(f"no per-token α was recorded for {name!r}: it needs a concept fitted with "
+                            "scaler='prompt', attached with record_alpha=True (and adaptive), and a pipeline run.")
+        if self.pipe is None or denoiser_of(self.pipe) is self.pipe:
+            raise DsasError("prompt_alpha needs the pipeline's tokenizers: attach to the pipeline, not its denoiser.")
+        r = records[-1]
+        a = r.context["logit"] if logits else r.alpha  # (B, T)
+        a = a[a.shape[0] // 2:] if r.context.get("cfg") else a  # (n_images, T)
+        if not 0 <= image < a.shape[0]:
+            raise DsasError(f"image must lie in [0, {a.shape[0]}) for the last pipeline call, got {image}.")
+        labels = prompt_tokens(self.pipe, prompt, a.shape[-1])
+        values = a[image].detach().float().cpu().tolist()
+        return [(tok, v) for tok, v in zip(labels, values) if tok is not None]
+
 
 class _StepTracker:
-    """Runs before every denoiser call: counts steps, applies the step window and the CFG α pairing."""
+    """Runs before every denoiser call: reads the call, applies the step window, the CFG α pairing, and puts what
+    scalers and α maps need into ``handle.context``."""
 
-    def __init__(self, handle: DiffusionHandle, pipe: Any, calls_per_step: int) -> None:
-        self.handle, self.pipe, self.calls_per_step = handle, pipe, calls_per_step
-        self.timesteps: Any = None
-        self.calls = 0
+    def __init__(self, handle: DiffusionHandle, pipe: Any, denoiser: nn.Module) -> None:
+        self.handle, self.pipe, self.denoiser = handle, pipe, denoiser
+        self.arch = architecture_of(denoiser)
+        self.clock = StepClock(pipe, self.arch.calls_per_step)
+        self.info: CallInfo | None = None
+        self.prompt_concepts = [c for c in handle.concepts.values() if c.config.scaler == "prompt"]
 
     def __call__(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-        scheduler = getattr(self.pipe, "scheduler", None)
-        timesteps = getattr(scheduler, "timesteps", None)
-        if timesteps is not self.timesteps:  # set_timesteps ran: a new pipeline call began
-            self.timesteps, self.calls = timesteps, 0
-        step = self.calls // self.calls_per_step
-        self.calls += 1
-        sample = kwargs.get("sample", kwargs.get("hidden_states", args[0] if args else None))
-        handle = self.handle
-        cfg = bool(getattr(self.pipe, "do_classifier_free_guidance", False)) and sample is not None and sample.shape[0] % 2 == 0
-        handle.context = {"step": step, "latent_hw": tuple(sample.shape[-2:]) if sample is not None else None, "cfg": cfg}
+        step, in_step = self.clock.tick()
+        info = self.info = self.arch.describe(self.denoiser, args, kwargs)
+        handle, branches = self.handle, self.arch.branches
+        branch = branches[in_step] if in_step < len(branches) else f"call{in_step}"
+        cfg = bool(getattr(self.pipe, "do_classifier_free_guidance", False)) and in_step == 0 and info.batch % 2 == 0
+        context: dict[str, Any] = {"step": step, "branch": branch, "cfg": cfg, "latent_hw": info.latent_hw,
+                                   "patch": info.patch}
+        if info.image_ids is not None:
+            context["image_ids"] = info.image_ids
+        if self.prompt_concepts and info.text is not None:
+            context["prompt_pooled"] = info.text.float().mean(1)  # (B, D): the prompt scaler's input
+        handle.context = context
         window = handle.step_window
         handle.enabled = window is None or window[0] <= step < window[1]
         if cfg and handle.cfg_alpha == "cond":
-            n = sample.shape[0] // 2
-            rows = torch.arange(n, 2 * n, device=sample.device)
+            n = info.batch // 2
+            rows = torch.arange(n, 2 * n, device=info.text.device if info.text is not None else None)
             handle.alpha_rows = torch.cat([rows, rows])
         else:
             handle.alpha_rows = None
+        handle.alpha_reuse = "off"
+        if len(branches) > 1 and handle.cfg_alpha == "cond":  # separate calls per step: later ones reuse the first's α
+            if in_step == 0:
+                handle.alpha_memory.clear()
+            handle.alpha_reuse = "store" if in_step == 0 else "load"
+        if handle.record_alpha and handle.adaptive and step == 0 and info.text is not None:
+            for concept in self.prompt_concepts:
+                scaler = next(iter(concept.sites.values())).scaler  # one probe, shared by every site
+                logit = _token_logits(scaler, info.text)  # (B, T)
+                alpha = torch.zeros_like(logit) if scaler.gated else logit.sigmoid()
+                handle.prompt_records.append(AlphaRecord(concept.name, "prompt", self.clock.calls - 1,
+                                                         context | {"logit": logit}, alpha))
+
+
+def _token_logits(scaler: Any, text: Tensor) -> Tensor:
+    """A prompt scaler's logit at every text position, (B, T, D) -> (B, T); their mean is the prompt's logit."""
+    if not isinstance(scaler, PromptScaler):
+        raise DsasError(f"a concept marked scaler='prompt' holds a {type(scaler).__name__}: re-fit or re-save it.")
+    w, b = scaler.weight.to(text.device), scaler.bias.to(text.device)
+    return (text.float() @ w + b).detach()
 
 
 def attach(
@@ -130,7 +224,7 @@ def attach(
     Every pipeline sharing the denoiser (img2img, inpainting built from ``pipe.components``) is steered too.
     """
     denoiser = denoiser_of(pipe)
-    arch = architecture_of(denoiser)
+    architecture_of(denoiser)
     refuse_cache_hooks(denoiser)
     pairs = list(concepts.items()) if isinstance(concepts, Mapping) else list(concepts)
     for concept, _ in pairs:
@@ -141,13 +235,27 @@ def attach(
         raise DsasError(f"cfg_alpha must be 'cond' or 'own', got {cfg_alpha!r}.")
     if step_window is not None and not (len(step_window) == 2 and 0 <= step_window[0] < step_window[1]):
         raise DsasError(f"step_window must be (start, stop) with 0 <= start < stop, got {step_window!r}.")
-    sites = [c.site for c in candidates(denoiser)]
-    handle = core_attach(sites, pairs, adaptive=adaptive, record_alpha=record_alpha, handle_class=DiffusionHandle)
+    cands = candidates(denoiser)
+    handle = core_attach([c.site for c in cands], pairs, adaptive=adaptive, record_alpha=record_alpha,
+                         handle_class=DiffusionHandle)
     assert isinstance(handle, DiffusionHandle)
+    handle.pipe = pipe
     handle.step_window = tuple(step_window) if step_window is not None else None
     handle.cfg_alpha = cfg_alpha
-    handle.before_calls(denoiser, _StepTracker(handle, pipe, arch.calls_per_step))
+    tracker = _StepTracker(handle, pipe, denoiser)
+    handle.before_calls(denoiser, tracker)
+    used = {s for c, _ in pairs for s in c.config.sites}
+    for cand in cands:
+        if cand.site.name in used and cand.stream is not None:
+            handle.after_calls(cand.site.module, functools.partial(guard_stream, cand, tracker), prepend=True)
+            if cand.stream == "text":
+                handle.text_sites.add(cand.site.name)
     return handle
+
+
+def guard_stream(candidate: Candidate, tracker: _StepTracker, output: Any) -> None:
+    """Before a block's output is steered: check it is the stream the site stands for."""
+    check_stream(candidate, output, tracker.info)
 
 
 steer = attach  # ``with steer(pipe, {concept: 0.8}) as handle: ...`` reads best as a context manager

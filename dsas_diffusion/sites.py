@@ -3,6 +3,12 @@
 A site is a module path inside the denoiser (``pipe.unet`` or ``pipe.transformer``), e.g.
 ``down_blocks.1.attentions.0.transformer_blocks.0.attn2``. Forward hooks on the attention modules themselves keep
 working after ``set_attn_processor``, LoRA loading (peft wraps the projections inside) and ``fuse_qkv_projections``.
+
+SD3 and FLUX sites are whole transformer blocks. Their outputs (diffusers 0.42) are ``(text, image)`` tuples; the
+last SD3 block returns ``(None, image)``. A block's image stream is the site named after the block
+(``transformer_blocks.3``), its text stream the site with ``:text`` appended (not steered by default). Every call
+checks that the steered element has as many tokens as the stream it stands for, so a format change in diffusers
+raises a clear error instead of steering the wrong stream.
 """
 
 from __future__ import annotations
@@ -11,9 +17,9 @@ import difflib
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
-from torch import nn
+from torch import Tensor, nn
 
 from dsas_core import DsasError, Site
 
@@ -25,16 +31,32 @@ class Candidate:
     site: Site
     width: int
     default: bool
+    stream: Literal["image", "text"] | None = None  # transformer blocks: which token stream the site steers
+
+
+@dataclass(frozen=True)
+class CallInfo:
+    """What one denoiser call's arguments say (shapes only: no host sync)."""
+
+    batch: int
+    latent_hw: tuple[int, int] | None  # the latent grid, when the input's shape shows it
+    patch: int  # latent cells per image token along each side (1 for UNet levels at full resolution)
+    image_tokens: int | None  # tokens of the image stream at transformer blocks
+    text: Tensor | None  # (B, T, D) conditioning text embeddings as the denoiser receives them
+    image_ids: Tensor | None = None  # FLUX: (N, 3) positions of the packed image tokens (row, column in 1 and 2)
 
 
 @dataclass(frozen=True)
 class Architecture:
-    """How to find the steerable sites of one denoiser class."""
+    """How to find the steerable sites of one denoiser class, and how to read its calls."""
 
     class_name: str
     find: Callable[[nn.Module], list[Candidate]]
     fingerprint_keys: tuple[str, ...]  # config entries that must match between fitting and steering
-    calls_per_step: int = 1  # denoiser calls per denoising step (true CFG in FLUX makes two)
+    describe: Callable[[nn.Module, tuple[Any, ...], dict[str, Any]], CallInfo]
+    calls_per_step: int = 1  # denoiser calls per step, used only when the scheduler does not count steps
+    branches: tuple[str, ...] = ("cond",)  # meaning of the 1st, 2nd, ... denoiser call within one step
+    tokenizers: tuple[str, ...] = ("tokenizer",)  # pipeline tokenizers whose tokens make up the text, in order
 
 
 def _attention_width(module: nn.Module) -> int:
@@ -58,13 +80,159 @@ def _unet_sites(unet: nn.Module) -> list[Candidate]:
     return sorted(out, key=lambda c: _UNET_ORDER.get(c.site.name.split(".")[0], 3))
 
 
+def _arg(args: tuple[Any, ...], kwargs: dict[str, Any], name: str, position: int) -> Any:
+    """A call argument given by keyword or by position."""
+    return kwargs[name] if name in kwargs else (args[position] if len(args) > position else None)
+
+
+def _unet_call(unet: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> CallInfo:
+    """``sample`` (B, C, H, W) is the latent; ``encoder_hidden_states`` (B, T, D) the text."""
+    sample = _arg(args, kwargs, "sample", 0)
+    return CallInfo(batch=sample.shape[0], latent_hw=tuple(sample.shape[-2:]), patch=1, image_tokens=None,
+                    text=_arg(args, kwargs, "encoder_hidden_states", 2))
+
+
+def _sd3_call(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> CallInfo:
+    """``hidden_states`` (B, C, H, W) is the latent, cut into p×p patches: (H/p)·(W/p) image tokens."""
+    latent = _arg(args, kwargs, "hidden_states", 0)
+    p = int(model.config.patch_size)
+    h, w = latent.shape[-2:]
+    return CallInfo(batch=latent.shape[0], latent_hw=(h, w), patch=p, image_tokens=(h // p) * (w // p),
+                    text=_arg(args, kwargs, "encoder_hidden_states", 1))
+
+
+def _flux_call(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> CallInfo:
+    """``hidden_states`` (B, N, 4·C) are latents packed in 2×2 patches; ``img_ids`` (N, 3) place them."""
+    packed = _arg(args, kwargs, "hidden_states", 0)
+    ids = _arg(args, kwargs, "img_ids", 5)
+    if isinstance(ids, Tensor) and ids.ndim == 3:  # deprecated batched ids
+        ids = ids[0]
+    return CallInfo(batch=packed.shape[0], latent_hw=None, patch=2, image_tokens=packed.shape[1],
+                    text=_arg(args, kwargs, "encoder_hidden_states", 1), image_ids=ids)
+
+
+def _block_sites(model: nn.Module, lists: Sequence[str], text_index: int, image_index: int) -> list[Candidate]:
+    """Each block of the named ``ModuleList`` s: its image stream (default) and text stream (opt-in)."""
+    width = int(model.config.num_attention_heads * model.config.attention_head_dim)
+    out = []
+    for attr in lists:
+        blocks = getattr(model, attr, None) or []
+        for i, block in enumerate(blocks):
+            name = f"{attr}.{i}"
+            out.append(Candidate(Site(name, block, image_index, "tokens"), width, default=True, stream="image"))
+            if not getattr(block, "context_pre_only", False):  # the last SD3 block returns (None, image)
+                out.append(Candidate(Site(f"{name}:text", block, text_index, "tokens"), width, default=False,
+                                     stream="text"))
+    return out
+
+
+def _sd3_sites(model: nn.Module) -> list[Candidate]:
+    """``JointTransformerBlock`` outputs ``(text, image)`` (the last block ``(None, image)``), in forward order."""
+    return _block_sites(model, ["transformer_blocks"], text_index=0, image_index=1)
+
+
+def _flux_sites(model: nn.Module) -> list[Candidate]:
+    """Double-stream ``FluxTransformerBlock`` then single-stream ``FluxSingleTransformerBlock`` outputs, both
+    ``(text, image)`` in diffusers 0.42 (older versions returned one concatenated tensor from single blocks)."""
+    return _block_sites(model, ["transformer_blocks", "single_transformer_blocks"], text_index=0, image_index=1)
+
+
+_TRANSFORMER_KEYS = ("in_channels", "patch_size", "num_layers", "attention_head_dim", "num_attention_heads",
+                     "joint_attention_dim", "pooled_projection_dim")
+
 ARCHITECTURES: dict[str, Architecture] = {
     "UNet2DConditionModel": Architecture(
         "UNet2DConditionModel", _unet_sites,
         fingerprint_keys=("in_channels", "block_out_channels", "cross_attention_dim", "addition_embed_type",
                           "transformer_layers_per_block", "down_block_types"),
+        describe=_unet_call,
+    ),
+    "SD3Transformer2DModel": Architecture(
+        "SD3Transformer2DModel", _sd3_sites,
+        fingerprint_keys=(*_TRANSFORMER_KEYS, "caption_projection_dim", "dual_attention_layers"),
+        describe=_sd3_call,
+        tokenizers=("tokenizer", "tokenizer_3"),  # CLIP tokens (L and G side by side), then T5 tokens
+    ),
+    "FluxTransformer2DModel": Architecture(
+        "FluxTransformer2DModel", _flux_sites,
+        fingerprint_keys=(*_TRANSFORMER_KEYS, "num_single_layers", "guidance_embeds"),
+        describe=_flux_call,
+        branches=("cond", "uncond"),  # true CFG: the prompt's call, then the negative prompt's, per step
+        tokenizers=("tokenizer_2",),  # T5 tokens (CLIP only gives the pooled vector)
     ),
 }
+
+
+def check_stream(candidate: Candidate, output: Any, info: CallInfo | None) -> None:
+    """Raise unless ``output[site.output_index]`` is the (B, N, d) stream the candidate stands for: as many tokens
+    as the call's image tokens (image stream) or text tokens (text stream)."""
+    if candidate.stream is None or info is None:
+        return
+    site = candidate.site
+    expected = info.image_tokens if candidate.stream == "image" else (None if info.text is None else info.text.shape[1])
+    ok = isinstance(output, (tuple, list)) and len(output) > site.output_index
+    value = output[site.output_index] if ok else None
+    if ok and isinstance(value, Tensor) and value.ndim == 3 and (expected is None or value.shape[1] == expected):
+        return
+    import diffusers
+
+    if isinstance(output, (tuple, list)):
+        got = "(" + ", ".join(str(tuple(v.shape)) if isinstance(v, Tensor) else type(v).__name__ for v in output) + ")"
+    else:
+        got = f"a {type(output).__name__} of shape {tuple(getattr(output, 'shape', ()))}"
+    raise DsasError(
+        f"site {site.name!r}: expected output[{site.output_index}] to be the {candidate.stream} stream of shape "
+        f"(batch, {expected} tokens, width), but the block returned {got}. This diffusers version "
+        f"({diffusers.__version__}) formats block outputs differently from dsas's site table (written for 0.42), "
+        "so dsas stops instead of steering the wrong stream: update dsas, or install diffusers 0.42."
+    )
+
+
+def token_grid(context: dict[str, Any], n_tokens: int) -> tuple[int, int]:
+    """(h, w) of the grid a site's ``n_tokens`` positions lie on, from a denoiser call's context: FLUX's packed
+    token positions, else the latent grid cut into patches, halved (rounding up) for deeper UNet levels."""
+    ids = context.get("image_ids")
+    if ids is not None:
+        h, w = int(ids[:, 1].max()) + 1, int(ids[:, 2].max()) + 1
+        if h * w == n_tokens:
+            return h, w
+    elif context.get("latent_hw") is not None:
+        p = int(context.get("patch", 1))
+        h, w = -(-context["latent_hw"][0] // p), -(-context["latent_hw"][1] // p)
+        for _ in range(8):
+            if h * w == n_tokens:
+                return h, w
+            h, w = -(-h // 2), -(-w // 2)
+    raise DsasError(f"cannot place {n_tokens} positions on the latent grid of this call "
+                    f"(latent {context.get('latent_hw')}, patch {context.get('patch', 1)}).")
+
+
+def latent_hw(context: dict[str, Any]) -> tuple[int, int]:
+    """The latent grid (H, W) of a denoiser call's context (FLUX: twice the packed token grid)."""
+    if context.get("latent_hw") is not None:
+        return tuple(context["latent_hw"])
+    ids = context.get("image_ids")
+    if ids is None:
+        raise DsasError("this call's context records no latent grid; α maps need the denoiser's inputs.")
+    return (int(ids[:, 1].max()) + 1) * context.get("patch", 2), (int(ids[:, 2].max()) + 1) * context.get("patch", 2)
+
+
+def prompt_tokens(pipe: Any, prompt: str, n_tokens: int) -> list[str | None]:
+    """The token at each of the ``n_tokens`` text positions the denoiser receives for ``prompt`` (None: padding,
+    or a text encoder the pipeline lacks), from the tokenizers the architecture lists, in order: each spans its
+    ``model_max_length`` positions, the last one the rest."""
+    names = architecture_of(denoiser_of(pipe)).tokenizers
+    out: list[str | None] = []
+    for i, attr in enumerate(names):
+        tokenizer = getattr(pipe, attr, None)
+        n = n_tokens - len(out) if i == len(names) - 1 else int(getattr(tokenizer, "model_max_length", 77))
+        if tokenizer is None or n <= 0:
+            out += [None] * max(n, 0)
+            continue
+        enc = tokenizer(prompt, padding="max_length", max_length=n, truncation=True)
+        toks = tokenizer.convert_ids_to_tokens(enc["input_ids"])
+        out += [t if m else None for t, m in zip(toks, enc["attention_mask"])]
+    return out[:n_tokens]
 
 
 def denoiser_of(pipe_or_model: Any) -> nn.Module:

@@ -97,3 +97,85 @@ def run(pipe, prompt, seed=0, steps=2, **kwargs):
     out = pipe(prompt, num_inference_steps=steps, height=SIZE, width=SIZE, output_type="np",
                generator=torch.Generator().manual_seed(seed), **kwargs)
     return torch.from_numpy(out.images)
+
+
+# ------------------------------------------------------------------------------------------------ SD3 / FLUX
+T5_WORDS = (
+    "a an the of on in at with beside and photo plain picture ripe yellow green red blue banana pear fruit night "
+    "cat dog house tree car boat chair lamp cup clock bird horse table river road bridge window door book shoe "
+    "mountain candle piano bicycle garden castle pillow rocket still life painting"
+).split()
+
+
+def t5_tokenizer():
+    """A word-level T5 (unigram) tokenizer built in code: the words above, single letters as a fallback."""
+    from transformers import T5Tokenizer
+
+    letters = "abcdefghijklmnopqrstuvwxyz"
+    vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("▁", -5.0)]
+    vocab += [(f"▁{w}", -1.0) for w in T5_WORDS] + [(c, -8.0) for c in letters]
+    return T5Tokenizer(vocab=vocab, extra_ids=0)
+
+
+def _t5(seed: int, d_model: int):
+    from transformers import T5Config, T5EncoderModel
+
+    torch.manual_seed(seed)
+    cfg = T5Config(vocab_size=len(T5_WORDS) + 30, d_model=d_model, d_kv=8, d_ff=2 * d_model, num_layers=2,
+                   num_heads=4, relative_attention_num_buckets=8, decoder_start_token_id=0, pad_token_id=0,
+                   eos_token_id=1)
+    return T5EncoderModel(cfg).eval()
+
+
+def _flow_vae():
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(1)
+    return AutoencoderKL(block_out_channels=(8, 8), in_channels=3, out_channels=3, latent_channels=4,
+                         down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+                         norm_num_groups=4, sample_size=SIZE, shift_factor=0.0, scaling_factor=1.0).eval()
+
+
+def tiny_sd3():
+    """A StableDiffusion3Pipeline: two joint blocks (the last one returns (None, image)), 2×2 patches, so a
+    16×16 image has an 8×8 latent and 4×4 image tokens; CLIP text is 16 tokens, T5 text 256."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
+    from transformers import CLIPTokenizer
+
+    torch.manual_seed(7)
+    transformer = SD3Transformer2DModel(
+        sample_size=SIZE // 2, patch_size=2, in_channels=4, out_channels=4, num_layers=2, attention_head_dim=8,
+        num_attention_heads=4, joint_attention_dim=64, caption_projection_dim=32, pooled_projection_dim=64,
+        pos_embed_max_size=8).eval()
+    with torch.no_grad():  # random patch embeddings drown the prompt in noise; a trained model listens to both
+        transformer.pos_embed.proj.weight.mul_(0.1)
+    tok = CLIPTokenizer.from_pretrained(tokenizer_dir())
+    pipe = StableDiffusion3Pipeline(
+        transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler(), vae=_flow_vae(),
+        text_encoder=_text_encoder(8, projection=True), tokenizer=tok,
+        text_encoder_2=_text_encoder(9, projection=True), tokenizer_2=tok,
+        text_encoder_3=_t5(10, d_model=64), tokenizer_3=t5_tokenizer())
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def tiny_flux(guidance_embeds: bool = True):
+    """A FluxPipeline: two double-stream and two single-stream blocks; latents packed in 2×2 patches, so a 16×16
+    image has an 8×8 latent and 4×4 image tokens; T5 text is 512 tokens (the pipeline's default)."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+    from transformers import CLIPTokenizer
+
+    torch.manual_seed(11)
+    transformer = FluxTransformer2DModel(
+        patch_size=1, in_channels=16, num_layers=2, num_single_layers=2, attention_head_dim=16,
+        num_attention_heads=2, joint_attention_dim=32, pooled_projection_dim=32, guidance_embeds=guidance_embeds,
+        axes_dims_rope=(4, 6, 6)).eval()
+    with torch.no_grad():  # as in tiny_sd3: let the image stream hear the prompt over the noise
+        transformer.x_embedder.weight.mul_(0.1)
+    pipe = FluxPipeline(
+        scheduler=FlowMatchEulerDiscreteScheduler(), vae=_flow_vae(), text_encoder=_text_encoder(12),
+        tokenizer=CLIPTokenizer.from_pretrained(tokenizer_dir()), text_encoder_2=_t5(13, d_model=32),
+        tokenizer_2=t5_tokenizer(), transformer=transformer)
+    pipe.default_sample_size = SIZE // 2  # pipe(prompt) without a size makes 16×16 images, as the others do
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
