@@ -16,6 +16,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from dsas_core import Concept, DsasError, PooledCollector, fit_from_activations
+from dsas_core.e2e import E2EConfig, train_e2e
 
 from .sites import LMSite, input_device, lm_sites
 
@@ -137,6 +138,7 @@ def fit_concept(
     gate: float = 0.75,
     seed: int = 0,
     progress: bool = True,
+    e2e: E2EConfig | None = None,
 ) -> Concept:
     """Fit a DSAS concept on a causal LM from text lists.
 
@@ -144,7 +146,9 @@ def fit_concept(
     ``control``: texts to leave alone (trains the ``probe`` scaler; may be None for ``scaler="constant"``).
     Sites: ``role`` (``residual`` | ``mlp_input`` | ``attention``) over ``layers`` (None = all, ``"-16:-4"``,
     ``[3, 5]``), or ``sites`` = module names / a regex. ``chat_template`` wraps each text as a user message.
+    ``transform="lineas", scaler="e2e"`` trains map and scaler end to end (settings in ``e2e``).
     """
+    _check_e2e_pair(transform, scaler)
     src = read_texts(source, "source texts")
     tgt = read_texts(target, "target texts")
     ctl = read_texts(control, "control texts") if control is not None else None
@@ -154,11 +158,58 @@ def fit_concept(
     if chat_template:
         sets = {k: None if v is None else apply_chat_template(tokenizer, v) for k, v in sets.items()}
         add_special = False  # the template already holds BOS and friends
+    if scaler == "e2e":
+        return _fit_e2e(model, tokenizer, sets, resolved, name, add_special, max_length, pool_special_tokens, e2e,
+                        progress, fitted_on=_fitted_on(model, resolved, sets, role, sites, layers, batch_size,
+                                                       chat_template, max_length, pool_special_tokens, seed))
     pooled = {
         k: None if v is None else collect_pooled(model, tokenizer, v, resolved, batch_size, max_length, add_special,
                                                  pool_special_tokens, progress, desc=f"{name}: {k} texts")
         for k, v in sets.items()
     }
+    fitted_on = _fitted_on(model, resolved, sets, role, sites, layers, batch_size, chat_template, max_length,
+                           pool_special_tokens, seed)
+    return fit_from_activations(
+        name, pooled["source"], pooled["target"], pooled["control"], transform=transform, scaler=scaler,
+        n_components=n_components, gate=gate, seed=seed, progress=progress,
+        model_class=type(model).__name__, fitted_on=fitted_on,
+    )
+
+
+def _check_e2e_pair(transform: str, scaler: str) -> None:
+    """E2E training learns a lineas map together with an e2e scaler; neither makes sense alone."""
+    if (transform == "lineas") != (scaler == "e2e"):
+        raise DsasError(f"transform={transform!r} with scaler={scaler!r}: end-to-end training learns the 'lineas' "
+                        "transform together with the 'e2e' scaler; pass both (or neither).")
+
+
+def _fit_e2e(model: nn.Module, tokenizer: Any, sets: dict[str, list[str] | None], resolved: Sequence[LMSite],
+             name: str, add_special: bool, max_length: int | None, pool_special: bool, config: E2EConfig | None,
+             progress: bool, fitted_on: dict[str, Any]) -> Concept:
+    """E2E-DSAS: the steered model runs on the texts (with gradients to the steering parameters only)."""
+    if sets["control"] is None:
+        raise DsasError("the 'e2e' scaler needs control texts (inputs to keep in place).")
+    device = input_device(model)
+    runner = _forward_target(model, resolved)
+
+    def forward(set_name: str, idx: list[int], collector: PooledCollector) -> None:
+        texts = sets[set_name]
+        assert texts is not None
+        batch = encode(tokenizer, [texts[i] for i in idx], device, max_length, add_special, pool_special)
+        collector.mask = batch.pop("pool_mask")
+        runner(**batch, use_cache=False)
+
+    counts = {k: len(v) for k, v in sets.items() if v is not None}
+    concept, report = train_e2e(name, [s.site for s in resolved], forward, counts, config=config, model=model,
+                                progress=progress, model_class=type(model).__name__, fitted_on=fitted_on)
+    concept.config.fitted_on["e2e_report"] = {"best_val": report["best_val"], "steps_run": report["history"][-1]["step"]}
+    return concept
+
+
+def _fitted_on(model: nn.Module, resolved: Sequence[LMSite], sets: dict[str, list[str] | None], role: str,
+               sites: Any, layers: Any, batch_size: int, chat_template: bool, max_length: int | None,
+               pool_special_tokens: bool, seed: int) -> dict[str, Any]:
+    """What a concept records about the model and the fitting run."""
     cfg = getattr(model, "config", None)
     dtype = next(model.parameters()).dtype
     fitted_on: dict[str, Any] = {
@@ -179,8 +230,4 @@ def fit_concept(
         "seed": seed,
         **library_versions(),
     }
-    return fit_from_activations(
-        name, pooled["source"], pooled["target"], pooled["control"], transform=transform, scaler=scaler,
-        n_components=n_components, gate=gate, seed=seed, progress=progress,
-        model_class=type(model).__name__, fitted_on=fitted_on,
-    )
+    return fitted_on
