@@ -29,7 +29,7 @@ SITES_EXAMPLE = """example:
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add ``dsas llm`` and its subcommands."""
-    llm = sub.add_parser("llm", help="steer transformers causal language models (fit, generate, sites)",
+    llm = sub.add_parser("llm", help="steer transformers causal language models (fit, generate, sites, eval)",
                          description="DSAS for transformers causal language models.",
                          epilog=f"{FIT_EXAMPLE}\n\n{GENERATE_EXAMPLE}\n\n{SITES_EXAMPLE}", formatter_class=HelpFormatter)
     llm.set_defaults(func=lambda args: llm.print_help() or 0)
@@ -45,8 +45,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     fit.add_argument("--target", required=True, type=Path, help="texts to steer toward")
     fit.add_argument("--control", type=Path, help="texts to leave alone (needed by the probe scaler)")
     fit.add_argument("--out", required=True, type=Path, help="concept directory to write")
-    fit.add_argument("--transform", default="mean_shift", choices=["mean_shift", "itic", "linear_act"])
-    fit.add_argument("--scaler", default="probe", choices=["probe", "constant"])
+    fit.add_argument("--transform", default="mean_shift", choices=["mean_shift", "itic", "linear_act", "lineas"],
+                     help="'lineas' goes with --scaler e2e (trained end to end)")
+    fit.add_argument("--scaler", default="probe", choices=["probe", "constant", "e2e"])
     fit.add_argument("--name", default=None, help="concept name (default: the --out folder's name)")
     fit.add_argument("--role", default="residual", choices=["residual", "mlp_input", "attention"],
                      help="which site of each decoder layer to steer")
@@ -85,9 +86,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     sites.add_argument("--json", action="store_true", help="print the table as JSON")
     sites.set_defaults(func=sites_command, device="cpu")
 
+    from .cli_eval import add_parser as add_eval_parser
+
+    add_eval_parser(cmds)
+
 
 def _model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True, metavar="MODEL", help="hub id or local folder (from_pretrained)")
+    p.add_argument("--model", required=True, metavar="MODEL", help="'demo' (the bundled tavern-world LM), a hub id or a local folder")
     p.add_argument("--dtype", default="auto", choices=DTYPES, help="weights dtype ('auto': as saved)")
     p.add_argument("--device", default=None,
                    help="cpu, cuda, cuda:1, ... or 'auto' (accelerate device_map); default: cuda if available")
@@ -110,6 +115,13 @@ def load(model_id: str, dtype: str = "auto", device: str | None = None) -> tuple
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    if model_id == "demo":  # the bundled tavern-world LM
+        from .demo.model import demo_lm_dir
+
+        if not (demo_lm_dir() / "model.safetensors").is_file():
+            raise DsasError(f"the bundled demo LM is missing from {demo_lm_dir()}: rebuild it with "
+                            "`python -m dsas_transformers.demo.train`.")
+        model_id = str(demo_lm_dir())
     kwargs: dict[str, Any] = {"dtype": dtype if dtype == "auto" else getattr(torch, dtype)}
     if device == "auto":
         kwargs["device_map"] = "auto"
@@ -141,8 +153,8 @@ def fit_command(args: argparse.Namespace) -> int:
 
     texts = {k: read_prompt_file(getattr(args, k)) for k in ("source", "target")}
     control = read_prompt_file(args.control) if args.control else None
-    if control is None and args.scaler == "probe":
-        raise DsasError("the probe scaler needs --control texts (inputs to leave alone); or use --scaler constant.")
+    if control is None and args.scaler in ("probe", "e2e"):
+        raise DsasError(f"the {args.scaler} scaler needs --control texts (inputs to leave alone); or use --scaler constant.")
     model, tokenizer = load(args.model, args.dtype, args.device)
     name = args.name or args.out.resolve().name
     concept = fit_concept(model, tokenizer, texts["source"], texts["target"], control, transform=args.transform,
