@@ -39,7 +39,8 @@ class _CollectSteps:
     """Before each denoiser call: collect only the chosen steps, only the first (conditional) call of a step, and
     only the conditional half under CFG."""
 
-    def __init__(self, collector: PooledCollector, pipe: Any, denoiser: torch.nn.Module, steps: set[int] | None) -> None:
+    def __init__(self, collector: PooledCollector, pipe: Any, denoiser: torch.nn.Module,
+                 steps: set[int] | None) -> None:
         self.collector, self.pipe, self.denoiser, self.steps = collector, pipe, denoiser, steps
         self.arch = architecture_of(denoiser)
         self.clock = StepClock(pipe, self.arch.calls_per_step)

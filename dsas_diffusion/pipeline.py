@@ -129,7 +129,8 @@ class DiffusionHandle(SteeringHandle):
             if r.context.get("cfg"):
                 a = a[a.shape[0] // 2:]
             h, w = token_grid(r.context, a.shape[-1])
-            up = torch.nn.functional.interpolate(a.reshape(-1, 1, h, w), size=size, mode="bilinear", align_corners=False)
+            up = torch.nn.functional.interpolate(a.reshape(-1, 1, h, w), size=size, mode="bilinear",
+                                                 align_corners=False)
             total = up if total is None else total + up
         return (total / len(records)).squeeze(1)
 

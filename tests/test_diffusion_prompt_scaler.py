@@ -1,0 +1,113 @@
+"""The prompt scaler: one α per prompt from the text encoder's output, on SD, SDXL, SD3 and FLUX."""
+
+import pytest
+import torch
+
+from dsas_core import Concept, ConceptConfig, DsasError, ProbeScaler, PromptScaler, SiteSteer
+from dsas_core.cli import main
+from dsas_core.transforms import MeanShift
+from dsas_diffusion import fit_concept, steer
+from tiny_diffusion import run, tiny_flux, tiny_sd, tiny_sd3, tiny_sdxl
+
+BUILDERS = {"sd": tiny_sd, "sdxl": tiny_sdxl, "sd3": tiny_sd3, "flux": tiny_flux}
+THINGS = ["cat", "dog", "house", "tree", "car", "boat", "chair", "cup", "clock", "bird", "horse", "table", "river",
+          "road", "bridge", "window", "door", "book", "shoe", "pillow"]
+HELD = ["mountain", "candle", "piano", "bicycle", "garden", "castle", "rocket", "pear"]
+SOURCE, TARGET, CONTROL = "a {} beside a banana", "a {} beside a pear", "a {} beside a lamp"  # planted: banana
+
+
+def _word(token: str) -> str:
+    return token.replace("</w>", "").lstrip("▁")
+
+
+def test_a_prompt_scaler_reads_its_alpha_from_the_context_and_round_trips_through_save_and_load(tmp_path):
+    g = torch.Generator().manual_seed(0)
+    source, control = torch.randn(8, 6, generator=g) + 2, torch.randn(8, 6, generator=g) - 2
+    probe, fit = ProbeScaler.fit(source, control, n_components=2)
+    scaler = PromptScaler.from_probe(probe)
+    cfg = ConceptConfig(name="p", transform="mean_shift", scaler="prompt", sites=["a"], site_widths={"a": 4},
+                        scaler_input_width=6, diagnostics={"a": {"accuracy": fit.accuracy, "gated": fit.gated}})
+    concept = Concept(cfg, {"a": SiteSteer(MeanShift(shift=torch.ones(4)), scaler)})
+    loaded = Concept.from_pretrained(concept.save_pretrained(tmp_path / "p")).sites["a"].scaler
+    pooled = torch.stack([source[0], control[0]])  # (B, D)
+    alpha = loaded(torch.zeros(2, 5, 4), {"prompt_pooled": pooled})  # (B, N): one value per prompt
+    assert isinstance(loaded, PromptScaler) and alpha.shape == (2, 5)
+    assert torch.equal(alpha, scaler(torch.zeros(2, 5, 4), {"prompt_pooled": pooled}))
+    assert torch.equal(alpha[:, :1].expand(2, 5), alpha) and alpha[0, 0] > 0.5 > alpha[1, 0]
+    tokens = torch.stack([source[:3], control[:3]])  # (B, T, D): the pooled logit is the tokens' mean logit
+    logit = torch.logit(scaler.token_alpha(tokens).double()).mean(1)
+    assert torch.allclose(logit, (tokens.mean(1) @ scaler.weight + scaler.bias).double(), atol=1e-4)
+    with pytest.raises(DsasError, match="prompt_pooled"):
+        loaded(torch.zeros(2, 5, 4), {})
+
+
+def _fit(pipe, source, target, control, things=THINGS):
+    return fit_concept(pipe, [source.format(t) for t in things], [target.format(t) for t in things],
+                       [control.format(t) for t in things], scaler="prompt", name="banana", num_inference_steps=2,
+                       batch_size=20, progress=False)
+
+
+@pytest.mark.parametrize("kind", list(BUILDERS))
+def test_a_planted_concept_gets_high_prompt_alpha_on_held_out_source_and_low_on_held_out_control(kind, tmp_path):
+    """The prompts of the probe scaler's planted test: source prompts share words that control prompts lack."""
+    pipe = BUILDERS[kind]()
+    concept = _fit(pipe, "a ripe yellow banana fruit beside a {}", "a ripe green pear fruit beside a {}",
+                   "a plain photo of a {} at night")
+    assert concept.config.scaler == "prompt" and not any(d["gated"] for d in concept.config.diagnostics.values())
+    concept = Concept.from_pretrained(concept.save_pretrained(tmp_path / "banana"))
+    with steer(pipe, {concept: 1.0}, record_alpha=True) as handle:
+        run(pipe, [f"a ripe yellow banana fruit beside a {t}" for t in HELD] +
+            [f"a plain photo of a {t} at night" for t in HELD], steps=2)
+    cond = [r.alpha[r.alpha.shape[0] // 2:] if r.context["cfg"] else r.alpha for r in handle.records]
+    per_prompt = cond[0][:, 0]  # (16,): the same α at every position, every site and every step
+    assert all(torch.equal(a, per_prompt[:, None].expand_as(a)) for a in cond)
+    assert per_prompt[:8].mean().item() >= 0.8 and per_prompt[8:].mean().item() <= 0.2
+
+
+@pytest.mark.parametrize("kind", list(BUILDERS))
+def test_the_planted_word_gets_the_highest_per_token_alpha(kind):
+    """Source and control prompts differ in one word (banana vs lamp)."""
+    pipe = BUILDERS[kind]()
+    concept = _fit(pipe, SOURCE, TARGET, CONTROL)
+    held = [SOURCE.format(t) for t in HELD]
+    with steer(pipe, {concept: 1.0}, record_alpha=True) as handle:
+        run(pipe, held, steps=1)
+    top = []
+    for i, prompt in enumerate(held):
+        words = [(_word(t), v) for t, v in handle.prompt_alpha(prompt, image=i, logits=True) if _word(t).isalpha()]
+        segments = 2 if kind == "sd3" else 1  # SD3: the CLIP tokens, then the T5 tokens
+        assert [w for w, _ in words] == prompt.split() * segments  # every word, in order, padding left out
+        top.append(max(words, key=lambda wv: wv[1])[0])
+    assert top.count("banana") >= 6, top  # random tiny text encoders: most, not all, prompts
+    alphas = [a for _, a in handle.prompt_alpha(held[0])]
+    assert all(0.0 <= a <= 1.0 for a in alphas)
+
+
+def test_the_unconditional_half_and_plain_steering_follow_the_cfg_and_adaptive_rules():
+    pipe = tiny_sd()
+    concept = fit_concept(pipe, [SOURCE.format(t) for t in THINGS[:8]], [TARGET.format(t) for t in THINGS[:8]],
+                          [CONTROL.format(t) for t in THINGS[:8]], scaler="prompt", num_inference_steps=2,
+                          progress=False)
+    prompts = [SOURCE.format("piano"), CONTROL.format("piano")]
+    with steer(pipe, {concept: 1.0}, record_alpha=True) as handle:
+        run(pipe, prompts)
+    a = handle.records[0].alpha  # (4, N): uncond src, uncond ctl, cond src, cond ctl
+    assert torch.equal(a[:2], a[2:]) and a[2, 0] > a[3, 0]
+    with steer(pipe, {concept: 1.0}, record_alpha=True, adaptive=False) as plain:
+        run(pipe, prompts)
+    assert all(torch.equal(r.alpha, torch.ones_like(r.alpha)) for r in plain.records) and not plain.prompt_records
+    with pytest.raises(DsasError, match="record_alpha"):
+        plain.prompt_alpha(prompts[0])
+
+
+def test_dsas_fit_with_the_prompt_scaler_writes_a_prompt_concept(tmp_path, capsys):
+    tiny_sd().save_pretrained(tmp_path / "pipe")
+    for name, fmt in (("src", SOURCE), ("tgt", TARGET), ("ctl", CONTROL)):
+        (tmp_path / f"{name}.txt").write_text("\n".join(fmt.format(t) for t in THINGS[:8]) + "\n")
+    args = ["fit", "--model", str(tmp_path / "pipe"), "--source", str(tmp_path / "src.txt"), "--target",
+            str(tmp_path / "tgt.txt"), "--steps", "2", "--scaler", "prompt", "--out", str(tmp_path / "c")]
+    assert main(args) == 2 and "--control" in capsys.readouterr().err
+    assert main(args + ["--control", str(tmp_path / "ctl.txt")]) == 0
+    concept = Concept.from_pretrained(tmp_path / "c")
+    assert concept.config.scaler == "prompt" and concept.config.scaler_input_width == 32
+    assert all(isinstance(s.scaler, PromptScaler) for s in concept.sites.values())
