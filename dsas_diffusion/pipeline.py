@@ -6,12 +6,16 @@ default). Why: guidance computes ``uncond + g·(cond − uncond)``; steering bot
 the steered result what the unguided model would make of the steered activations, whereas an empty prompt's own
 α (usually ≈ 0) would leave the unconditional half unsteered and multiply the steering by the guidance scale.
 ``cfg_alpha="own"`` lets every sample use its own α instead. Plain steering (``adaptive=False``) steers both.
+
+FLUX's true CFG (``true_cfg_scale > 1`` with a negative prompt) makes two denoiser calls per step instead, the
+prompt's then the negative prompt's: with ``cfg_alpha="cond"`` the second call reuses the first call's α, site by
+site. Steps are counted by the scheduler, never by denoiser calls, so step windows and α maps hold either way.
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal
 
 import torch
@@ -44,14 +48,16 @@ _MISSING = object()
 class StepClock:
     """Which denoising step a denoiser call belongs to, and its place within that step.
 
-    Steps are read from the scheduler's ``step_index`` (minus its ``begin_index``, e.g. for img2img) when the
-    scheduler keeps one: exact whatever the number of denoiser calls per step (true CFG, skip-layer guidance).
-    Otherwise calls are counted, ``calls_per_step`` per step. A new ``scheduler.timesteps`` starts a new count.
+    Steps are read, in this order of preference, from the scheduler's ``step_index`` (minus its ``begin_index``,
+    e.g. for img2img), from the pipeline's current timestep object (a new one each step), or by counting calls,
+    ``calls_per_step`` per step. The first two are exact whatever the number of denoiser calls per step (true CFG,
+    skip-layer guidance). A new ``scheduler.timesteps`` (``set_timesteps`` ran) starts a new pipeline call.
     """
 
     def __init__(self, pipe: Any, calls_per_step: int) -> None:
         self.pipe, self.calls_per_step = pipe, calls_per_step
         self.timesteps: Any = None
+        self.timestep: Any = None  # the pipeline's current timestep at the last call (held: its id stays unique)
         self.calls, self.step, self.in_step = 0, -1, 0
 
     def tick(self) -> tuple[int, int]:
@@ -59,13 +65,18 @@ class StepClock:
         scheduler = getattr(self.pipe, "scheduler", None)
         timesteps = getattr(scheduler, "timesteps", None)
         if timesteps is not self.timesteps:  # set_timesteps ran: a new pipeline call began
-            self.timesteps, self.calls, self.step, self.in_step = timesteps, 0, -1, 0
+            self.timesteps, self.timestep, self.calls, self.step, self.in_step = timesteps, None, 0, -1, 0
         index = getattr(scheduler, "step_index", _MISSING)
-        if index is _MISSING:
-            step, in_step = divmod(self.calls, self.calls_per_step)
-        else:  # None until the scheduler's first step() of this pipeline call
+        current = getattr(self.pipe, "_current_timestep", None)
+        if index is not _MISSING:  # None until the scheduler's first step() of this pipeline call
             step = 0 if index is None else int(index) - int(getattr(scheduler, "begin_index", None) or 0)
             in_step = self.in_step + 1 if step == self.step else 0
+        elif current is not None:
+            new = current is not self.timestep
+            step, in_step = (self.step + 1, 0) if new else (self.step, self.in_step + 1)
+            self.timestep = current
+        else:
+            step, in_step = divmod(self.calls, self.calls_per_step)
         self.calls += 1
         self.step, self.in_step = step, in_step
         return step, in_step
@@ -99,6 +110,19 @@ class DiffusionHandle(SteeringHandle):
         return [r for r in self.alpha_records(concept=name)
                 if r.site not in self.text_sites and r.context.get("branch", "cond") == branch]
 
+    @staticmethod
+    def _grids() -> Callable[[dict[str, Any], int], tuple[int, int]]:
+        """(record context, n tokens) -> grid, cached per denoiser call (FLUX reads it from its token positions)."""
+        cache: dict[tuple[int, int], tuple[int, int]] = {}
+
+        def grid(context: dict[str, Any], n: int) -> tuple[int, int]:
+            key = (id(context.get("image_ids", context.get("latent_hw"))), n)
+            if key not in cache:
+                cache[key] = token_grid(context, n)
+            return cache[key]
+
+        return grid
+
     def alpha_maps(self, concept: str | None = None, branch: str = "cond") -> dict[str, dict[str, Tensor]]:
         """``{concept: {site: α (steps, B, h, w)}}`` from the records of the last pipeline call(s), on the CPU.
 
@@ -107,8 +131,9 @@ class DiffusionHandle(SteeringHandle):
         are left out (their α is in :meth:`alpha_records`)."""
         name = concept or next(iter(self.concepts))
         out: dict[str, dict[str, list[Tensor]]] = {}
+        grid = self._grids()
         for r in self._image_records(name, branch):
-            h, w = token_grid(r.context, r.alpha.shape[-1])
+            h, w = grid(r.context, r.alpha.shape[-1])
             out.setdefault(name, {}).setdefault(r.site, []).append(r.alpha.detach().float().cpu().reshape(-1, h, w))
         return {c: {s: torch.stack(v) for s, v in sites.items()} for c, sites in out.items()}
 
@@ -123,12 +148,12 @@ class DiffusionHandle(SteeringHandle):
         if not records:
             raise DsasError(f"no α was recorded for {name!r}: attach with record_alpha=True and run the pipeline.")
         size = latent_hw(records[-1].context)
-        total = None
+        total, grid = None, self._grids()
         for r in records:
             a = r.alpha.detach().float().cpu()
             if r.context.get("cfg"):
                 a = a[a.shape[0] // 2:]
-            h, w = token_grid(r.context, a.shape[-1])
+            h, w = grid(r.context, a.shape[-1])
             up = torch.nn.functional.interpolate(a.reshape(-1, 1, h, w), size=size, mode="bilinear",
                                                  align_corners=False)
             total = up if total is None else total + up

@@ -190,3 +190,33 @@ def test_model_cpu_offload_and_bf16_on_cuda_steer_like_the_cpu(kind):
     assert (steered - before).abs().max().item() > 1e-3
     assert handle.records[0].alpha.device.type == "cuda"
     assert handle.alpha_heatmap().shape == (2, 8, 8)
+
+
+def test_the_step_clock_reads_the_scheduler_then_the_current_timestep_then_counts_calls():
+    from types import SimpleNamespace
+
+    from dsas_diffusion.pipeline import StepClock
+
+    class Counting:  # a scheduler that keeps its own step index, e.g. for img2img from step 3 on
+        def __init__(self):
+            self.timesteps, self.step_index, self.begin_index = torch.arange(5), None, 3
+
+    sched = Counting()
+    clock = StepClock(SimpleNamespace(scheduler=sched), calls_per_step=1)
+    seen = []
+    for index in (None, None, 4, 4, 5, 5):  # two denoiser calls per step
+        sched.step_index = index
+        seen.append(clock.tick())
+    assert seen == [(0, 0), (0, 1), (1, 0), (1, 1), (2, 0), (2, 1)]
+
+    pipe = SimpleNamespace(scheduler=SimpleNamespace(timesteps=torch.arange(3)), _current_timestep=None)
+    clock = StepClock(pipe, calls_per_step=1)
+    seen = []
+    for t in torch.arange(3):  # a new timestep object per step, two calls each
+        pipe._current_timestep = t
+        seen += [clock.tick(), clock.tick()]
+    assert seen == [(0, 0), (0, 1), (1, 0), (1, 1), (2, 0), (2, 1)]
+    pipe.scheduler.timesteps = torch.arange(3)  # the next pipeline call starts again at step 0
+    pipe._current_timestep = None
+    clock.calls_per_step = 2
+    assert [clock.tick() for _ in range(4)] == [(0, 0), (0, 1), (1, 0), (1, 1)]
