@@ -24,9 +24,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--target", required=True, help="the source prompts with the wanted change")
     p.add_argument("--control", help="prompts to leave alone (needed by the probe and prompt scalers)")
     p.add_argument("--transform", default="mean_shift", choices=["mean_shift", "itic", "linear_act", "lineas"])
-    p.add_argument("--scaler", default="probe", choices=["probe", "prompt", "constant"],
+    p.add_argument("--scaler", default="probe", choices=["probe", "prompt", "constant", "e2e"],
                    help="probe: α per site and position (the paper's); prompt: one α per prompt from the text "
-                        "encoder, at every position; constant: α = 1 (plain steering)")
+                        "encoder, at every position; constant: α = 1 (plain steering); e2e: with --transform lineas, "
+                        "map and scaler trained end to end")
     p.add_argument("--name", default=None, help="concept name (default: the output folder's name)")
     p.add_argument("--source-text", default=None, help="short description of the source, for CLIP scores")
     p.add_argument("--target-text", default=None, help="short description of the target, for CLIP scores")
@@ -83,7 +84,7 @@ def fit_command(args: argparse.Namespace) -> int:
     source = read_prompts(args.source, "source")
     target = read_prompts(args.target, "target")
     control = read_prompts(args.control, "control") if args.control else []
-    if args.scaler in ("probe", "prompt") and not control:
+    if args.scaler in ("probe", "prompt", "e2e") and not control:
         from dsas_core import DsasError
 
         raise DsasError(f"the {args.scaler} scaler needs --control prompts (inputs to leave alone); or use "

@@ -17,6 +17,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from dsas_core import Concept, DsasError, PooledCollector, Site, fit_from_activations
+from dsas_core.e2e import E2EConfig
 from dsas_core.scaler import DEFAULT_COMPONENTS, DEFAULT_GATE
 
 from .pipeline import StepClock, guard_stream, attach
@@ -123,6 +124,7 @@ def fit_concept(
     target_text: str | None = None,
     seed: int = 0,
     progress: bool = True,
+    e2e: E2EConfig | None = None,
 ) -> Concept:
     """Fit a concept on ``pipe`` from prompt lists.
 
@@ -133,11 +135,15 @@ def fit_concept(
 
     ``scaler``: ``"probe"`` (the paper's, per site and position, fitted on site activations of source vs control),
     ``"prompt"`` (one α per prompt from the text encoder's output, fitted on source vs control prompts, applied to
-    every position of every site) or ``"constant"`` (α ≡ 1).
+    every position of every site), ``"constant"`` (α ≡ 1), or ``"e2e"`` with ``transform="lineas"``: map and
+    scaler trained together through the denoiser (settings in ``e2e``).
     """
+    if (transform == "lineas") != (scaler == "e2e"):
+        raise DsasError(f"transform={transform!r} with scaler={scaler!r}: end-to-end training learns the 'lineas' "
+                        "transform together with the 'e2e' scaler; pass both (or neither).")
     src = _check_prompts(source, "source")
     tgt = _check_prompts(target, "target")
-    ctl = _check_prompts(control, "control") if scaler in ("probe", "prompt") else []
+    ctl = _check_prompts(control, "control") if scaler in ("probe", "prompt", "e2e") else []
     by_prompt = scaler == "prompt"
     denoiser = denoiser_of(pipe)
     refuse_cache_hooks(denoiser)
@@ -151,6 +157,11 @@ def fit_concept(
         source_text=source_text, target_text=target_text, model_class=type(denoiser).__name__,
         fitted_on=_fitted_on(pipe, denoiser, run, incremental, len(src), len(tgt), len(ctl)),
     )
+    if scaler == "e2e":
+        from .e2e import fit_e2e
+
+        return fit_e2e(pipe, {"source": src, "target": tgt, "control": ctl}, site_list, name, num_inference_steps,
+                       steps, guidance_scale, batch_size, seed, e2e, progress, **config)
     fit_args = dict(transform=transform, scaler="constant" if by_prompt else scaler, n_components=n_components,
                     gate=gate, seed=seed, progress=False)
     tgt_acts, _ = collect_pooled(pipe, tgt, site_list, desc="target prompts", **run)
