@@ -104,7 +104,7 @@ def _sd3_call(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -
 def _flux_call(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> CallInfo:
     """``hidden_states`` (B, N, 4·C) are latents packed in 2×2 patches; ``img_ids`` (N, 3) place them."""
     packed = _arg(args, kwargs, "hidden_states", 0)
-    ids = _arg(args, kwargs, "img_ids", 5)
+    ids = _arg(args, kwargs, "img_ids", 4)
     if isinstance(ids, Tensor) and ids.ndim == 3:  # deprecated batched ids
         ids = ids[0]
     return CallInfo(batch=packed.shape[0], latent_hw=None, patch=2, image_tokens=packed.shape[1],
