@@ -167,6 +167,21 @@ def test_true_cfg_counts_steps_by_the_scheduler_and_honours_the_step_window(fitt
     assert (steered - plain).abs().max().item() > 1e-4
 
 
+def test_an_img2img_pipeline_sharing_the_transformer_is_steered_with_steps_counted_from_its_first_step(fitted):
+    kind, pipe, concept = fitted
+    from diffusers import FluxImg2ImgPipeline, StableDiffusion3Img2ImgPipeline
+
+    i2i = (StableDiffusion3Img2ImgPipeline if kind == "sd3" else FluxImg2ImgPipeline)(**pipe.components)
+    i2i.set_progress_bar_config(disable=True)
+    image = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    plain = run(i2i, SOURCE[0], image=image, strength=0.7, steps=4)
+    with steer(pipe, {concept: 3.0}, record_alpha=True) as handle:
+        steered = run(i2i, SOURCE[0], image=image, strength=0.7, steps=4)
+    assert (steered - plain).abs().max().item() > 1e-4
+    # strength 0.7 of 4 steps starts at scheduler step int(4 - 2.8) = 1: three steps run, counted from 0
+    assert sorted({r.context["step"] for r in handle.records}) == [0, 1, 2]
+
+
 def test_a_concept_is_refused_by_a_pipeline_of_another_architecture(fitted):
     kind, _, concept = fitted
     for other in (tiny_sd(), tiny_flux() if kind == "sd3" else tiny_sd3()):
