@@ -203,7 +203,8 @@ class _StepTracker:
                                    "patch": info.patch}
         if info.image_ids is not None:
             context["image_ids"] = info.image_ids
-        if self.prompt_concepts and info.text is not None:
+        active = [c for c in self.prompt_concepts if handle.record_alpha or handle.strengths[c.name] != 0.0]
+        if active and info.text is not None:
             context["prompt_pooled"] = info.text.float().mean(1)  # (B, D): the prompt scaler's input
         handle.context = context
         window = handle.step_window
