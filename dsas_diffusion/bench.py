@@ -165,3 +165,42 @@ class _Sized:
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return self._pipe(*args, height=self._size, width=self._size, **kwargs)
+
+
+def flux_transformer(device: torch.device | None = None, double: int = 1, single: int = 2) -> nn.Module:
+    """A FLUX.1-shaped transformer (real widths: 24 heads × 128, T5 width 4096) at reduced depth, random weights."""
+    from diffusers import FluxTransformer2DModel
+
+    torch.manual_seed(0)
+    model = FluxTransformer2DModel(
+        patch_size=1, in_channels=64, num_layers=double, num_single_layers=single, attention_head_dim=128,
+        num_attention_heads=24, joint_attention_dim=4096, pooled_projection_dim=768, guidance_embeds=True,
+        axes_dims_rope=(16, 56, 56)).eval()
+    gpu = device is not None and device.type == "cuda"
+    return model.to(device or "cpu", torch.bfloat16 if gpu else torch.float32)
+
+
+def flux_runner(model: nn.Module, device: torch.device | None = None, image_side: int = 8, text_tokens: int = 32,
+                steps: int = 1) -> Callable[[], None]:
+    """``steps`` calls on a packed ``image_side``² token grid (side 8 = a 128-pixel image) with distilled guidance."""
+    device = device or torch.device("cpu")
+    dtype = next(model.parameters()).dtype
+    g = torch.Generator().manual_seed(0)
+    n = image_side * image_side
+    rows, cols = torch.meshgrid(torch.arange(image_side), torch.arange(image_side), indexing="ij")
+    img_ids = torch.stack([torch.zeros(n), rows.flatten().float(), cols.flatten().float()], -1).to(device, dtype)
+    inputs = {
+        "hidden_states": torch.randn(1, n, 64, generator=g).to(device, dtype),
+        "encoder_hidden_states": torch.randn(1, text_tokens, 4096, generator=g).to(device, dtype),
+        "pooled_projections": torch.randn(1, 768, generator=g).to(device, dtype),
+        "img_ids": img_ids, "txt_ids": torch.zeros(text_tokens, 3).to(device, dtype),
+        "guidance": torch.full((1,), 3.5).to(device, dtype),
+    }
+    timesteps = torch.linspace(1.0, 0.1, steps).tolist()
+
+    @torch.no_grad()
+    def run() -> None:
+        for t in timesteps:
+            model(timestep=torch.full((1,), t).to(device, dtype), return_dict=False, **inputs)
+
+    return run

@@ -93,8 +93,11 @@ def _sd15(device: Any, args: argparse.Namespace, sdxl: bool = False) -> dict[str
 def _flux(device: Any, args: argparse.Namespace) -> dict[str, Any]:
     from .bench import flux_runner, flux_transformer, overhead
 
-    model = flux_transformer(device)
-    return overhead(model, flux_runner(model, device), repeats=args.repeats, device=device)
+    gpu = device.type == "cuda"
+    model = flux_transformer(device, double=2 if gpu else 1, single=4 if gpu else 2)
+    side = 64 if gpu else 8  # 64: a 1024-pixel image's packed grid
+    return overhead(model, flux_runner(model, device, image_side=side, text_tokens=512 if gpu else 32,
+                                       steps=2 if gpu else 1), repeats=args.repeats, device=device) | {"image_side": side}
 
 
 def _llm(device: Any, args: argparse.Namespace) -> dict[str, Any]:
