@@ -70,12 +70,13 @@ def build_app(studio: Studio) -> gr.Blocks:
         return Request(model=model, prompt=prompt, negative_prompt=negative or "", seed=int(seed), steps=int(steps),
                        guidance=float(guidance), plain=(mode == "plain"), strengths=strengths)
 
-    def outputs_of(studio_result: Any) -> tuple[Any, Any, Any]:
+    def outputs_of(studio_result: Any) -> tuple[Any, Any, Any, Any]:
         import pandas as pd
 
         rows = [{"site": short_site(s), "alpha": a, "concept": c} for c, s, a in studio_result.profile]
         frame = pd.DataFrame(rows or [{"site": "-", "alpha": 0.0, "concept": "-"}])
-        return show(studio_result.image), show(studio_result.heat), frame
+        words = [(tok.replace("</w>", ""), round(a, 2)) for tok, a in studio_result.words]
+        return show(studio_result.image), show(studio_result.heat), frame, words
 
     def steered_only(model, prompt, negative, seed, steps, guidance, mode, names, *values):  # noqa: ANN001, ANN202
         strengths = {n: float(v) for n, v in zip(names, values)}
@@ -157,6 +158,8 @@ def build_app(studio: Studio) -> gr.Blocks:
                 heat_img = gr.Image(label="α heat map (where it steered)", format="png", type="pil", height=340)
             profile = gr.BarPlot(x="site", y="alpha", color="concept", label="mean α per site (0 = left alone)",
                                  y_lim=[0, 1], x_label_angle=-40, sort=None)
+            words = gr.HighlightedText(label="prompt words by α (concepts fitted with the prompt scaler)",
+                                       color_map=None, show_legend=False)
         with gr.Tab("Fit a concept"):
             with gr.Row():
                 src = gr.Textbox(lines=8, label="source prompts (steer these), one per line")
@@ -165,7 +168,7 @@ def build_app(studio: Studio) -> gr.Blocks:
             with gr.Row():
                 cname = gr.Textbox("my-concept", label="name")
                 transform = gr.Dropdown(["mean_shift", "linear_act", "itic"], value="mean_shift", label="transform")
-                scaler = gr.Dropdown(["probe", "constant"], value="probe", label="scaler")
+                scaler = gr.Dropdown(["probe", "prompt", "constant"], value="probe", label="scaler")
                 stext = gr.Textbox("", label="source text (for CLIP scores)")
                 ttext = gr.Textbox("", label="target text")
             fit_btn = gr.Button("Fit", variant="primary")
@@ -184,12 +187,12 @@ def build_app(studio: Studio) -> gr.Blocks:
         common = [model, prompt, negative, seed, steps, guidance, mode]
         slot_outputs = [names, *sliders, pick]
         app.load(slot_updates, None, slot_outputs, api_visibility="private")
-        go.click(both, [*common, names, *sliders], [plain_img, steered_img, heat_img, profile],
+        go.click(both, [*common, names, *sliders], [plain_img, steered_img, heat_img, profile, words],
                  api_visibility="private", concurrency_limit=studio.workers)
         for s in sliders:
-            s.release(steered_only, [*common, names, *sliders], [steered_img, heat_img, profile],
+            s.release(steered_only, [*common, names, *sliders], [steered_img, heat_img, profile, words],
                       api_visibility="private", concurrency_limit=studio.workers)
-        mode.change(steered_only, [*common, names, *sliders], [steered_img, heat_img, profile],
+        mode.change(steered_only, [*common, names, *sliders], [steered_img, heat_img, profile, words],
                     api_visibility="private", concurrency_limit=studio.workers)
         hidden_go = gr.Button(visible=False)
         hidden_go.click(api_generate, [*common, strengths_json], [plain_img, steered_img, heat_img],
