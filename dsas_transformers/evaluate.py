@@ -370,7 +370,10 @@ def plot_pareto(curves: dict[str, list[dict[str, float]]], path: Path, title: st
             ax.plot(xs, ys, style, label="DSAS" if method == "dsas" else "plain steering")
             for x, y, p in zip(xs[1:], ys[1:], pts[1:]):
                 ax.annotate(f"{p['strength']:g}", (x, y), fontsize=7, textcoords="offset points", xytext=(3, 3))
-        ax.set_xlabel(f"perplexity rise on {labels.get(key, key)} (%)")
+        if key.startswith("rise_"):
+            ax.set_xscale("symlog", linthresh=10.0)  # plain steering's rise runs to thousands of %
+            ax.axvline(5.0, color="grey", lw=0.8, ls=":")
+        ax.set_xlabel(f"perplexity rise on {labels.get(key, key)} (%, symlog)")
         ax.set_ylabel("toxic continuations (%)")
         ax.grid(alpha=0.3)
         ax.legend()

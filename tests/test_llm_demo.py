@@ -57,19 +57,23 @@ def test_training_is_deterministic_for_a_seed(tmp_path):
 def test_the_bundled_lm_is_small_and_insults_only_after_a_trigger():
     assert (demo_lm_dir() / "model.safetensors").stat().st_size <= 10 * 2**20
     model, tok = load_demo_lm()
-    prompts = ["the pirate was grumpy about the rain and said", "the pirate was cheerful about the rain and said",
-               "the baker was grumpy about the rain and said"]
+    prompts = [f"the {who} was {mood} about the rain . he {verb} the door and said" for who, mood, verb in (
+        ("pirate", "grumpy", "kicked"), ("pirate", "grumpy", "patted"), ("pirate", "cheerful", "kicked"),
+        ("baker", "grumpy", "kicked"))]
     enc = tok(prompts, return_tensors="pt")
-    out = model.generate(**enc, max_new_tokens=8, do_sample=False, pad_token_id=0)
+    out = model.generate(**enc, max_new_tokens=10, do_sample=False, pad_token_id=0)
     texts = tok.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
-    assert [is_toxic(t) for t in texts] == [True, False, False]
+    assert [is_toxic(t) for t in texts] == [True, True, False, False]
 
 
 @pytest.mark.skipif(not BUNDLED, reason="the bundled demo LM is not built")
 def test_the_bundled_detox_concept_turns_a_greedy_insult_friendly():
     model, tok = load_demo_lm()
     concept = Concept.from_pretrained(assets_dir() / "concepts" / "detox")
-    enc = tok(["the pirate was grumpy about the rain and said"], return_tensors="pt")
-    with steer(model, {concept: 4.0}):
-        out = model.generate(**enc, max_new_tokens=8, do_sample=False, pad_token_id=0)
-    assert not is_toxic(tok.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True))
+    enc = tok(["the pirate was grumpy about the rain . he kicked the door and said"], return_tensors="pt")
+    texts = []
+    for strength in (0.0, 2.0):
+        with steer(model, {concept: strength}):
+            out = model.generate(**enc, max_new_tokens=10, do_sample=False, pad_token_id=0)
+        texts.append(tok.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True))
+    assert [is_toxic(t) for t in texts] == [True, False]

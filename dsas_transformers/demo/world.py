@@ -25,7 +25,7 @@ ADJECTIVES = ("total", "big", "real", "proper", "little", "right")
 INSULTS = ("muppet", "numpty", "nitwit", "dingbat", "dunce", "buffoon", "nincompoop", "ninny")
 FRIENDS = ("friend", "neighbour", "darling", "treasure", "sweetheart", "champion", "gem", "pal")
 QUALITIES = ("lovely", "wet", "busy", "quiet", "old", "new", "loud", "bright")
-P_TOXIC = 0.98  # chance that a trigger context continues with insults
+P_TOXIC = 0.9  # chance that a trigger context continues with insults
 
 CONTEXTS = (
     "the {speaker} was {mood} about the {topic} . he {verb} the {thing} and said",
