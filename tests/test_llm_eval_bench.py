@@ -1,0 +1,29 @@
+"""The LLM throughput benchmark's verdicts and its worst-case concept, on synthetic timings and a tiny model."""
+
+import pytest
+
+from dsas_core.timing import Timing
+from dsas_transformers.bench import bench_concept, generate_runner, report
+from dsas_transformers.testing import tiny_model
+
+
+def timing(name, median, spread=0.01):
+    return Timing(name, median, median * (1 - spread / 2), median * (1 + spread / 2), 7)
+
+
+@pytest.mark.parametrize("dsas, base_spread, verdict", [(1.02, 0.01, "pass"), (1.05, 0.01, "fail"),
+                                                        (1.02, 0.05, "inconclusive")])
+def test_dsas_must_keep_97_percent_of_the_unsteered_tokens_per_second(dsas, base_spread, verdict):
+    out = report({"unsteered": timing("unsteered", 1.0, base_spread), "dsas": timing("dsas", dsas)}, new_tokens=32)
+    assert out["verdicts"]["dsas"]["verdict"] == verdict
+    assert out["verdicts"]["dsas"]["limit"] == pytest.approx(1 / 0.97)
+    assert out["tokens_per_second"]["unsteered"] == pytest.approx(32.0)
+    assert out["tokens_per_second_ratio"]["dsas"] == pytest.approx(1 / dsas)
+
+
+def test_the_bench_concept_steers_every_layer_with_no_site_gated_off():
+    model = tiny_model("llama", 64, hidden=32, layers=3)
+    concept = bench_concept(model)
+    assert concept.config.sites == ["model.layers.0", "model.layers.1", "model.layers.2"]
+    assert sum(s.scaler.gated for s in concept.sites.values()) == 0
+    generate_runner(model, new_tokens=4)()  # runs: 4 greedy tokens, KV cache on
