@@ -220,18 +220,18 @@ class _SiteHook:
         return self.by_device[device]
 
     def alpha(self, e: _Entry, x32: Tensor) -> Tensor:
-        """α (...,) of one concept at this site; a scaler that ``reads_context`` also gets ``handle.context``.
-        ``handle.alpha_reuse``: ``"store"`` keeps this call's α, ``"load"`` reuses the stored one (same shape)."""
+        """α of one concept at this site as a column (..., 1); a scaler that ``reads_context`` also gets
+        ``handle.context``. ``handle.alpha_reuse``: ``"store"`` keeps this call's α, ``"load"`` reuses the stored
+        one (same shape)."""
         handle = self.handle
-        key = (e.name, self.site.name)
-        if handle.alpha_reuse == "load":
-            stored = handle.alpha_memory.get(key)
-            if stored is not None and stored.shape == x32.shape[:-1]:
+        reuse = handle.alpha_reuse
+        if reuse == "load":
+            stored = handle.alpha_memory.get((e.name, self.site.name))
+            if stored is not None and stored.shape[:-1] == x32.shape[:-1]:
                 return stored
-        # .forward directly: module-call machinery costs more than the dot product on small activations
-        alpha = e.scaler.forward(x32, handle.context) if e.scaler.reads_context else e.scaler.forward(x32)
-        if handle.alpha_reuse == "store":
-            handle.alpha_memory[key] = alpha
+        alpha = e.scaler.column(x32, handle.context)
+        if reuse == "store":
+            handle.alpha_memory[(e.name, self.site.name)] = alpha
         return alpha
 
     def __call__(self, module: nn.Module, args: Any, kwargs: Any, output: Any) -> Any:
@@ -259,17 +259,17 @@ class _SiteHook:
             if not (steering or record):
                 continue
             off = adaptive and e.gated  # α ≡ 0
-            alpha = self.alpha(e, x32) if adaptive and not e.gated else None  # (...,) ; None: constant 0 or 1
+            alpha = self.alpha(e, x32) if adaptive and not e.gated else None  # (..., 1); None: constant 0 or 1
             if alpha is not None and handle.alpha_rows is not None:
                 alpha = alpha[handle.alpha_rows]  # e.g. the unconditional half of a CFG batch reuses its pair's α
             if record:
                 fill = torch.zeros if off else torch.ones
-                a = alpha if alpha is not None else fill(x32.shape[:-1], device=x.device)
+                a = alpha.squeeze(-1) if alpha is not None else fill(x32.shape[:-1], device=x.device)
                 handle.records.append(AlphaRecord(e.name, self.site.name, call, dict(handle.context), a.detach()))
             if steering and not off:
                 delta = e.transform.delta(x32)  # (..., d) or (d,)
                 lam = strengths.tensor(e.name, x.device)
-                coef = lam if alpha is None else (lam * alpha).unsqueeze(-1)  # () or (..., 1)
+                coef = lam if alpha is None else lam * alpha  # () or (..., 1)
                 if out is None:
                     out = torch.addcmul(x32, coef, delta)
                 elif out.requires_grad:

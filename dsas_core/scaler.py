@@ -60,6 +60,11 @@ class Scaler(nn.Module):
         """Shape of each saved tensor."""
         return {}
 
+    def column(self, h: Tensor, context: dict[str, Any] | None = None) -> Tensor:
+        """α as a column, (..., d) -> (..., 1), ready to scale an update (the hooks' hot path)."""
+        out = self.forward(h, context) if self.reads_context else self.forward(h)
+        return out.unsqueeze(-1)
+
 
 class ConstantScaler(Scaler):
     """α ≡ 1 everywhere: plain (non-adaptive) steering."""
@@ -80,9 +85,17 @@ class ProbeScaler(Scaler):
     kind = "probe"
     names = ("weight", "bias", "mean", "components", "scale", "coef", "intercept")
 
+    def __init__(self, **tensors: Tensor) -> None:
+        super().__init__(**tensors)
+        self.register_buffer("weight_row", self.weight[None].clone(), persistent=False)  # (1, d)
+        self.register_buffer("bias_row", self.bias[None].clone(), persistent=False)  # (1,)
+
     def forward(self, h: Tensor) -> Tensor:
-        # one fused matrix-vector product with bias, then the sigmoid: (..., d) -> (...)
-        return torch.sigmoid(torch.nn.functional.linear(h, self.weight[None], self.bias[None])).squeeze(-1)
+        return self.column(h).squeeze(-1)  # (..., d) -> (...)
+
+    def column(self, h: Tensor, context: dict[str, Any] | None = None) -> Tensor:
+        # one fused matrix-vector product with bias, then the sigmoid: (..., d) -> (..., 1)
+        return torch.sigmoid(torch.nn.functional.linear(h, self.weight_row, self.bias_row))
 
     @classmethod
     def expected_shapes(cls, width: int, n_components: int) -> dict[str, tuple[int, ...]]:
@@ -213,7 +226,10 @@ class E2EScaler(Scaler):
         self.use_relu = bool(self.relu.item())  # read once here, never in the hot path
 
     def forward(self, h: Tensor) -> Tensor:
-        z = torch.nn.functional.linear(h, self.weight[None], self.bias[None]).squeeze(-1)  # (..., d) -> (...)
+        return self.column(h).squeeze(-1)  # (..., d) -> (...)
+
+    def column(self, h: Tensor, context: dict[str, Any] | None = None) -> Tensor:
+        z = torch.nn.functional.linear(h, self.weight[None], self.bias[None])  # (..., d) -> (..., 1)
         return z.clamp(0.0, 1.0) if self.use_relu else torch.sigmoid(z)
 
     @classmethod
