@@ -10,7 +10,7 @@ import torch
 from dsas_core.errors import DsasError
 from dsas_core.paths import assets_dir
 
-RETRAIN = "Rebuild them with `OMP_NUM_THREADS=1 python -m dsas_diffusion.demo.train` (about 50 minutes on one CPU core)."
+RETRAIN = "Rebuild them with `OMP_NUM_THREADS=1 python -m dsas_diffusion.demo.train` (about an hour of one CPU core)."
 
 
 def demo_sd_dir() -> Path:

@@ -4,7 +4,7 @@ Writes ``assets/demo-sd/`` (a StableDiffusionPipeline folder) and ``assets/demo-
 ``local-dir:`` folder). Deterministic for a given seed and device: every batch is drawn from ``(seed, stage, step)``,
 so a run resumed from its checkpoint gives the same weights as an uninterrupted one.
 
-Example (the bundled weights; about 55 minutes on one CPU core):
+Example (the bundled weights; about 55 minutes of one CPU core, 54 min CPU time measured):
 
     OMP_NUM_THREADS=1 python -m dsas_diffusion.demo.train
 
