@@ -179,7 +179,7 @@ def build_app(studio: Studio) -> gr.Blocks:
                               file_types=[".json", ".safetensors"])
             up_btn = gr.Button("Add uploaded concept")
             up_msg = gr.Markdown()
-            pick = gr.Dropdown(studio.registry.names(), label="concept")
+            pick = gr.Dropdown(studio.registry.names(), label="concept", allow_custom_value=True)  # checked by name
             dl_btn = gr.Button("Download")
             dl_files = gr.File(label="files", file_count="multiple")
 

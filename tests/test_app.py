@@ -57,7 +57,7 @@ def test_a_path_instead_of_a_concept_name_is_refused_through_the_api(served):
     for name in ("../../etc/passwd", "/tmp", "concepts/red-to-blue"):
         with pytest.raises(Exception, match="unknown concept"):
             generate(client, {name: 1.0})
-        with pytest.raises(Exception, match="unknown concept"):
+        with pytest.raises(Exception, match="unknown concept|not in the list of choices"):
             client.predict(name, api_name="/download")
 
 
@@ -65,8 +65,14 @@ def test_uploading_a_non_safetensors_file_is_refused(served):
     client, _, _, root = served
     bad = root / "evil.pt"
     bad.write_bytes(b"\x80\x04not a concept")
-    with pytest.raises(Exception, match="Other file types are refused"):
+    with pytest.raises(Exception, match="Invalid file type|Other file types are refused"):
         client.predict("demo", [handle_file(str(bad))], api_name="/upload")
+    fake = root / "dsas_model.safetensors"
+    fake.write_bytes(b"\x80\x04pickled, not safetensors")
+    (root / "dsas_config.json").write_text("{}")
+    with pytest.raises(Exception, match="not a valid dsas concept"):
+        client.predict("demo", [handle_file(str(root / "dsas_config.json")), handle_file(str(fake))],
+                       api_name="/upload")
 
 
 def test_uploading_a_concept_for_another_model_is_refused(served, tmp_path):
@@ -100,10 +106,11 @@ def test_overlapping_requests_with_different_strengths_match_sequential_ones(ser
     original = studio._run
 
     def timed(pipe, req):
+        steered = any(m._forward_hooks for m in pipe.unet.modules())  # this copy carries steering hooks now
         start = time.perf_counter()
         out = original(pipe, req)
         with lock:
-            spans.append((start, time.perf_counter(), dict(req.strengths)))
+            spans.append((start, time.perf_counter(), steered))
         return out
 
     studio._run = timed
