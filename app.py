@@ -59,8 +59,8 @@ def build_app(studio: Studio) -> gr.Blocks:
     def fail(err: DsasError) -> gr.Error:
         return gr.Error(str(err))
 
-    def slot_updates() -> list[Any]:
-        names = studio.registry.names()[:SLOTS]
+    def slot_updates(model: str | None = None) -> list[Any]:
+        names = studio.concepts_for(model or studio.models()[0])[:SLOTS]
         updates = [gr.update(visible=True, label=n, value=0.0) for n in names]
         updates += [gr.update(visible=False, label="", value=0.0)] * (SLOTS - len(names))
         return [names, *updates, gr.update(choices=studio.registry.names())]
@@ -73,8 +73,10 @@ def build_app(studio: Studio) -> gr.Blocks:
     def outputs_of(studio_result: Any) -> tuple[Any, Any, Any, Any]:
         import pandas as pd
 
-        rows = [{"site": short_site(s), "alpha": a, "concept": c} for c, s, a in studio_result.profile]
-        frame = pd.DataFrame(rows or [{"site": "-", "alpha": 0.0, "concept": "-"}])
+        several = len({c for c, _, _ in studio_result.profile}) > 1
+        rows = [{"site": f"{c}: {short_site(s)}" if several else short_site(s), "alpha": a}
+                for c, s, a in studio_result.profile]
+        frame = pd.DataFrame(rows or [{"site": "-", "alpha": 0.0}])
         words = [(tok.replace("</w>", ""), round(a, 2)) for tok, a in studio_result.words]
         return show(studio_result.image), show(studio_result.heat), frame, words
 
@@ -156,7 +158,7 @@ def build_app(studio: Studio) -> gr.Blocks:
                 plain_img = gr.Image(label="unsteered", format="png", type="pil", elem_id="unsteered", height=340)
                 steered_img = gr.Image(label="steered", format="png", type="pil", elem_id="steered", height=340)
                 heat_img = gr.Image(label="α heat map (where it steered)", format="png", type="pil", height=340)
-            profile = gr.BarPlot(x="site", y="alpha", color="concept", label="mean α per site (0 = left alone)",
+            profile = gr.BarPlot(x="site", y="alpha", label="mean α per site (0 = left alone)",
                                  y_lim=[0, 1], x_label_angle=-40, sort=None)
             words = gr.HighlightedText(label="prompt words by α (concepts fitted with the prompt scaler)",
                                        color_map=None, show_legend=False)
@@ -186,7 +188,8 @@ def build_app(studio: Studio) -> gr.Blocks:
         strengths_json = gr.Textbox(visible=False)
         common = [model, prompt, negative, seed, steps, guidance, mode]
         slot_outputs = [names, *sliders, pick]
-        app.load(slot_updates, None, slot_outputs, api_visibility="private")
+        app.load(slot_updates, model, slot_outputs, api_visibility="private")
+        model.change(slot_updates, model, slot_outputs, api_visibility="private")
         go.click(both, [*common, names, *sliders], [plain_img, steered_img, heat_img, profile, words],
                  api_visibility="private", concurrency_limit=studio.workers)
         for s in sliders:
@@ -198,9 +201,9 @@ def build_app(studio: Studio) -> gr.Blocks:
         hidden_go.click(api_generate, [*common, strengths_json], [plain_img, steered_img, heat_img],
                         api_name="generate", concurrency_limit=studio.workers)
         fit_btn.click(fit, [model, src, tgt, ctl, cname, transform, scaler, stext, ttext], [fit_msg, fit_files],
-                      api_name="fit").then(slot_updates, None, slot_outputs, api_visibility="private")
+                      api_name="fit").then(slot_updates, model, slot_outputs, api_visibility="private")
         up_btn.click(upload, [model, uploads], up_msg, api_name="upload").then(
-            slot_updates, None, slot_outputs, api_visibility="private")
+            slot_updates, model, slot_outputs, api_visibility="private")
         dl_btn.click(download, pick, dl_files, api_name="download")
         app.queue(default_concurrency_limit=studio.workers)
     return app

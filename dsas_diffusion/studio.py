@@ -251,6 +251,18 @@ class Studio:
         concept.save_pretrained(out)
         return [str(p) for p in sorted(out.iterdir())]
 
+    def concepts_for(self, model: str) -> list[str]:
+        """Names of the registry's concepts that fit ``model`` (language-model concepts and others are left out)."""
+        denoiser = self.denoiser(model)
+        names = []
+        for name in self.registry.names():
+            try:
+                check_concept_fits(self.registry.get(name), denoiser)
+            except DsasError:
+                continue
+            names.append(name)
+        return names
+
     def denoiser(self, model: str) -> torch.nn.Module:
         """The denoiser of a model (to check uploads against)."""
         return denoiser_of(self.pool(model).reference)
