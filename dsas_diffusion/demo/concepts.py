@@ -2,7 +2,8 @@
 
 * ``red-circles-to-blue`` — turn red shapes blue, but only when the shape is a circle;
 * ``no-green`` — a green shape becomes another colour wherever green is asked for;
-* ``circles-on-black`` — circles get a black background; other shapes keep theirs.
+* ``circles-on-black`` — circles get a black background; other shapes keep theirs (fitted with the ``prompt``
+  scaler: background positions cannot tell a circle prompt from a square one, the prompt can).
 
 ``python -m dsas_diffusion.demo.concepts`` writes the prompt files to ``assets/prompts/NAME/`` and fits each
 concept into ``assets/concepts/NAME/`` with the bundled demo model; each fit is also one ``dsas fit`` command,
@@ -37,6 +38,7 @@ class Example:
     oracle: str  # what the concept should achieve on steer prompts, e.g. "colour=blue"
     source_text: str
     target_text: str
+    scaler: str = "probe"  # the one that measured best for this example (see the README's evaluation)
 
 
 def _cycle(items: list[str], n: int) -> list[str]:
@@ -77,7 +79,7 @@ def circles_on_black() -> Example:
     ctl = [caption(c, s, b) for s in SHAPES if s != "circle" for c, b in pairs]
     return Example("circles-on-black", src[::1][:N_FIT], tgt[:N_FIT], ctl[::3][:N_FIT], src[-N_EVAL:],
                    ctl[1::3][:N_EVAL], "background=black", "a shape on a colourful background",
-                   "a shape on a black background")
+                   "a shape on a black background", scaler="prompt")
 
 
 EXAMPLES = {e.name: e for e in (red_circles_to_blue(), no_green(), circles_on_black())}
@@ -98,7 +100,7 @@ def write_prompts(example: Example, root: Path) -> dict[str, Path]:
 def fit_command(example: Example, paths: dict[str, Path], out: Path, transform: str) -> list[str]:
     """The ``dsas fit`` command line that fits this example."""
     return ["fit", "--model", "demo", "--source", str(paths["source"]), "--target", str(paths["target"]),
-            "--control", str(paths["control"]), "--transform", transform, "--name", example.name,
+            "--control", str(paths["control"]), "--transform", transform, "--scaler", example.scaler, "--name", example.name,
             "--source-text", example.source_text, "--target-text", example.target_text, "--out", str(out)]
 
 
