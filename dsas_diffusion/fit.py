@@ -70,7 +70,6 @@ def collect_pooled(
     last = num_inference_steps - 1 if collect_steps is None else max(collect_steps)
     if last >= num_inference_steps:
         raise DsasError(f"collect_steps {sorted(collect_steps or [])} must lie below num_inference_steps={num_inference_steps}.")
-    device = getattr(pipe, "device", torch.device("cpu"))
     collector = PooledCollector(sites)
     tracker = _CollectSteps(collector, pipe, denoiser, collect_steps)
     collector.before_calls(denoiser, tracker)

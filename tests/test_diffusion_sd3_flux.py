@@ -5,7 +5,7 @@ import torch
 
 from dsas_core import Concept, DsasError, HookHandle
 from dsas_diffusion import attach, candidates, fit_concept, site_widths, steer
-from tiny_diffusion import run, tiny_flux, tiny_sd, tiny_sd3
+from tiny_diffusion import check_zero_and_detach, run, tiny_flux, tiny_sd, tiny_sd3
 
 THINGS = ["cat", "dog", "house", "tree", "car", "boat", "chair", "lamp", "cup", "clock", "bird", "horse"]
 SOURCE = [f"a ripe yellow banana fruit beside a {t}" for t in THINGS]
@@ -47,15 +47,7 @@ def test_default_sites_are_the_image_stream_of_every_block(fitted):
 
 def test_strength_zero_and_detaching_are_bit_identical_to_the_unsteered_pipeline(fitted):
     _, pipe, concept = fitted
-    before = run(pipe, SOURCE[:2])
-    with steer(pipe, {concept: 0.0}):
-        at_zero = run(pipe, SOURCE[:2])
-    handle = attach(pipe, {concept: 3.0})
-    steered = run(pipe, SOURCE[:2])
-    handle.remove()
-    after = run(pipe, SOURCE[:2])
-    assert torch.equal(at_zero, before) and torch.equal(after, before)
-    assert (steered - before).abs().max().item() > 1e-4
+    check_zero_and_detach(pipe, concept, SOURCE[:2])
 
 
 def test_plain_steering_gives_alpha_one_at_every_image_token(fitted):

@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from dsas_core import Concept, DsasError
-from dsas_diffusion import attach, fit_concept, site_widths, steer
-from tiny_diffusion import run, tiny_sd, tiny_sdxl
+from dsas_diffusion import fit_concept, site_widths, steer
+from tiny_diffusion import check_zero_and_detach, run, tiny_sd, tiny_sdxl
 
 THINGS = ["cat", "dog", "house", "tree", "car", "boat", "chair", "lamp", "cup", "clock", "bird", "horse"]
 SOURCE = [f"a ripe yellow banana fruit beside a {t}" for t in THINGS]
@@ -32,15 +32,7 @@ def test_the_loaded_concept_covers_every_attention_site_with_diagnostics(fitted)
 
 def test_strength_zero_and_detaching_are_bit_identical_to_the_unsteered_pipeline(fitted):
     _, pipe, concept = fitted
-    before = run(pipe, SOURCE[:2])
-    with steer(pipe, {concept: 0.0}):
-        at_zero = run(pipe, SOURCE[:2])
-    handle = attach(pipe, {concept: 3.0})
-    steered = run(pipe, SOURCE[:2])
-    handle.remove()
-    after = run(pipe, SOURCE[:2])
-    assert torch.equal(at_zero, before) and torch.equal(after, before)
-    assert (steered - before).abs().max().item() > 1e-4
+    check_zero_and_detach(pipe, concept, SOURCE[:2])
 
 
 def test_plain_steering_gives_alpha_one_at_every_position(fitted):

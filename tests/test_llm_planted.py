@@ -10,7 +10,6 @@ then over the held-out texts. The scaler itself was fitted on text-averaged acti
 import random
 
 import pytest
-import torch
 
 from dsas_transformers import encode, fit_concept, steer
 from dsas_transformers.testing import tiny_model, tiny_tokenizer

@@ -176,7 +176,7 @@ def test_a_second_handle_attaches_without_a_probe_call_reaching_the_first():
     with steer(model, {a: 1.0}, record_alpha=True) as first:
         greedy(model, steps=3)
         calls = len(first.records)
-        with steer(model, {b: 1.0}) as second:
+        with steer(model, {b: 1.0}):
             assert len(first.records) == calls  # attaching ran no forward pass through the first handle
             first.record_alpha = False
             stacked = greedy(model, steps=3)

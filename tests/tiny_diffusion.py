@@ -179,3 +179,18 @@ def tiny_flux(guidance_embeds: bool = True):
     pipe.default_sample_size = SIZE // 2  # pipe(prompt) without a size makes 16×16 images, as the others do
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def check_zero_and_detach(pipe, concept, prompts) -> None:
+    """λ = 0 and detaching give images bit-identical to the unsteered pipeline; λ = 3 changes them."""
+    from dsas_diffusion import attach, steer
+
+    before = run(pipe, prompts)
+    with steer(pipe, {concept: 0.0}):
+        at_zero = run(pipe, prompts)
+    handle = attach(pipe, {concept: 3.0})
+    steered = run(pipe, prompts)
+    handle.remove()
+    after = run(pipe, prompts)
+    assert torch.equal(at_zero, before) and torch.equal(after, before)
+    assert (steered - before).abs().max().item() > 1e-4
