@@ -12,9 +12,11 @@ from importlib.metadata import entry_points
 from .errors import DsasError
 
 EPILOG = """examples:
-  dsas inspect assets/concepts/red-to-blue
-  dsas fit --model demo --source src.txt --target tgt.txt --control ctl.txt --out concepts/mine
-  dsas generate --model demo --prompt "a red circle on a blue background" --concept concepts/mine=0.8
+  dsas inspect assets/concepts/circles-on-black
+  dsas fit --model demo --source assets/prompts/circles-on-black/source.txt \
+      --target assets/prompts/circles-on-black/target.txt --control assets/prompts/circles-on-black/control.txt \
+      --scaler prompt --out concepts/mine
+  dsas generate --model demo --prompt "a red circle on a white background" --concept concepts/mine=1.5
 
 run `dsas COMMAND --help` for each command's options and an example."""
 

@@ -14,7 +14,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "inspect", help="show a saved concept: sites, gates, accuracies, what it was fitted on",
         description="Show a saved concept directory: its transform and scaler, every site with its width, held-out "
                     "scaler accuracy and gate, and what it was fitted on.",
-        epilog="example:\n  dsas inspect assets/concepts/red-to-blue\n  dsas inspect concepts/pear --json",
+        epilog="example:\n  dsas inspect assets/concepts/circles-on-black\n  dsas inspect concepts/pear --json",
         formatter_class=HelpFormatter)
     p.add_argument("concept", metavar="DIR", help="a concept directory (dsas_config.json + dsas_model.safetensors)")
     p.add_argument("--json", action="store_true", help="print the full config as JSON")

@@ -16,9 +16,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         "fit", help="fit a concept on a diffusers pipeline from three prompt files", formatter_class=HelpFormatter,
         description="Fit a concept: the transform on source vs target prompts, the DSAS scaler on source vs "
                     "control prompts. Prompt files hold one prompt per line ('#' comments and blank lines ignored).",
-        epilog="example:\n  dsas fit --model demo --source assets/prompts/red_circles.txt \\\n"
-               "    --target assets/prompts/blue_circles.txt --control assets/prompts/other_shapes.txt \\\n"
-               "    --name red-to-blue --source-text 'a red shape' --target-text 'a blue shape' --out concepts/red-to-blue")
+        epilog="example:\n  dsas fit --model demo --source assets/prompts/circles-on-black/source.txt \\\n"
+               "    --target assets/prompts/circles-on-black/target.txt \\\n"
+               "    --control assets/prompts/circles-on-black/control.txt --scaler prompt --name black-bg \\\n"
+               "    --source-text 'a shape on a colourful background' --target-text 'a shape on a black background' \\\n"
+               "    --out concepts/black-bg")
     p.add_argument("--model", default="demo", help=MODEL_HELP)
     p.add_argument("--source", required=True, help="prompts where the concept should act")
     p.add_argument("--target", required=True, help="the source prompts with the wanted change")
@@ -45,7 +47,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "generate", help="generate an image with concepts steered", formatter_class=HelpFormatter,
         description="Generate one image, steered by one or more concepts (DIR or DIR=STRENGTH).",
         epilog="example:\n  dsas generate --model demo --prompt 'a red circle on a white background' \\\n"
-               "    --concept assets/concepts/red-to-blue=1.0 --out steered.png --alpha-map alpha.png")
+               "    --concept assets/concepts/circles-on-black=1.5 --out steered.png --alpha-map alpha.png")
     p.add_argument("--model", default="demo", help=MODEL_HELP)
     p.add_argument("--prompt", required=True)
     p.add_argument("--negative-prompt", default=None)
