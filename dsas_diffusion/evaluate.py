@@ -208,6 +208,29 @@ def plot_pareto(curves_by_score: dict[str, dict[str, list[dict[str, float]]]], p
     plt.close(fig)
 
 
+def plot_methods(curves: dict[str, list[dict[str, float]]], path: Path, title: str, label: str = "oracle") -> None:
+    """Several methods' curves (e.g. plain, DSAS with two scalers, E2E-DSAS) in one Pareto plot."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.6, 4.4))
+    for name, pts in curves.items():
+        ax.plot([p["preservation"] for p in pts], [p["concept"] for p in pts], "o-", label=name)
+        for p in pts[1:]:
+            ax.annotate(f"{p['strength']:g}", (p["preservation"], p["concept"]), fontsize=7,
+                        textcoords="offset points", xytext=(3, 3))
+    ax.set_xlabel(f"preservation on control prompts ({label})")
+    ax.set_ylabel(f"concept score on steer prompts ({label})")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def image_grid(images: dict[tuple[str, float, str, int, int], Image.Image], strengths: list[float], path: Path,
                per_set: int = 3, cell: int = 64) -> None:
     """Rows: a few steer and control prompts (seed 0); columns: unsteered, then plain and DSAS at each λ ≠ 0."""
