@@ -183,18 +183,28 @@ def write_results(out: Path, rows: list[dict[str, Any]], meta: dict[str, Any]) -
 
 
 def plot_pareto(curves_by_score: dict[str, dict[str, list[dict[str, float]]]], path: Path, title: str) -> None:
-    """One panel per score family: concept score (y) against preservation (x), one curve per method."""
+    """One panel per score family (oracle, CLIP): DSAS and plain steering of one concept."""
+    names = {"plain": "plain steering", "dsas": "DSAS"}
+    _plot({label: {names[m]: curves[m] for m in ("plain", "dsas")} for label, curves in curves_by_score.items()},
+          path, title)
+
+
+def plot_methods(curves: dict[str, list[dict[str, float]]], path: Path, title: str, label: str = "oracle") -> None:
+    """Several methods' curves (e.g. plain, DSAS with two scalers, E2E-DSAS) in one Pareto plot."""
+    _plot({label: curves}, path, title)
+
+
+def _plot(panels: dict[str, dict[str, list[dict[str, float]]]], path: Path, title: str) -> None:
+    """Concept score (y) against preservation (x), one panel per score family, one curve per method, λ labelled."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(curves_by_score), figsize=(5.2 * len(curves_by_score), 4.2), squeeze=False)
-    for ax, (label, curves) in zip(axes[0], curves_by_score.items()):
-        for method, style in (("plain", "o--"), ("dsas", "s-")):
-            pts = curves[method]
-            ax.plot([p["preservation"] for p in pts], [p["concept"] for p in pts], style,
-                    label="DSAS" if method == "dsas" else "plain steering")
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.4 * len(panels), 4.4), squeeze=False)
+    for ax, (label, curves) in zip(axes[0], panels.items()):
+        for name, pts in curves.items():
+            ax.plot([p["preservation"] for p in pts], [p["concept"] for p in pts], "o-", label=name)
             for p in pts[1:]:
                 ax.annotate(f"{p['strength']:g}", (p["preservation"], p["concept"]), fontsize=7,
                             textcoords="offset points", xytext=(3, 3))
@@ -203,29 +213,6 @@ def plot_pareto(curves_by_score: dict[str, dict[str, list[dict[str, float]]]], p
         ax.grid(alpha=0.3)
         ax.legend()
     fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-def plot_methods(curves: dict[str, list[dict[str, float]]], path: Path, title: str, label: str = "oracle") -> None:
-    """Several methods' curves (e.g. plain, DSAS with two scalers, E2E-DSAS) in one Pareto plot."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5.6, 4.4))
-    for name, pts in curves.items():
-        ax.plot([p["preservation"] for p in pts], [p["concept"] for p in pts], "o-", label=name)
-        for p in pts[1:]:
-            ax.annotate(f"{p['strength']:g}", (p["preservation"], p["concept"]), fontsize=7,
-                        textcoords="offset points", xytext=(3, 3))
-    ax.set_xlabel(f"preservation on control prompts ({label})")
-    ax.set_ylabel(f"concept score on steer prompts ({label})")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    ax.set_title(title)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
