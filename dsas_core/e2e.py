@@ -15,6 +15,7 @@ forward pass: ``forward(set_name, indices, collector)`` runs the model on those 
 
 from __future__ import annotations
 
+import argparse
 import copy
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -56,6 +57,22 @@ class E2EConfig:
         if not 0.0 <= self.val_fraction < 0.9 or self.steps < 1 or self.lr <= 0 or self.retain_weight < 0:
             raise DsasError("E2E settings out of range: need steps >= 1, lr > 0, retain_weight >= 0, "
                             f"0 <= val_fraction < 0.9 (got {self}).")
+
+
+def add_e2e_arguments(parser: argparse.ArgumentParser) -> None:
+    """The E2E settings as command-line flags (``dsas fit`` and ``dsas llm fit`` share them)."""
+    d = E2EConfig()
+    parser.add_argument("--e2e-steps", type=int, default=d.steps, help="E2E training steps (--scaler e2e)")
+    parser.add_argument("--e2e-lr", type=float, default=d.lr, help="E2E learning rate")
+    parser.add_argument("--retain-weight", type=float, default=d.retain_weight,
+                        help="E2E weight of keeping control activations")
+    parser.add_argument("--e2e-head", default=d.head, choices=["sigmoid", "relu"], help="E2E scaler head")
+
+
+def e2e_config_from_args(args: argparse.Namespace) -> E2EConfig:
+    """The ``E2EConfig`` those flags (and ``--seed``) describe."""
+    return E2EConfig(steps=args.e2e_steps, lr=args.e2e_lr, retain_weight=args.retain_weight, head=args.e2e_head,
+                     seed=args.seed)
 
 
 def w2_per_site(steered: Tensor, target: Tensor) -> Tensor:

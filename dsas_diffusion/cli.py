@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from dsas_core.cli import HelpFormatter
+from dsas_core.e2e import add_e2e_arguments, e2e_config_from_args
 
 MODEL_HELP = "'demo' (the bundled tiny model), a local diffusers folder, or a hub id"
 
@@ -40,10 +41,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--incremental", type=int, default=0, help="fit sites in K groups, earlier groups steered")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--e2e-steps", type=int, default=300, help="E2E training steps (--scaler e2e)")
-    p.add_argument("--e2e-lr", type=float, default=1e-2, help="E2E learning rate")
-    p.add_argument("--retain-weight", type=float, default=1.0, help="E2E weight of keeping control activations")
-    p.add_argument("--e2e-head", default="sigmoid", choices=["sigmoid", "relu"], help="E2E scaler head")
+    add_e2e_arguments(p)
     p.add_argument("--out", required=True, help="output concept folder")
     p.set_defaults(func=fit_command)
 
@@ -84,8 +82,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def fit_command(args: argparse.Namespace) -> int:
     """Fit and save a concept."""
-    from dsas_core.e2e import E2EConfig
-
     from .fit import fit_concept
     from .loading import load_pipeline, read_prompts
 
@@ -105,8 +101,7 @@ def fit_command(args: argparse.Namespace) -> int:
         sites=args.sites, num_inference_steps=args.steps, collect_steps=steps, guidance_scale=args.guidance,
         incremental=args.incremental, batch_size=args.batch_size, source_text=args.source_text,
         target_text=args.target_text, seed=args.seed,
-        e2e=E2EConfig(steps=args.e2e_steps, lr=args.e2e_lr, retain_weight=args.retain_weight, head=args.e2e_head,
-                      seed=args.seed))
+        e2e=e2e_config_from_args(args))
     concept.save_pretrained(out)
     diag = concept.config.diagnostics
     on = [s for s in concept.config.sites if not diag[s].get("gated")]

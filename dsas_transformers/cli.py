@@ -13,12 +13,16 @@ from typing import Any
 
 from dsas_core import DsasError
 from dsas_core.cli import HelpFormatter
+from dsas_core.e2e import add_e2e_arguments, e2e_config_from_args
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 FIT_EXAMPLE = """example:
   dsas llm fit --model Qwen/Qwen2.5-1.5B --source toxic.txt --target polite.txt --control neutral.txt \\
-      --out concepts/detox --transform mean_shift --layers=-16:-4"""
+      --out concepts/detox --transform mean_shift --layers=-16:-4
+  dsas llm fit --model demo --source assets/prompts/lm/detox_source.txt \\
+      --target assets/prompts/lm/detox_target.txt --control assets/prompts/lm/detox_control.txt \\
+      --transform lineas --scaler e2e --retain-weight 100 --out concepts/detox-e2e"""
 GENERATE_EXAMPLE = """example:
   dsas llm generate --model Qwen/Qwen2.5-1.5B --prompt "You are such a" --concept concepts/detox=1.5 \\
       --show-alpha --max-new-tokens 32"""
@@ -57,6 +61,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     fit.add_argument("--max-length", type=int, default=None, help="truncate texts to this many tokens")
     fit.add_argument("--chat-template", action="store_true", help="wrap each text as a user message")
     fit.add_argument("--seed", type=int, default=0)
+    add_e2e_arguments(fit)
     fit.set_defaults(func=fit_command)
 
     gen = cmds.add_parser("generate", help="generate text with concepts attached", formatter_class=HelpFormatter,
@@ -160,7 +165,7 @@ def fit_command(args: argparse.Namespace) -> int:
     concept = fit_concept(model, tokenizer, texts["source"], texts["target"], control, transform=args.transform,
                           scaler=args.scaler, name=name, sites=args.sites, layers=args.layers, role=args.role,
                           batch_size=args.batch_size, chat_template=args.chat_template, max_length=args.max_length,
-                          seed=args.seed)
+                          seed=args.seed, e2e=e2e_config_from_args(args))
     path = concept.save_pretrained(args.out)
     diag = concept.config.diagnostics
     active = sum(not d.get("gated", False) for d in diag.values())

@@ -29,17 +29,26 @@ def write(path, lines):
     return path
 
 
+def fit(model_dir, texts, out, *flags):
+    """``dsas llm fit`` on the tiny model's folder; returns the saved concept."""
+    files = [a for k in ("source", "target", "control") for a in (f"--{k}", str(texts / f"{k}.txt"))]
+    assert main(["llm", "fit", "--model", str(model_dir), *files, "--out", str(out), "--dtype", "float32",
+                 "--device", "cpu", *flags]) == 0
+    return Concept.from_pretrained(out)
+
+
 @pytest.fixture(scope="module")
-def concept_dir(model_dir, tmp_path_factory):
+def texts(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("texts")
-    files = {k: write(tmp / f"{k}.txt", make(32, seed, planted)) for k, seed, planted in
-             (("source", 1, True), ("target", 2, False), ("control", 3, False))}
-    out = tmp / "planted"
-    code = main(["llm", "fit", "--model", str(model_dir), "--source", str(files["source"]), "--target",
-                 str(files["target"]), "--control", str(files["control"]), "--out", str(out), "--layers=-3:",
-                 "--dtype", "float32", "--device", "cpu"])
-    assert code == 0
-    return out
+    for k, seed, planted in (("source", 1, True), ("target", 2, False), ("control", 3, False)):
+        write(tmp / f"{k}.txt", make(32, seed, planted))
+    return tmp
+
+
+@pytest.fixture(scope="module")
+def concept_dir(model_dir, texts):
+    fit(model_dir, texts, texts / "planted", "--layers=-3:")
+    return texts / "planted"
 
 
 def test_prompt_files_skip_blank_lines_and_comments(tmp_path):
@@ -59,6 +68,19 @@ def test_fit_writes_a_concept_on_the_chosen_layers(concept_dir):
     assert concept.config.sites == ["model.layers.1", "model.layers.2", "model.layers.3"]
     assert concept.config.model_class == "LlamaForCausalLM"
     assert concept.config.fitted_on["n_texts"] == {"source": 32, "target": 32, "control": 32}
+
+
+def test_fit_hands_the_e2e_flags_to_the_trainer(model_dir, texts, tmp_path):
+    flags = ["--layers=-2:", "--transform", "lineas", "--scaler", "e2e", "--e2e-steps", "3", "--e2e-lr", "0.05",
+             "--e2e-head", "relu"]
+    kept = fit(model_dir, texts, tmp_path / "kept", *flags, "--retain-weight", "7")
+    free = fit(model_dir, texts, tmp_path / "free", *flags, "--retain-weight", "0")
+    settings = kept.config.fitted_on["e2e"]
+    assert (settings["steps"], settings["lr"], settings["retain_weight"], settings["head"]) == (3, 0.05, 7.0, "relu")
+    assert kept.config.fitted_on["e2e_report"]["steps_run"] == 2
+    assert [s.scaler.use_relu for s in kept.sites.values()] == [True, True]
+    site = "model.layers.3"
+    assert not torch.equal(kept.sites[site].transform.beta, free.sites[site].transform.beta)
 
 
 def test_generate_with_a_concept_prints_the_text_and_a_coloured_alpha_line(model_dir, concept_dir, tmp_path, capsys):

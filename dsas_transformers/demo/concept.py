@@ -11,6 +11,12 @@ Example:
 
     OMP_NUM_THREADS=1 python -m dsas_transformers.demo.concept
 
+The same concept from the command line (the same tensors and config):
+
+    dsas llm fit --model demo --source assets/prompts/lm/detox_source.txt \\
+        --target assets/prompts/lm/detox_target.txt --control assets/prompts/lm/detox_control.txt \\
+        --transform lineas --scaler e2e --retain-weight 100 --out assets/concepts/detox
+
 The classifier-probe DSAS concept on the same texts, for comparison:
 
     dsas llm fit --model demo --source assets/prompts/lm/detox_source.txt \\
