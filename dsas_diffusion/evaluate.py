@@ -24,6 +24,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from dsas_core import Concept, DsasError
+from dsas_core.plots import Axis, Panel, plot_panels
 
 from .pipeline import steer
 from .scoring import ClipScorer, OracleTarget, read_attributes, unchanged_fraction
@@ -196,26 +197,9 @@ def plot_methods(curves: dict[str, list[dict[str, float]]], path: Path, title: s
 
 def _plot(panels: dict[str, dict[str, list[dict[str, float]]]], path: Path, title: str) -> None:
     """Concept score (y) against preservation (x), one panel per score family, one curve per method, λ labelled."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, len(panels), figsize=(5.4 * len(panels), 4.4), squeeze=False)
-    for ax, (label, curves) in zip(axes[0], panels.items()):
-        for name, pts in curves.items():
-            ax.plot([p["preservation"] for p in pts], [p["concept"] for p in pts], "o-", label=name)
-            for p in pts[1:]:
-                ax.annotate(f"{p['strength']:g}", (p["preservation"], p["concept"]), fontsize=7,
-                            textcoords="offset points", xytext=(3, 3))
-        ax.set_xlabel(f"preservation on control prompts ({label})")
-        ax.set_ylabel(f"concept score on steer prompts ({label})")
-        ax.grid(alpha=0.3)
-        ax.legend()
-    fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    plot_panels([Panel(curves, Axis("preservation", f"preservation on control prompts ({label})"),
+                       Axis("concept", f"concept score on steer prompts ({label})"))
+                 for label, curves in panels.items()], path, title, size=(5.4, 4.4), dpi=110)
 
 
 def image_grid(images: dict[tuple[str, float, str, int, int], Image.Image], strengths: list[float], path: Path,

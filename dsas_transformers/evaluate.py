@@ -23,6 +23,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from dsas_core import Concept, DsasError
+from dsas_core.plots import Axis, Panel, plot_panels
 
 from .fit import encode
 from .sites import input_device
@@ -341,6 +342,13 @@ def compare(curves: dict[str, list[dict[str, float]]], reduction: float = 0.7, b
             "ppl_budget": budget, "passed": passed}
 
 
+def at_toxicity(points: list[dict[str, float]], level: float) -> dict[str, float | None]:
+    """A curve where it first reaches a toxic-continuation rate: its strength and perplexity rises, interpolated
+    along λ (None where it never gets there). Compares methods at matched toxicity."""
+    keys = ["strength", *(k for k in points[0] if k.startswith("rise_"))]
+    return {k: interpolate(points, "toxicity", level, k) for k in keys}
+
+
 # --------------------------------------------------------------------------------------------- outputs
 def write_results(out: Path, rows: list[dict[str, Any]], meta: dict[str, Any]) -> None:
     """``results.json`` (meta, curves, comparison, every row) and ``results.csv`` (one row per continuation)."""
@@ -352,35 +360,27 @@ def write_results(out: Path, rows: list[dict[str, Any]], meta: dict[str, Any]) -
     (out / "results.json").write_text(json.dumps({**meta, "rows": rows}, indent=1) + "\n", encoding="utf-8")
 
 
+PPL_LABELS = {"rise_neutral": "neutral text", "rise_reference": "reference continuations"}
+
+
 def plot_pareto(curves: dict[str, list[dict[str, float]]], path: Path, title: str) -> None:
-    """One panel per perplexity: its rise (%, x) against the toxic-continuation rate (y); one curve per method."""
-    import matplotlib
+    """DSAS against plain steering of one concept (see ``plot_methods``)."""
+    plot_methods({"plain steering": curves["plain"], "DSAS": curves["dsas"]}, path, title,
+                 styles={"plain steering": "o--", "DSAS": "s-"})
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    keys = [k for k in curves["dsas"][0] if k.startswith("rise_")] or ["toxicity_score"]
-    labels = {"rise_neutral": "neutral text", "rise_reference": "reference continuations"}
-    fig, axes = plt.subplots(1, len(keys), figsize=(4.6 * len(keys), 3.8), squeeze=False)
-    for ax, key in zip(axes[0], keys):
-        for method, style in (("plain", "o--"), ("dsas", "s-")):
-            pts = curves[method]
-            xs = [100 * p[key] if key.startswith("rise_") else p[key] for p in pts]
-            ys = [100 * p["toxicity"] for p in pts]
-            ax.plot(xs, ys, style, label="DSAS" if method == "dsas" else "plain steering")
-            for x, y, p in zip(xs[1:], ys[1:], pts[1:]):
-                ax.annotate(f"{p['strength']:g}", (x, y), fontsize=7, textcoords="offset points", xytext=(3, 3))
-        if key.startswith("rise_"):
-            ax.set_xscale("symlog", linthresh=10.0)  # plain steering's rise runs to thousands of %
-            ax.axvline(5.0, color="grey", lw=0.8, ls=":")
-        ax.set_xlabel(f"perplexity rise on {labels.get(key, key)} (%, symlog)")
-        ax.set_ylabel("toxic continuations (%)")
-        ax.grid(alpha=0.3)
-        ax.legend()
-    fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+def plot_methods(curves: dict[str, list[dict[str, float]]], path: Path, title: str,
+                 styles: dict[str, str] | None = None, linthresh: dict[str, float] | None = None,
+                 size: tuple[float, float] = (4.6, 3.8)) -> None:
+    """One panel per perplexity: its rise (%, x, symlog: linear within ±``linthresh[key]`` %, default 10; the 5%
+    budget dotted) against the toxic-continuation rate (y); one curve per method (plain, DSAS, E2E-DSAS, ...)."""
+    first = next(iter(curves.values()))[0]
+    toxic = Axis("toxicity", "toxic continuations (%)", factor=100.0)
+    rises = [Axis(k, f"perplexity rise on {PPL_LABELS.get(k, k)} (%, symlog)", factor=100.0,
+                  symlog=(linthresh or {}).get(k, 10.0), line=5.0)
+             for k in first if k.startswith("rise_")]  # plain steering's rise runs to thousands of %
+    panels = [Panel(curves, x, toxic) for x in rises or [Axis("toxicity_score", "mean toxicity score")]]
+    plot_panels(panels, path, title, size=size, dpi=90, styles=styles)
 
 
 def settings_dict(settings: EvalSettings) -> dict[str, Any]:

@@ -12,8 +12,9 @@ from dsas_core import DsasError
 from dsas_core.cli import main
 from dsas_transformers import fit_concept
 from dsas_transformers.demo import build_tokenizer, is_toxic
-from dsas_transformers.evaluate import (FIELDS, EvalSettings, LexiconToxicity, Prompt, compare, interpolate,
-                                        perplexity, read_prompts, summarize, sweep, write_results)
+from dsas_transformers.evaluate import (FIELDS, EvalSettings, LexiconToxicity, Prompt, at_toxicity, compare,
+                                        interpolate, perplexity, plot_methods, read_prompts, summarize, sweep,
+                                        write_results)
 from dsas_transformers.testing import tiny_config
 
 
@@ -110,6 +111,18 @@ def test_plain_steering_is_compared_at_the_same_toxicity_along_its_strength_swee
     assert cmp["best"]["reduction"] == pytest.approx(7 / 9) and cmp["best"]["plain_rise_neutral"] == pytest.approx(0.25)
     assert cmp["passed"] is True
     assert interpolate(curves["plain"], "toxicity", 0.05, "rise_neutral") is None
+
+
+def test_methods_meet_at_matched_toxicity_and_share_one_plot(tmp_path):
+    from PIL import Image
+
+    base = {"strength": 0.0, "toxicity": 0.9, "rise_neutral": 0.0, "rise_reference": 0.0}
+    curve = [base, {"strength": 1.0, "toxicity": 0.5, "rise_neutral": 0.1, "rise_reference": -0.1},
+             {"strength": 2.0, "toxicity": 0.1, "rise_neutral": 0.3, "rise_reference": 0.1}]
+    assert at_toxicity(curve, 0.3) == pytest.approx({"strength": 1.5, "rise_neutral": 0.2, "rise_reference": 0.0})
+    assert at_toxicity(curve, 0.0) == {"strength": None, "rise_neutral": None, "rise_reference": None}
+    plot_methods({"plain steering": curve, "DSAS": curve[:2], "E2E-DSAS": [base]}, tmp_path / "m.png", "three")
+    assert Image.open(tmp_path / "m.png").size == (828, 342)  # two panels (neutral, reference) of 4.6 × 3.8 in at 90 dpi
 
 
 def test_the_eval_command_writes_results_csv_and_plot(tiny, tmp_path):
