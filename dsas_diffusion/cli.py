@@ -39,6 +39,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--collect-steps", default=None, help="comma-separated steps to pool (default: all)")
     p.add_argument("--guidance", type=float, default=None, help="guidance scale (default: the pipeline's)")
     p.add_argument("--incremental", type=int, default=0, help="fit sites in K groups, earlier groups steered")
+    p.add_argument("--components", type=int, default=None,
+                   help="principal components of the probe and prompt scalers (default: fit_concept's)")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--seed", type=int, default=0)
     add_e2e_arguments(p)
@@ -100,8 +102,8 @@ def fit_command(args: argparse.Namespace) -> int:
         pipe, source, target, control, transform=args.transform, scaler=args.scaler, name=args.name or out.name,
         sites=args.sites, num_inference_steps=args.steps, collect_steps=steps, guidance_scale=args.guidance,
         incremental=args.incremental, batch_size=args.batch_size, source_text=args.source_text,
-        target_text=args.target_text, seed=args.seed,
-        e2e=e2e_config_from_args(args))
+        target_text=args.target_text, seed=args.seed, e2e=e2e_config_from_args(args),
+        **({"n_components": args.components} if args.components is not None else {}))
     concept.save_pretrained(out)
     diag = concept.config.diagnostics
     on = [s for s in concept.config.sites if not diag[s].get("gated")]

@@ -158,6 +158,8 @@ def compare(curves: dict[str, list[dict[str, float]]], keep: float = 0.95) -> di
     plain, dsas = curves["plain"], curves["dsas"]
     gains = []
     for p in plain[1:]:
+        if p["concept"] <= plain[0]["concept"]:
+            continue  # no concept change yet: nothing to match (any method keeps everything at λ = 0)
         d = _interp(dsas, p["concept"])
         if d is not None:
             gains.append({"concept": p["concept"], "plain": p["preservation"], "dsas": d, "gain": d - p["preservation"]})

@@ -41,6 +41,17 @@ def test_fit_then_inspect_then_generate_with_an_alpha_map(workdir, capsys):
     assert Image.open(w / "alpha.png").size == (16, 16)
 
 
+def test_fit_passes_the_scaler_components_on(workdir):
+    w = workdir
+    assert main(["fit", "--model", str(w / "pipe"), "--source", str(w / "src.txt"), "--target", str(w / "tgt.txt"),
+                 "--control", str(w / "ctl.txt"), "--steps", "2", "--components", "3", "--out", str(w / "pear3")]) == 0
+    from dsas_core import Concept
+
+    concept = Concept.from_pretrained(w / "pear3")
+    assert concept.config.n_components == 3
+    assert {s.scaler.components.shape[0] for s in concept.sites.values()} == {3}
+
+
 def test_sites_lists_every_attention_output_with_its_width(workdir, capsys):
     assert main(["sites", str(workdir / "pipe"), "--match", "attn2"]) == 0
     out = capsys.readouterr().out

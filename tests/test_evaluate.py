@@ -2,6 +2,7 @@
 
 import csv
 import json
+import math
 import os
 import subprocess
 import sys
@@ -59,6 +60,16 @@ def test_matched_concept_comparison_interpolates_along_strength():
     cmp = compare(curves)
     assert [round(g["gain"], 6) for g in cmp["matched"]] == [0.38, 0.76]
     assert cmp["dsas_reach_ratio"] == 1.0
+
+
+def test_plain_points_without_concept_change_are_not_matched():
+    curves = {
+        "plain": [{"strength": 0, "concept": 0.1, "preservation": 1.0}, {"strength": 1, "concept": 0.1, "preservation": 0.3},
+                  {"strength": 2, "concept": 0.05, "preservation": 0.1}],
+        "dsas": [{"strength": 0, "concept": 0.1, "preservation": 1.0}, {"strength": 1, "concept": 0.1, "preservation": 1.0}],
+    }
+    cmp = compare(curves)
+    assert cmp["matched"] == [] and math.isnan(cmp["mean_gain_at_matched_concept"])
 
 
 @pytest.fixture(scope="module")
