@@ -8,7 +8,7 @@ from .collect import PooledCollector
 from .concept import Concept, ConceptConfig, SiteSteer
 from .errors import DsasError
 from .fitting import fit_from_activations, fit_site
-from .hooks import AlphaRecord, HookHandle, Site, SteeringHandle, attach, observe
+from .hooks import AlphaRecord, HookHandle, Site, SteeringHandle, attach, observe, refuse_compiled
 from .scaler import ConstantScaler, ProbeScaler, PromptScaler, Scaler
 from .transforms import ITIc, Lineas, LinearAct, MeanShift, Transform
 
@@ -18,4 +18,5 @@ __all__ = [
     "AlphaRecord", "Concept", "ConceptConfig", "ConstantScaler", "DsasError", "HookHandle", "ITIc", "Lineas",
     "LinearAct", "MeanShift", "PooledCollector", "ProbeScaler", "PromptScaler", "Scaler", "Site", "SiteSteer",
     "SteeringHandle", "Transform", "attach", "fit_from_activations", "fit_site", "observe",
+    "refuse_compiled",
 ]

@@ -7,6 +7,9 @@ At every hooked site, one hook applies every attached concept c to the site's ou
 Composition rule: all concepts read the same, unsteered h and their updates add up, so the result does not
 depend on the order concepts were given. Math runs in float32 and is cast back to h's dtype. With every λ = 0
 and no α recorded the hook returns ``None`` and the output is untouched, bit for bit.
+
+Under ``torch.compile`` (attach first, then compile) λ is read only as a 0-d tensor, so moving a slider never
+recompiles; λ = 0 then adds an exact zero. Bookkeeping (step tracking, α records) runs eagerly between graphs.
 """
 
 from __future__ import annotations
@@ -78,10 +81,13 @@ class HookHandle:
 
     def before_calls(self, module: nn.Module, fn: Callable[[tuple[Any, ...], dict[str, Any]], None]) -> None:
         """Run ``fn(args, kwargs)`` before every call of ``module`` (e.g. to track the denoising step);
-        removed with this handle. ``fn`` must not change the inputs."""
+        removed with this handle. ``fn`` must not change the inputs. Under ``torch.compile`` it runs eagerly (one
+        graph break before the module): Python bookkeeping such as step counters would otherwise be baked into
+        the graph and recompile it on every call."""
+        eager = torch.compiler.disable(fn)
 
         def pre_hook(mod: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-            fn(args, kwargs)
+            eager(args, kwargs)
 
         self._removables.append(module.register_forward_pre_hook(pre_hook, with_kwargs=True))
 
@@ -110,6 +116,27 @@ class HookHandle:
 
     def __exit__(self, *exc: object) -> None:
         self.remove()
+
+
+def refuse_compiled(model: nn.Module, what: str = "the model") -> None:
+    """Raise if ``model`` (a ``torch.compile`` wrapper, or a module with a ``.compile()``d part) is compiled.
+
+    Why: compiled graphs do not check a module's empty hook lists (``torch._dynamo.config.skip_nnmodule_hook_guards``,
+    on by default), so hooks added after a compiled model ran without them are silently skipped. Hooks attached
+    before compiling are traced into the graph and work; removing them recompiles."""
+    inner = getattr(model, "_orig_mod", None)
+    where = ["torch.compile(...) wrapper"] if isinstance(inner, nn.Module) else []
+    root = inner if isinstance(inner, nn.Module) else model
+    where += [f"{n or 'model'}.compile()" for n, m in root.named_modules()
+              if getattr(m, "_compiled_call_impl", None) is not None]
+    if where:
+        raise DsasError(
+            f"{what} is already compiled ({where[0]}): hooks added now would be silently skipped, because compiled "
+            "graphs do not check a module's empty hook lists (torch._dynamo.config.skip_nnmodule_hook_guards). "
+            "Attach first, then compile (handle = steer(model, {concept: 0.0}); model.compile()), and keep the "
+            "handle: changing its strengths never recompiles. To attach to a model compiled earlier, load it again "
+            "without compiling."
+        )
 
 
 # ------------------------------------------------------------------------------------------------ observing
@@ -183,7 +210,7 @@ class AlphaRecord:
 
     concept: str
     site: str
-    call: int  # index of the forward call at this site since attach
+    call: int  # index of the recorded forward call at this site since attach
     context: dict[str, Any]  # a copy of handle.context at the call (adapters put e.g. the denoising step here)
     alpha: Tensor
 
@@ -202,7 +229,7 @@ class _SiteHook:
     width: int
     entries: list[_Entry]
     handle: "SteeringHandle"
-    calls: int = 0
+    recorded: int = 0  # α records made at this site
     by_device: dict[torch.device, list[_Entry]] = field(default_factory=dict)
 
     def on_device(self, device: torch.device) -> list[_Entry]:
@@ -236,13 +263,15 @@ class _SiteHook:
 
     def __call__(self, module: nn.Module, args: Any, kwargs: Any, output: Any) -> Any:
         handle = self.handle
-        call = self.calls
-        self.calls += 1
         if not handle.enabled:
             return None
         strengths = handle.strengths
         record = handle.record_alpha
-        if not record and all(strengths[e.name] == 0.0 for e in self.entries):
+        # Under torch.compile λ is read only as its 0-d tensor (λ = 0 then adds an exact zero): reading its Python
+        # value would bake it into the graph, and every slider move would recompile.
+        compiled = torch.compiler.is_compiling()
+        steering = [compiled or strengths[e.name] != 0.0 for e in self.entries]
+        if not (record or any(steering)):
             return None
         h = read_output(self.site, output)
         x = tokens_last(self.site, h)
@@ -254,19 +283,17 @@ class _SiteHook:
         x32 = x.float()
         adaptive = handle.adaptive
         out: Tensor | None = None  # x32 plus every concept's update, accumulated in one buffer
-        for e in self.on_device(x.device):
-            steering = strengths[e.name] != 0.0
-            if not (steering or record):
+        kept: list[tuple[str, Tensor | None, bool]] = []  # (concept, α or None, off) to record
+        for e, steer in zip(self.on_device(x.device), steering):
+            if not (steer or record):
                 continue
             off = adaptive and e.gated  # α ≡ 0
             alpha = self.alpha(e, x32) if adaptive and not e.gated else None  # (..., 1); None: constant 0 or 1
             if alpha is not None and handle.alpha_rows is not None:
                 alpha = alpha[handle.alpha_rows]  # e.g. the unconditional half of a CFG batch reuses its pair's α
             if record:
-                fill = torch.zeros if off else torch.ones
-                a = alpha.squeeze(-1) if alpha is not None else fill(x32.shape[:-1], device=x.device)
-                handle.records.append(AlphaRecord(e.name, self.site.name, call, dict(handle.context), a.detach()))
-            if steering and not off:
+                kept.append((e.name, alpha, off))
+            if steer and not off:
                 delta = e.transform.delta(x32)  # (..., d) or (d,)
                 lam = strengths.tensor(e.name, x.device)
                 coef = lam if alpha is None else lam * alpha  # () or (..., 1)
@@ -276,12 +303,23 @@ class _SiteHook:
                     out = torch.addcmul(out, coef, delta)
                 else:
                     out.addcmul_(coef, delta)
+        if kept:
+            self.keep(kept, x32.shape[:-1], x.device)
         if out is None:
             return None
         new = out.to(h.dtype)
         if self.site.layout == "channels":
             new = new.movedim(-1, 1)
         return write_output(self.site, output, new)
+
+    @torch.compiler.disable  # Python bookkeeping: under torch.compile it runs eagerly (a graph break per site)
+    def keep(self, kept: list[tuple[str, Tensor | None, bool]], shape: torch.Size, device: torch.device) -> None:
+        """Append one :class:`AlphaRecord` per (concept, α, off) of this call; α None is the constant 0 (off) or 1."""
+        handle = self.handle
+        for name, alpha, off in kept:
+            a = alpha.squeeze(-1) if alpha is not None else (torch.zeros if off else torch.ones)(shape, device=device)
+            handle.records.append(AlphaRecord(name, self.site.name, self.recorded, dict(handle.context), a.detach()))
+        self.recorded += 1
 
 
 class SteeringHandle(HookHandle):
@@ -367,7 +405,13 @@ def attach(
                 raise DsasError(f"concepts disagree on the width of site {site.name!r}: {widths}; one of them "
                                 "was fitted on another model.")
             width = next(iter(widths.values()))
-            handle._register(site.module, _SiteHook(site, width, entries, handle))
+            hook = _SiteHook(site, width, entries, handle)
+            device = next((t.device for t in site.module.parameters()), None)
+            if device is not None:  # copies made now, so a compiled graph finds them instead of recompiling
+                hook.on_device(device)
+                for e in entries:
+                    handle.strengths.tensor(e.name, device)
+            handle._register(site.module, hook)
     except BaseException:
         handle.remove()
         raise

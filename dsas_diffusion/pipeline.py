@@ -251,8 +251,8 @@ def attach(
     Every pipeline sharing the denoiser (img2img, inpainting built from ``pipe.components``) is steered too.
     """
     denoiser = denoiser_of(pipe)
-    architecture_of(denoiser)
     refuse_cache_hooks(denoiser)
+    architecture_of(denoiser)
     pairs = list(concepts.items()) if isinstance(concepts, Mapping) else list(concepts)
     for concept, _ in pairs:
         if not isinstance(concept, Concept):

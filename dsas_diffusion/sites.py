@@ -21,7 +21,7 @@ from typing import Any, Literal
 
 from torch import Tensor, nn
 
-from dsas_core import DsasError, Site
+from dsas_core import DsasError, Site, refuse_compiled
 
 
 @dataclass(frozen=True)
@@ -57,6 +57,7 @@ class Architecture:
     calls_per_step: int = 1  # denoiser calls per step, used only when the scheduler does not count steps
     branches: tuple[str, ...] = ("cond",)  # meaning of the 1st, 2nd, ... denoiser call within one step
     tokenizers: tuple[str, ...] = ("tokenizer",)  # pipeline tokenizers whose tokens make up the text, in order
+    patch: Callable[[nn.Module], int] = lambda model: 1  # latent cells per image token along each side
 
 
 def _attention_width(module: nn.Module) -> int:
@@ -152,6 +153,7 @@ ARCHITECTURES: dict[str, Architecture] = {
         fingerprint_keys=(*_TRANSFORMER_KEYS, "caption_projection_dim", "dual_attention_layers"),
         describe=_sd3_call,
         tokenizers=("tokenizer", "tokenizer_3"),  # CLIP tokens (L and G side by side), then T5 tokens
+        patch=lambda model: int(model.config.patch_size),
     ),
     "FluxTransformer2DModel": Architecture(
         "FluxTransformer2DModel", _flux_sites,
@@ -159,6 +161,7 @@ ARCHITECTURES: dict[str, Architecture] = {
         describe=_flux_call,
         branches=("cond", "uncond"),  # true CFG: the prompt's call, then the negative prompt's, per step
         tokenizers=("tokenizer_2",),  # T5 tokens (CLIP only gives the pooled vector)
+        patch=lambda model: 2,  # the pipeline packs 2×2 latent cells into one token
     ),
 }
 
@@ -233,6 +236,32 @@ def prompt_tokens(pipe: Any, prompt: str, n_tokens: int) -> list[str | None]:
         toks = tokenizer.convert_ids_to_tokens(enc["input_ids"])
         out += [t if m else None for t, m in zip(toks, enc["attention_mask"])]
     return out[:n_tokens]
+
+
+def image_size(pipe: Any, height: int | None = None, width: int | None = None) -> dict[str, int]:
+    """``{"height", "width"}`` in pixels of a text-to-image call: the given sides, else the pipeline's default.
+
+    Each side must be a positive multiple of the VAE's downscaling times the denoiser's patch side (8 × 2 = 16 for
+    SD3 and FLUX, where FLUX itself would round a wrong size down without a word). Empty if the pipeline has no
+    VAE scale factor (then the pipeline decides)."""
+    vae = getattr(pipe, "vae_scale_factor", None)
+    if not isinstance(vae, int):
+        return {}
+    denoiser = denoiser_of(pipe)
+    step = vae * architecture_of(denoiser).patch(denoiser)
+    side = getattr(pipe, "default_sample_size", None) or getattr(denoiser.config, "sample_size", None)
+    out = {}
+    for name, value in (("height", height), ("width", width)):
+        if value is None:
+            if not isinstance(side, int):
+                continue
+            value = side * vae
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0 or value % step:
+            near = max(step, round(value / step) * step) if isinstance(value, (int, float)) else 64 * step
+            raise DsasError(f"{name}={value!r}: image sides of {type(pipe).__name__} must be positive multiples of "
+                            f"{step} (VAE downscaling {vae} × patch side {step // vae}), e.g. {name}={near}.")
+        out[name] = value
+    return out
 
 
 def denoiser_of(pipe_or_model: Any) -> nn.Module:
@@ -310,7 +339,9 @@ _CACHE_HOOK_WORDS = ("cache", "pyramid_attention_broadcast", "fbc", "layer_skip"
 
 def refuse_cache_hooks(denoiser: nn.Module) -> None:
     """Raise if a diffusers cache hook (FirstBlockCache, FasterCache, MagCache, ...) is on the denoiser: such hooks
-    skip blocks or replay stale outputs, so steering would silently act on some steps and not others."""
+    skip blocks or replay stale outputs, so steering would silently act on some steps and not others. Also raise
+    if the denoiser is already compiled (hooks added after compiling are skipped: see ``refuse_compiled``)."""
+    refuse_compiled(denoiser, "the denoiser")
     for name, module in denoiser.named_modules():
         registry = getattr(module, "_diffusers_hook", None)
         hooks = getattr(registry, "hooks", {}) or {}

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from dsas_core import Concept, DsasError, PooledCollector, fit_from_activations
+from dsas_core import Concept, DsasError, PooledCollector, fit_from_activations, refuse_compiled
 from dsas_core.e2e import E2EConfig, train_e2e
 
 from .sites import LMSite, input_device, lm_sites
@@ -152,6 +152,7 @@ def fit_concept(
     src = read_texts(source, "source texts")
     tgt = read_texts(target, "target texts")
     ctl = read_texts(control, "control texts") if control is not None else None
+    refuse_compiled(model)
     resolved = lm_sites(model, role=role, layers=layers, sites=sites)
     sets = {"source": src, "target": tgt, "control": ctl}
     add_special = True

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from dsas_core import AlphaRecord, Concept, DsasError, SteeringHandle
+from dsas_core import AlphaRecord, Concept, DsasError, SteeringHandle, refuse_compiled
 from dsas_core import attach as core_attach
 
 from .alpha import AlphaTokens
@@ -219,6 +219,7 @@ def attach(
     """
     if not isinstance(concepts, Mapping) or not concepts:
         raise DsasError(f"concepts must be a non-empty mapping {{concept: strength}}, got {concepts!r}.")
+    refuse_compiled(model)
     pairs = [(_load(c), lam) for c, lam in concepts.items()]
     resolved = check_fits(model, [c for c, _ in pairs])
     core = core_attach([s.site for s in resolved], pairs, adaptive=adaptive, record_alpha=record_alpha)
