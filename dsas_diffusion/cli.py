@@ -38,6 +38,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--steps", type=int, default=10, help="inference steps of the fitting runs")
     p.add_argument("--collect-steps", default=None, help="comma-separated steps to pool (default: all)")
     p.add_argument("--guidance", type=float, default=None, help="guidance scale (default: the pipeline's)")
+    p.add_argument("--height", type=int, default=None, help="image height of the fitting runs (default: pipeline's)")
+    p.add_argument("--width", type=int, default=None, help="image width of the fitting runs (default: pipeline's)")
     p.add_argument("--incremental", type=int, default=0, help="fit sites in K groups, earlier groups steered")
     p.add_argument("--components", type=int, default=None,
                    help="principal components of the probe and prompt scalers (default: fit_concept's)")
@@ -101,8 +103,8 @@ def fit_command(args: argparse.Namespace) -> int:
     concept = fit_concept(
         pipe, source, target, control, transform=args.transform, scaler=args.scaler, name=args.name or out.name,
         sites=args.sites, num_inference_steps=args.steps, collect_steps=steps, guidance_scale=args.guidance,
-        incremental=args.incremental, batch_size=args.batch_size, source_text=args.source_text,
-        target_text=args.target_text, seed=args.seed, e2e=e2e_config_from_args(args),
+        height=args.height, width=args.width, incremental=args.incremental, batch_size=args.batch_size,
+        source_text=args.source_text, target_text=args.target_text, seed=args.seed, e2e=e2e_config_from_args(args),
         **({"n_components": args.components} if args.components is not None else {}))
     concept.save_pretrained(out)
     diag = concept.config.diagnostics

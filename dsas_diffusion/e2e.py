@@ -69,8 +69,9 @@ def _cat(values: list[Any], batch_sizes: list[int]) -> Any:
 
 
 def record_calls(pipe: Any, prompts: list[str], steps: set[int], num_inference_steps: int,
-                 guidance_scale: float | None, batch_size: int, seed: int) -> list[_Call]:
-    """Run the pipeline on ``prompts`` and keep the inputs of the denoiser calls at ``steps`` (first call of each)."""
+                 guidance_scale: float | None, batch_size: int, seed: int, size: dict[str, int]) -> list[_Call]:
+    """Run the pipeline on ``prompts`` at ``size`` (height, width) and keep the inputs of the denoiser calls at
+    ``steps`` (first call of each)."""
     denoiser = denoiser_of(pipe)
     clock = StepClock(pipe, architecture_of(denoiser).calls_per_step)
     calls: list[_Call] = []
@@ -89,7 +90,7 @@ def record_calls(pipe: Any, prompts: list[str], steps: set[int], num_inference_s
         return {}
 
     kwargs: dict[str, Any] = {"num_inference_steps": num_inference_steps, "output_type": "latent",
-                              "callback_on_step_end": stop}
+                              "callback_on_step_end": stop, **size}
     if guidance_scale is not None:
         kwargs["guidance_scale"] = guidance_scale
     with HookHandle() as handle, torch.no_grad():
@@ -141,7 +142,8 @@ class Replay:
 
 def fit_e2e(pipe: Any, prompts: dict[str, list[str]], sites: Sequence[Site], name: str, num_inference_steps: int,
             collect_steps: set[int] | None, guidance_scale: float | None, batch_size: int, seed: int,
-            config: E2EConfig | None, progress: bool, **concept_config: Any) -> Concept:
+            config: E2EConfig | None, progress: bool, size: dict[str, int],
+            **concept_config: Any) -> Concept:
     """Train a ``lineas`` + ``e2e`` concept on a UNet pipeline through recorded denoiser calls."""
     denoiser = denoiser_of(pipe)
     if architecture_of(denoiser).class_name != "UNet2DConditionModel":
@@ -149,8 +151,8 @@ def fit_e2e(pipe: Any, prompts: dict[str, list[str]], sites: Sequence[Site], nam
                         "use the probe or prompt scaler here.")
     steps = sorted(collect_steps) if collect_steps else list(range(num_inference_steps))
     replays = {
-        k: Replay(denoiser, record_calls(pipe, v, set(steps), num_inference_steps, guidance_scale, batch_size, seed),
-                  len(v), steps)
+        k: Replay(denoiser, record_calls(pipe, v, set(steps), num_inference_steps, guidance_scale, batch_size, seed,
+                                         size), len(v), steps)
         for k, v in prompts.items()
     }
 

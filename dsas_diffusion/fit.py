@@ -22,7 +22,8 @@ from dsas_core.scaler import DEFAULT_COMPONENTS, DEFAULT_GATE
 
 from .pipeline import StepClock, guard_stream, attach
 from .prompt_scaler import collect_prompt_embeddings, with_prompt_scaler
-from .sites import CallInfo, architecture_of, candidates, denoiser_of, fingerprint, refuse_cache_hooks, select_sites
+from .sites import (CallInfo, architecture_of, candidates, denoiser_of, fingerprint, image_size, refuse_cache_hooks,
+                    select_sites)
 
 DEFAULT_FIT_STEPS = 10
 
@@ -63,9 +64,10 @@ class _CollectSteps:
 
 def collect_pooled(
     pipe: Any, prompts: list[str], sites: list[Site], num_inference_steps: int, collect_steps: set[int] | None,
-    guidance_scale: float | None, batch_size: int, seed: int, desc: str, progress: bool,
+    guidance_scale: float | None, batch_size: int, seed: int, desc: str, progress: bool, size: dict[str, int],
 ) -> tuple[dict[str, Tensor], Tensor]:
-    """Run the pipeline on ``prompts``; returns ``{site: (rows, d)}`` and each row's prompt index (rows,)."""
+    """Run the pipeline on ``prompts`` at ``size`` (height, width; empty: the pipeline's default); returns
+    ``{site: (rows, d)}`` and each row's prompt index (rows,)."""
     denoiser = denoiser_of(pipe)
     last = num_inference_steps - 1 if collect_steps is None else max(collect_steps)
     if last >= num_inference_steps:
@@ -86,7 +88,7 @@ def collect_pooled(
     old_bar = dict(getattr(pipe, "_progress_bar_config", {}))
     pipe.set_progress_bar_config(disable=True)
     kwargs: dict[str, Any] = {"num_inference_steps": num_inference_steps, "output_type": "latent",
-                              "callback_on_step_end": stop_after_last}
+                              "callback_on_step_end": stop_after_last, **size}
     if guidance_scale is not None:
         kwargs["guidance_scale"] = guidance_scale
     try:
@@ -115,6 +117,8 @@ def fit_concept(
     num_inference_steps: int = DEFAULT_FIT_STEPS,
     collect_steps: Sequence[int] | None = None,
     guidance_scale: float | None = None,
+    height: int | None = None,
+    width: int | None = None,
     incremental: int | bool = False,
     batch_size: int = 8,
     n_components: int = DEFAULT_COMPONENTS,
@@ -129,8 +133,10 @@ def fit_concept(
 
     ``source``: prompts where the concept should act (e.g. fruit prompts); ``target``: the same prompts with the
     wanted change (fruit *with a pear*); ``control``: prompts to leave alone. ``collect_steps``: denoising steps
-    (of a ``num_inference_steps`` run) whose activations are pooled, default all. ``incremental=k`` fits the sites
-    in k groups in forward order, each collected with the groups before it already steered (λ = 1).
+    (of a ``num_inference_steps`` run) whose activations are pooled, default all. ``height``, ``width``: image size
+    of the fitting runs (default: the pipeline's, 1024² for SDXL and FLUX; fit at the size you generate at, or
+    smaller to save time). ``incremental=k`` fits the sites in k groups in forward order, each collected with the
+    groups before it already steered (λ = 1).
 
     ``scaler``: ``"probe"`` (the paper's, per site and position, fitted on site activations of source vs control),
     ``"prompt"`` (one α per prompt from the text encoder's output, fitted on source vs control prompts, applied to
@@ -146,12 +152,13 @@ def fit_concept(
     by_prompt = scaler == "prompt"
     denoiser = denoiser_of(pipe)
     refuse_cache_hooks(denoiser)
+    size = image_size(pipe, height, width)
     site_list = select_sites(denoiser, sites)
     steps = None if collect_steps is None else {int(s) for s in collect_steps}
     if steps is not None and (not steps or min(steps) < 0):
         raise DsasError(f"collect_steps must be non-negative step indices, got {collect_steps!r}.")
     run = dict(num_inference_steps=num_inference_steps, collect_steps=steps, guidance_scale=guidance_scale,
-               batch_size=batch_size, seed=seed, progress=progress)
+               batch_size=batch_size, seed=seed, progress=progress, size=size)
     config: dict[str, Any] = dict(
         source_text=source_text, target_text=target_text, model_class=type(denoiser).__name__,
         fitted_on=_fitted_on(pipe, denoiser, run, incremental, len(src), len(tgt), len(ctl)),
@@ -160,7 +167,7 @@ def fit_concept(
         from .e2e import fit_e2e
 
         return fit_e2e(pipe, {"source": src, "target": tgt, "control": ctl}, site_list, name, num_inference_steps,
-                       steps, guidance_scale, batch_size, seed, e2e, progress, **config)
+                       steps, guidance_scale, batch_size, seed, e2e, progress, size=size, **config)
     fit_args = dict(transform=transform, scaler="constant" if by_prompt else scaler, n_components=n_components,
                     gate=gate, seed=seed, progress=False)
     tgt_acts, _ = collect_pooled(pipe, tgt, site_list, desc="target prompts", **run)
@@ -183,7 +190,7 @@ def fit_concept(
     assert fitted is not None
     if by_prompt:
         text = {what: collect_prompt_embeddings(pipe, prompts, batch_size=batch_size, guidance_scale=guidance_scale,
-                                                seed=seed, desc=f"{what} text", progress=progress)
+                                                seed=seed, desc=f"{what} text", progress=progress, size=size)
                 for what, prompts in (("source", src), ("control", ctl))}
         fitted = with_prompt_scaler(fitted, text["source"], text["control"], n_components=n_components, gate=gate,
                                     seed=seed)
@@ -209,7 +216,7 @@ def _fitted_on(pipe: Any, denoiser: torch.nn.Module, run: dict[str, Any], increm
     return {
         "adapter": "diffusers", "pipeline": type(pipe).__name__, "denoiser": fingerprint(denoiser),
         "num_inference_steps": run["num_inference_steps"], "collect_steps": sorted(steps) if steps else "all",
-        "guidance_scale": run["guidance_scale"], "incremental": int(incremental), "seed": run["seed"],
+        "guidance_scale": run["guidance_scale"], **run["size"], "incremental": int(incremental), "seed": run["seed"],
         "prompts": {"source": n_src, "target": n_tgt, "control": n_ctl},
         "versions": {"dsas": dsas_core.__version__, "torch": torch.__version__, "diffusers": diffusers.__version__},
     }

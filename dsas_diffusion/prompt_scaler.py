@@ -31,10 +31,11 @@ class _Captured(Exception):
 
 def collect_prompt_embeddings(
     pipe: Any, prompts: Sequence[str], batch_size: int = 8, guidance_scale: float | None = None, seed: int = 0,
-    desc: str = "prompts", progress: bool = False,
+    desc: str = "prompts", progress: bool = False, size: dict[str, int] | None = None,
 ) -> Tensor:
     """Pooled conditioning text (n_prompts, D): the denoiser's ``encoder_hidden_states`` averaged over positions,
-    the conditional half under classifier-free guidance. The denoiser itself never runs."""
+    the conditional half under classifier-free guidance. The denoiser itself never runs (``size``: height and
+    width of the call, only so that no full-size latents are drawn)."""
     denoiser = denoiser_of(pipe)
     arch = architecture_of(denoiser)
     rows: list[Tensor] = []
@@ -49,7 +50,7 @@ def collect_prompt_embeddings(
         rows.append((text[text.shape[0] // 2:] if cfg else text).mean(1).cpu())  # (b, D)
         raise _Captured
 
-    kwargs: dict[str, Any] = {"num_inference_steps": 1, "output_type": "latent"}
+    kwargs: dict[str, Any] = {"num_inference_steps": 1, "output_type": "latent", **(size or {})}
     if guidance_scale is not None:
         kwargs["guidance_scale"] = guidance_scale
     old_bar = dict(getattr(pipe, "_progress_bar_config", {}))
