@@ -160,16 +160,12 @@ class PromptScaler(Scaler):
         if e is None:
             raise DsasError("the 'prompt' scaler needs the pooled prompt embedding in the handle's context "
                             f"(context[{self.context_key!r}]); steer through an adapter's steer()/attach().")
-        if e.ndim != 2 or e.shape[-1] != self.weight.shape[0] or e.shape[0] != h.shape[0]:
+        if e.ndim != 2 or e.shape[-1] != self.weight.shape[0] or e.shape[0] not in (1, h.shape[0]):
             raise DsasError(
                 f"the 'prompt' scaler expected a pooled prompt embedding of shape ({h.shape[0]}, "
                 f"{self.weight.shape[0]}), got {tuple(e.shape)}: the concept was fitted with another text encoder.")
-        alpha = torch.sigmoid(e.float() @ self.weight + self.bias)  # (B,)
+        alpha = torch.sigmoid(e.float() @ self.weight + self.bias)  # (B,), or (1,): one prompt for the whole batch
         return alpha.view(-1, *([1] * (h.ndim - 2))).expand(h.shape[:-1])  # (B, ...) every position alike
-
-    def token_alpha(self, tokens: Tensor) -> Tensor:
-        """α each prompt token would give alone, (B, T, D) -> (B, T): the pooled logit is their tokens' mean."""
-        return torch.sigmoid(tokens.float() @ self.weight + self.bias)
 
     @classmethod
     def expected_shapes(cls, width: int, n_components: int) -> dict[str, tuple[int, ...]]:

@@ -23,8 +23,9 @@ from torch import Tensor, nn
 
 from dsas_core import AlphaRecord, Concept, DsasError, PromptScaler, SteeringHandle, attach as core_attach
 
+from .prompt_scaler import word_alpha
 from .sites import (CallInfo, Candidate, architecture_of, candidates, check_stream, denoiser_of, fingerprint, latent_hw,
-                    prompt_tokens, refuse_cache_hooks, token_grid)
+                    refuse_cache_hooks, token_grid)
 
 
 def check_concept_fits(concept: Concept, denoiser: nn.Module) -> None:
@@ -89,7 +90,7 @@ class DiffusionHandle(SteeringHandle):
     call), ``branch`` (``"cond"``, or ``"uncond"`` for the negative-prompt call of FLUX true CFG), ``cfg`` (whether
     the batch is CFG-doubled), ``latent_hw`` and ``patch`` (the latent grid and the patch side of an image token;
     FLUX records the packed tokens' ``image_ids`` instead of ``latent_hw``), and ``prompt_pooled`` (B, D) when a
-    concept uses the prompt scaler. ``prompt_records`` hold that scaler's per-prompt-token α at the first step.
+    concept uses the prompt scaler (:meth:`prompt_alpha` tells which words of a prompt raised that scaler's α).
     """
 
     step_window: tuple[int, int] | None = None
@@ -99,12 +100,6 @@ class DiffusionHandle(SteeringHandle):
         super().__init__(*args, **kwargs)
         self.pipe: Any = None
         self.text_sites: set[str] = set()  # text-stream sites: their α has no place on the latent grid
-        self.prompt_records: list[AlphaRecord] = []  # prompt scaler: α per prompt token (B, T), step 0
-
-    def clear_records(self) -> None:
-        """Forget recorded α, per-position and per-prompt-token (e.g. before the next generation)."""
-        super().clear_records()
-        self.prompt_records.clear()
 
     def _image_records(self, name: str, branch: str) -> list[AlphaRecord]:
         return [r for r in self.alpha_records(concept=name)
@@ -159,27 +154,30 @@ class DiffusionHandle(SteeringHandle):
             total = up if total is None else total + up
         return (total / len(records)).squeeze(1)
 
-    def prompt_alpha(self, prompt: str, image: int = 0, concept: str | None = None,
-                     logits: bool = False) -> list[tuple[str, float]]:
-        """Prompt scaler: ``[(token, α), ...]`` for ``prompt``'s tokens (padding left out) in image ``image`` of the
-        last pipeline call: the probe read on that token's embedding alone. The prompt's α is the sigmoid of the
-        mean of all positions' logits, so the tokens with the highest logits pushed α up the most; ``logits=True``
-        returns those logits (they rank tokens even where α saturates at 0 or 1)."""
+    def prompt_alpha(self, prompt: str, concept: str | None = None, logits: bool = False,
+                     **call_kwargs: Any) -> list[tuple[str, float]]:
+        """Prompt scaler: ``[(word, α), ...]``, the α each word of ``prompt`` added as the text encoders read it left
+        to right: α of its first i words minus α of its first i − 1. They add up to the prompt's α minus the empty
+        prompt's; a negative value is a word that lowered α. ``logits=True`` gives the same in logits (they rank
+        words where α saturates at 0 or 1). A word's share counts all of it: its tokens in every text encoder and
+        what it passes on to later tokens and padding. The prompt's prefixes are encoded in one batch (no
+        denoising); ``call_kwargs`` go to that pipeline call (e.g. the ``max_sequence_length`` you generated with)."""
         name = concept or next(iter(self.concepts))
-        records = [r for r in self.prompt_records if r.concept == name and r.context.get("branch") == "cond"]
-        if not records:
-            raise DsasError(f"no per-token α was recorded for {name!r}: it needs a concept fitted with "
-                            "scaler='prompt', attached with record_alpha=True (and adaptive), and a pipeline run.")
+        if name not in self.concepts or self.concepts[name].config.scaler != "prompt":
+            usable = [c for c, v in self.concepts.items() if v.config.scaler == "prompt"]
+            raise DsasError(f"prompt_alpha reads a concept fitted with scaler='prompt'; {name!r} is not one "
+                            f"(prompt-scaler concepts attached here: {usable}).")
+        if not self.adaptive:
+            raise DsasError("plain steering (adaptive=False) applies α = 1 whatever the prompt says: no word decides "
+                            "it. Attach with adaptive=True to see which words raise the prompt scaler's α.")
         if self.pipe is None or denoiser_of(self.pipe) is self.pipe:
-            raise DsasError("prompt_alpha needs the pipeline's tokenizers: attach to the pipeline, not its denoiser.")
-        r = records[-1]
-        a = r.context["logit"] if logits else r.alpha  # (B, T)
-        a = a[a.shape[0] // 2:] if r.context.get("cfg") else a  # (n_images, T)
-        if not 0 <= image < a.shape[0]:
-            raise DsasError(f"image must lie in [0, {a.shape[0]}) for the last pipeline call, got {image}.")
-        labels = prompt_tokens(self.pipe, prompt, a.shape[-1])
-        values = a[image].detach().float().cpu().tolist()
-        return [(tok, v) for tok, v in zip(labels, values) if tok is not None]
+            raise DsasError("prompt_alpha needs the pipeline's text encoders: attach to the pipeline, not its "
+                            "denoiser.")
+        scaler = next(iter(self.concepts[name].sites.values())).scaler  # one probe, shared by every site
+        if not isinstance(scaler, PromptScaler):
+            raise DsasError(f"concept {name!r} is marked scaler='prompt' but holds a {type(scaler).__name__}: "
+                            "re-fit it.")
+        return [(w, dl if logits else da) for w, da, dl in word_alpha(self.pipe, scaler, prompt, **call_kwargs)]
 
 
 class _StepTracker:
@@ -220,21 +218,6 @@ class _StepTracker:
             if in_step == 0:
                 handle.alpha_memory.clear()
             handle.alpha_reuse = "store" if in_step == 0 else "load"
-        if handle.record_alpha and handle.adaptive and step == 0 and info.text is not None:
-            for concept in self.prompt_concepts:
-                scaler = next(iter(concept.sites.values())).scaler  # one probe, shared by every site
-                logit = _token_logits(scaler, info.text)  # (B, T)
-                alpha = torch.zeros_like(logit) if scaler.gated else logit.sigmoid()
-                handle.prompt_records.append(AlphaRecord(concept.name, "prompt", self.clock.calls - 1,
-                                                         context | {"logit": logit}, alpha))
-
-
-def _token_logits(scaler: Any, text: Tensor) -> Tensor:
-    """A prompt scaler's logit at every text position, (B, T, D) -> (B, T); their mean is the prompt's logit."""
-    if not isinstance(scaler, PromptScaler):
-        raise DsasError(f"a concept marked scaler='prompt' holds a {type(scaler).__name__}: re-fit or re-save it.")
-    w, b = scaler.weight.to(text.device), scaler.bias.to(text.device)
-    return (text.float() @ w + b).detach()
 
 
 def attach(

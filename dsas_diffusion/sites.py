@@ -56,7 +56,6 @@ class Architecture:
     describe: Callable[[nn.Module, tuple[Any, ...], dict[str, Any]], CallInfo]
     calls_per_step: int = 1  # denoiser calls per step, used only when the scheduler does not count steps
     branches: tuple[str, ...] = ("cond",)  # meaning of the 1st, 2nd, ... denoiser call within one step
-    tokenizers: tuple[str, ...] = ("tokenizer",)  # pipeline tokenizers whose tokens make up the text, in order
     patch: Callable[[nn.Module], int] = lambda model: 1  # latent cells per image token along each side
 
 
@@ -152,7 +151,6 @@ ARCHITECTURES: dict[str, Architecture] = {
         "SD3Transformer2DModel", _sd3_sites,
         fingerprint_keys=(*_TRANSFORMER_KEYS, "caption_projection_dim", "dual_attention_layers"),
         describe=_sd3_call,
-        tokenizers=("tokenizer", "tokenizer_3"),  # CLIP tokens (L and G side by side), then T5 tokens
         patch=lambda model: int(model.config.patch_size),
     ),
     "FluxTransformer2DModel": Architecture(
@@ -160,7 +158,6 @@ ARCHITECTURES: dict[str, Architecture] = {
         fingerprint_keys=(*_TRANSFORMER_KEYS, "num_single_layers", "guidance_embeds"),
         describe=_flux_call,
         branches=("cond", "uncond"),  # true CFG: the prompt's call, then the negative prompt's, per step
-        tokenizers=("tokenizer_2",),  # T5 tokens (CLIP only gives the pooled vector)
         patch=lambda model: 2,  # the pipeline packs 2×2 latent cells into one token
     ),
 }
@@ -218,24 +215,6 @@ def latent_hw(context: dict[str, Any]) -> tuple[int, int]:
     if ids is None:
         raise DsasError("this call's context records no latent grid; α maps need the denoiser's inputs.")
     return (int(ids[:, 1].max()) + 1) * context.get("patch", 2), (int(ids[:, 2].max()) + 1) * context.get("patch", 2)
-
-
-def prompt_tokens(pipe: Any, prompt: str, n_tokens: int) -> list[str | None]:
-    """The token at each of the ``n_tokens`` text positions the denoiser receives for ``prompt`` (None: padding,
-    or a text encoder the pipeline lacks), from the tokenizers the architecture lists, in order: each spans its
-    ``model_max_length`` positions, the last one the rest."""
-    names = architecture_of(denoiser_of(pipe)).tokenizers
-    out: list[str | None] = []
-    for i, attr in enumerate(names):
-        tokenizer = getattr(pipe, attr, None)
-        n = n_tokens - len(out) if i == len(names) - 1 else int(getattr(tokenizer, "model_max_length", 77))
-        if tokenizer is None or n <= 0:
-            out += [None] * max(n, 0)
-            continue
-        enc = tokenizer(prompt, padding="max_length", max_length=n, truncation=True)
-        toks = tokenizer.convert_ids_to_tokens(enc["input_ids"])
-        out += [t if m else None for t, m in zip(toks, enc["attention_mask"])]
-    return out[:n_tokens]
 
 
 def image_size(pipe: Any, height: int | None = None, width: int | None = None) -> dict[str, int]:

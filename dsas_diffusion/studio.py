@@ -145,7 +145,7 @@ class Result:
     image: Image.Image
     heat: Image.Image | None  # α heat map over the image (mean over concepts)
     profile: list[tuple[str, str, float]]  # (concept, site, mean α)
-    words: list[tuple[str, float]] = field(default_factory=list)  # prompt scaler: (token, α) of the prompt
+    words: list[tuple[str, float]] = field(default_factory=list)  # prompt scaler: (word, α it added)
 
 
 class Studio:
@@ -215,16 +215,18 @@ class Studio:
         active = {self.registry.get(n): float(v) for n, v in req.strengths.items() if float(v) != 0.0}
         if not active:
             return Result(self.unsteered(req), None, [], [])
+        words: list[tuple[str, float]] = []
         with self.pool(req.model).borrow() as pipe:
             with steer(pipe, active, adaptive=not req.plain, record_alpha=True) as handle:
                 image = self._run(pipe, req)
-        heats, profile, words = [], [], []
+            for concept in active:  # re-reads the prompt with this worker's text encoders
+                if concept.config.scaler == "prompt" and not req.plain:
+                    words += handle.prompt_alpha(req.prompt, concept=concept.name)
+        heats, profile = [], []
         for concept in active:
             heats.append(handle.alpha_heatmap(concept.name)[0])
             for site, maps in handle.alpha_maps(concept.name)[concept.name].items():
                 profile.append((concept.name, site, float(maps.mean())))
-            if concept.config.scaler == "prompt" and not req.plain:
-                words += handle.prompt_alpha(req.prompt, concept=concept.name)
         heat = overlay(image, torch.stack(heats).mean(0))
         return Result(image, heat, profile, words)
 

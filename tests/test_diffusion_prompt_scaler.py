@@ -7,6 +7,7 @@ from dsas_core import Concept, ConceptConfig, DsasError, ProbeScaler, PromptScal
 from dsas_core.cli import main
 from dsas_core.transforms import MeanShift
 from dsas_diffusion import fit_concept, steer
+from dsas_diffusion.prompt_scaler import collect_prompt_embeddings
 from tiny_diffusion import run, tiny_flux, tiny_sd, tiny_sd3, tiny_sdxl
 
 BUILDERS = {"sd": tiny_sd, "sdxl": tiny_sdxl, "sd3": tiny_sd3, "flux": tiny_flux}
@@ -14,10 +15,6 @@ THINGS = ["cat", "dog", "house", "tree", "car", "boat", "chair", "cup", "clock",
           "road", "bridge", "window", "door", "book", "shoe", "pillow"]
 HELD = ["mountain", "candle", "piano", "bicycle", "garden", "castle", "rocket", "pear"]
 SOURCE, TARGET, CONTROL = "a {} beside a banana", "a {} beside a pear", "a {} beside a lamp"  # planted: banana
-
-
-def _word(token: str) -> str:
-    return token.replace("</w>", "").lstrip("▁")
 
 
 def test_a_prompt_scaler_reads_its_alpha_from_the_context_and_round_trips_through_save_and_load(tmp_path):
@@ -34,9 +31,8 @@ def test_a_prompt_scaler_reads_its_alpha_from_the_context_and_round_trips_throug
     assert isinstance(loaded, PromptScaler) and alpha.shape == (2, 5)
     assert torch.equal(alpha, scaler(torch.zeros(2, 5, 4), {"prompt_pooled": pooled}))
     assert torch.equal(alpha[:, :1].expand(2, 5), alpha) and alpha[0, 0] > 0.5 > alpha[1, 0]
-    tokens = torch.stack([source[:3], control[:3]])  # (B, T, D): the pooled logit is the tokens' mean logit
-    logit = torch.logit(scaler.token_alpha(tokens).double()).mean(1)
-    assert torch.allclose(logit, (tokens.mean(1) @ scaler.weight + scaler.bias).double(), atol=1e-4)
+    shared = loaded(torch.zeros(2, 5, 4), {"prompt_pooled": pooled[:1]})  # one (negative) prompt for the batch
+    assert torch.equal(shared, alpha[:1].expand(2, 5))
     with pytest.raises(DsasError, match="prompt_pooled"):
         loaded(torch.zeros(2, 5, 4), {})
 
@@ -65,22 +61,27 @@ def test_a_planted_concept_gets_high_prompt_alpha_on_held_out_source_and_low_on_
 
 
 @pytest.mark.parametrize("kind", list(BUILDERS))
-def test_the_planted_word_gets_the_highest_per_token_alpha(kind):
-    """Source and control prompts differ in one word (banana vs lamp)."""
+def test_the_planted_word_carries_the_prompt_alpha_of_every_held_out_prompt(kind):
+    """Source and control prompts differ in one word (banana vs lamp). The probe may learn either side of that
+    contrast (banana raises α, or lamp lowers it: the tiny FLUX probe learns lamp, and there every word adds about
+    as much as banana), so in every held-out pair the planted word has the largest share in the source prompt or its
+    control twin's word the smallest share in the control prompt."""
     pipe = BUILDERS[kind]()
     concept = _fit(pipe, SOURCE, TARGET, CONTROL)
-    held = [SOURCE.format(t) for t in HELD]
-    with steer(pipe, {concept: 1.0}, record_alpha=True) as handle:
-        run(pipe, held, steps=1)
-    top = []
-    for i, prompt in enumerate(held):
-        words = [(_word(t), v) for t, v in handle.prompt_alpha(prompt, image=i, logits=True) if _word(t).isalpha()]
-        segments = 2 if kind == "sd3" else 1  # SD3: the CLIP tokens, then the T5 tokens
-        assert [w for w, _ in words] == prompt.split() * segments  # every word, in order, padding left out
-        top.append(max(words, key=lambda wv: wv[1])[0])
-    assert top.count("banana") >= 6, top  # random tiny text encoders: most, not all, prompts
-    alphas = [a for _, a in handle.prompt_alpha(held[0])]
-    assert all(0.0 <= a <= 1.0 for a in alphas)
+    scaler = next(iter(concept.sites.values())).scaler
+    carried = 0
+    with steer(pipe, {concept: 1.0}) as handle:
+        for thing in HELD:
+            source, control = SOURCE.format(thing), CONTROL.format(thing)
+            words = handle.prompt_alpha(source, logits=True)
+            assert [w for w, _ in words] == source.split()
+            twin = handle.prompt_alpha(control, logits=True)
+            carried += max(words, key=lambda wv: wv[1])[0] == "banana" or min(twin, key=lambda wv: wv[1])[0] == "lamp"
+            logit = collect_prompt_embeddings(pipe, [source, ""]) @ scaler.weight + scaler.bias  # (2,)
+            alphas = [a for _, a in handle.prompt_alpha(source)]  # the words' shares add up to α(source) − α("")
+            assert abs(sum(v for _, v in words) - (logit[0] - logit[1]).item()) < 1e-4
+            assert abs(sum(alphas) - (logit[0].sigmoid() - logit[1].sigmoid()).item()) < 1e-5
+    assert carried == len(HELD)
 
 
 def test_the_unconditional_half_and_plain_steering_follow_the_cfg_and_adaptive_rules():
@@ -95,8 +96,8 @@ def test_the_unconditional_half_and_plain_steering_follow_the_cfg_and_adaptive_r
     assert torch.equal(a[:2], a[2:]) and a[2, 0] > a[3, 0]
     with steer(pipe, {concept: 1.0}, record_alpha=True, adaptive=False) as plain:
         run(pipe, prompts)
-    assert all(torch.equal(r.alpha, torch.ones_like(r.alpha)) for r in plain.records) and not plain.prompt_records
-    with pytest.raises(DsasError, match="record_alpha"):
+    assert all(torch.equal(r.alpha, torch.ones_like(r.alpha)) for r in plain.records)
+    with pytest.raises(DsasError, match="adaptive=True"):
         plain.prompt_alpha(prompts[0])
 
 
