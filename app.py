@@ -170,7 +170,7 @@ def build_app(studio: Studio) -> gr.Blocks:
             with gr.Row():
                 cname = gr.Textbox("my-concept", label="name")
                 transform = gr.Dropdown(["mean_shift", "linear_act", "itic"], value="mean_shift", label="transform")
-                scaler = gr.Dropdown(["probe", "prompt", "constant"], value="probe", label="scaler")
+                scaler = gr.Dropdown(["prompt", "probe", "constant"], value="prompt", label="scaler")
                 stext = gr.Textbox("", label="source text (for CLIP scores)")
                 ttext = gr.Textbox("", label="target text")
             fit_btn = gr.Button("Fit", variant="primary")

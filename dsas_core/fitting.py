@@ -11,7 +11,7 @@ from tqdm.auto import tqdm
 
 from .concept import Concept, ConceptConfig, SiteSteer
 from .errors import DsasError
-from .scaler import DEFAULT_COMPONENTS, DEFAULT_GATE, ConstantScaler, ProbeScaler, Scaler
+from .scaler import DEFAULT_COMPONENTS, DEFAULT_GATE, ConstantScaler, ProbeScaler, Scaler, max_components
 from .transforms import transform_class
 
 
@@ -53,11 +53,14 @@ def fit_from_activations(
     seed: int = 0,
     groups: tuple[Tensor, Tensor] | None = None,
     progress: bool = True,
+    cap_components: bool = False,
     **config: Any,
 ) -> Concept:
     """Fit a concept from ``{site: (n, d)}`` pooled activations of the three sets.
 
-    Extra keyword arguments go to :class:`ConceptConfig` (``source_text``, ``model_class``, ``fitted_on``, ...).
+    ``cap_components``: use fewer than ``n_components`` where the samples or the narrowest site cannot support
+    them (the number used is the config's), instead of raising. Extra keyword arguments go to
+    :class:`ConceptConfig` (``source_text``, ``model_class``, ``fitted_on``, ...).
     """
     ConceptConfig(name=name, transform=transform, scaler=scaler, sites=["_"], site_widths={"_": 1})  # validate names early
     sites = list(source)
@@ -65,6 +68,12 @@ def fit_from_activations(
         if acts is not None and set(acts) != set(sites):
             raise DsasError(f"{what} activations cover sites {sorted(acts)[:3]}..., source covers {sites[:3]}...: "
                             "collect all three sets at the same sites.")
+    if cap_components and scaler == "probe" and control is not None and sites:
+        first = sites[0]
+        src_groups, ctl_groups = groups if groups is not None else (
+            torch.arange(len(source[first])), torch.arange(len(control[first])) + len(source[first]))
+        width = min(int(source[site].shape[-1]) for site in sites)
+        n_components = min(n_components, max_components(src_groups, ctl_groups, width))
     pairs: dict[str, SiteSteer] = {}
     diagnostics: dict[str, dict[str, Any]] = {}
     for site in tqdm(sites, desc=f"fitting {name}", disable=not progress, leave=False):

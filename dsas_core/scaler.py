@@ -122,12 +122,7 @@ class ProbeScaler(Scaler):
             groups = torch.arange(len(x))
         elif groups.shape != (len(x),):
             raise DsasError(f"groups must have one entry per sample ({len(x)}), got shape {tuple(groups.shape)}.")
-        n_groups = [len(torch.unique(groups[y == label])) for label in (1, 0)]
-        k = min(folds, *n_groups)
-        if k < 2:
-            raise DsasError(f"the scaler needs at least 2 distinct source and 2 distinct control inputs, got "
-                            f"{n_groups[0]} and {n_groups[1]}: add prompts to the smaller set.")
-        smallest_train = len(x) - -(-len(x) // k)  # n minus the largest held-out fold
+        k, smallest_train = _folds(groups[: len(s)], groups[len(s):], folds)
         limit = min(smallest_train, x.shape[1])
         if not 1 <= n_components <= limit:
             raise DsasError(
@@ -177,6 +172,23 @@ class PromptScaler(Scaler):
         scaler = cls(weight=probe.weight, bias=probe.bias)
         scaler.gated = probe.gated
         return scaler
+
+
+def _folds(source_groups: Tensor, control_groups: Tensor, folds: int) -> tuple[int, int]:
+    """(number of cross-validation folds, training rows left by the largest held-out fold)."""
+    n_groups = [len(torch.unique(g)) for g in (source_groups, control_groups)]
+    k = min(folds, *n_groups)
+    if k < 2:
+        raise DsasError(f"the scaler needs at least 2 distinct source and 2 distinct control inputs, got "
+                        f"{n_groups[0]} and {n_groups[1]}: add prompts to the smaller set.")
+    n = len(source_groups) + len(control_groups)
+    return k, n - -(-n // k)
+
+
+def max_components(source_groups: Tensor, control_groups: Tensor, width: int, folds: int = DEFAULT_FOLDS) -> int:
+    """The most principal components a probe can estimate from these samples: one group id per source row
+    (n_s,) and per control row (n_c,), inputs of ``width`` features."""
+    return min(_folds(source_groups, control_groups, folds)[1], width)
 
 
 def _fit_folded(x: Tensor, y: Tensor, r: int) -> tuple[Tensor, Tensor, dict[str, Tensor]]:

@@ -27,10 +27,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--target", required=True, help="the source prompts with the wanted change")
     p.add_argument("--control", help="prompts to leave alone (needed by the probe and prompt scalers)")
     p.add_argument("--transform", default="mean_shift", choices=["mean_shift", "itic", "linear_act", "lineas"])
-    p.add_argument("--scaler", default="probe", choices=["probe", "prompt", "constant", "e2e"],
-                   help="probe: α per site and position (the paper's); prompt: one α per prompt from the text "
-                        "encoder, at every position; constant: α = 1 (plain steering); e2e: with --transform lineas, "
-                        "map and scaler trained end to end")
+    p.add_argument("--scaler", default="prompt", choices=["prompt", "probe", "constant", "e2e"],
+                   help="prompt (default, measured best): one α per prompt from the text encoder, at every "
+                        "position; probe: α per site and position (the paper's); constant: α = 1 (plain "
+                        "steering); e2e: with --transform lineas, map and scaler trained end to end")
     p.add_argument("--name", default=None, help="concept name (default: the output folder's name)")
     p.add_argument("--source-text", default=None, help="short description of the source, for CLIP scores")
     p.add_argument("--target-text", default=None, help="short description of the target, for CLIP scores")
@@ -42,7 +42,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--width", type=int, default=None, help="image width of the fitting runs (default: pipeline's)")
     p.add_argument("--incremental", type=int, default=0, help="fit sites in K groups, earlier groups steered")
     p.add_argument("--components", type=int, default=None,
-                   help="principal components of the probe and prompt scalers (default: fit_concept's)")
+                   help="principal components of the probe and prompt scalers (default: 16)")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--seed", type=int, default=0)
     add_e2e_arguments(p)

@@ -44,3 +44,20 @@ def test_more_components_than_samples_is_refused():
 def test_an_unknown_scaler_name_lists_the_known_ones():
     with pytest.raises(DsasError, match="choose one of .*probe"):
         scaler_class("probes")
+
+
+def test_capped_components_use_what_the_samples_support_and_record_it():
+    from dsas_core import fit_from_activations
+    from dsas_core.scaler import max_components
+
+    g = torch.Generator().manual_seed(0)
+    acts = {site: torch.randn(8, width, generator=g) for site, width in (("a", 32), ("b", 6))}
+    # 8 + 8 samples, 5 folds: the largest held-out fold has 4 rows, leaving 12; site "b" is only 6 wide
+    assert max_components(torch.arange(8), torch.arange(8) + 8, 32) == 12
+    assert max_components(torch.arange(8), torch.arange(8) + 8, 6) == 6
+    concept = fit_from_activations("c", acts, acts, {s: a + 1 for s, a in acts.items()}, n_components=16,
+                                   cap_components=True, progress=False)
+    assert concept.config.n_components == 6
+    assert {s.scaler.components.shape for s in concept.sites.values()} == {(6, 32), (6, 6)}
+    with pytest.raises(DsasError, match="site 'a': n_components=16 is too large"):
+        fit_from_activations("c", acts, acts, {s: a + 1 for s, a in acts.items()}, n_components=16, progress=False)

@@ -44,7 +44,7 @@ def test_fit_then_inspect_then_generate_with_an_alpha_map(workdir, capsys):
 def test_fit_passes_the_scaler_components_on(workdir):
     w = workdir
     assert main(["fit", "--model", str(w / "pipe"), "--source", str(w / "src.txt"), "--target", str(w / "tgt.txt"),
-                 "--control", str(w / "ctl.txt"), "--steps", "2", "--components", "3", "--out", str(w / "pear3")]) == 0
+                 "--control", str(w / "ctl.txt"), "--steps", "2", "--scaler", "probe", "--components", "3", "--out", str(w / "pear3")]) == 0
     from dsas_core import Concept
 
     concept = Concept.from_pretrained(w / "pear3")

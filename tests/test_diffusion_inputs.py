@@ -20,7 +20,7 @@ def pipe():
 
 @pytest.fixture(scope="module")
 def concept(pipe):
-    return fit_concept(pipe, SRC, TGT, CTL, name="pear", num_inference_steps=2, progress=False)
+    return fit_concept(pipe, SRC, TGT, CTL, name="pear", scaler="probe", num_inference_steps=2, progress=False)
 
 
 @pytest.mark.parametrize("bad, message", [
@@ -73,7 +73,8 @@ def test_bf16_pipelines_are_steered_and_keep_their_dtype(concept):
 
 
 def test_incremental_fitting_collects_later_sites_with_earlier_ones_steered(pipe, concept):
-    inc = fit_concept(pipe, SRC, TGT, CTL, name="pear", num_inference_steps=2, incremental=2, progress=False)
+    inc = fit_concept(pipe, SRC, TGT, CTL, name="pear", scaler="probe", num_inference_steps=2, incremental=2,
+                      progress=False)
     assert inc.config.sites == concept.config.sites
     assert inc.config.fitted_on["incremental"] == 2
     first, last = inc.config.sites[0], inc.config.sites[-1]

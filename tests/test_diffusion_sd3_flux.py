@@ -16,7 +16,7 @@ TRUE_CFG = {"negative_prompt": "a plain photo", "true_cfg_scale": 2.0}
 
 def _fit(pipe, **kwargs):
     return fit_concept(pipe, SOURCE, TARGET, CONTROL, name="pear", num_inference_steps=2, batch_size=12,
-                       progress=False, **kwargs)
+                       progress=False, **({"scaler": "probe", "n_components": 5} | kwargs))
 
 
 @pytest.fixture(scope="module", params=["sd3", "flux"])

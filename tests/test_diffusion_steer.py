@@ -16,8 +16,8 @@ CONTROL = [f"a plain photo of a {t} at night" for t in THINGS]
 @pytest.fixture(scope="module", params=["sd", "sdxl"])
 def fitted(request, tmp_path_factory):
     pipe = tiny_sd() if request.param == "sd" else tiny_sdxl()
-    concept = fit_concept(pipe, SOURCE, TARGET, CONTROL, name="pear", num_inference_steps=2, batch_size=12,
-                          progress=False, source_text="a banana", target_text="a pear")
+    concept = fit_concept(pipe, SOURCE, TARGET, CONTROL, name="pear", scaler="probe", num_inference_steps=2,
+                          batch_size=12, progress=False, source_text="a banana", target_text="a pear")
     path = tmp_path_factory.mktemp(request.param) / "pear"
     concept.save_pretrained(path)
     return request.param, pipe, Concept.from_pretrained(path)
@@ -125,7 +125,7 @@ def test_a_planted_concept_gets_high_alpha_on_held_out_source_and_low_on_held_ou
     tgt = [f"a ripe green pear fruit beside a {t}" for t in things]
     ctl = [f"a plain photo of a {t} at night" for t in things]
     pipe = tiny_sd()
-    concept = fit_concept(pipe, src, tgt, ctl, name="p", num_inference_steps=4, progress=False)
+    concept = fit_concept(pipe, src, tgt, ctl, name="p", scaler="probe", num_inference_steps=4, progress=False)
     ungated = [s for s in concept.config.sites if not concept.config.diagnostics[s]["gated"]]
     assert ungated
 

@@ -39,6 +39,8 @@ class Example:
     source_text: str
     target_text: str
     scaler: str = "probe"  # the one that measured best for this example (see the README's evaluation)
+    collect_steps: str | None = None  # denoising steps pooled while fitting (None: every step)
+    strengths: str = "0,1,2,4,8,12,16"  # λ swept by the report
 
 
 def _cycle(items: list[str], n: int) -> list[str]:
@@ -99,9 +101,10 @@ def write_prompts(example: Example, root: Path) -> dict[str, Path]:
 
 def fit_command(example: Example, paths: dict[str, Path], out: Path, transform: str) -> list[str]:
     """The ``dsas fit`` command line that fits this example."""
+    steps = ["--collect-steps", example.collect_steps] if example.collect_steps else []
     return ["fit", "--model", "demo", "--source", str(paths["source"]), "--target", str(paths["target"]),
             "--control", str(paths["control"]), "--transform", transform, "--scaler", example.scaler, "--name", example.name,
-            "--source-text", example.source_text, "--target-text", example.target_text, "--out", str(out)]
+            "--source-text", example.source_text, "--target-text", example.target_text, *steps, "--out", str(out)]
 
 
 def main(argv: list[str] | None = None) -> None:
