@@ -2,8 +2,10 @@
 
 * ``red-circles-to-blue`` — turn red shapes blue, but only when the shape is a circle;
 * ``no-green`` — a green shape becomes another colour wherever green is asked for;
-* ``circles-on-black`` — circles get a black background; other shapes keep theirs (fitted with the ``prompt``
-  scaler: background positions cannot tell a circle prompt from a square one, the prompt can).
+* ``circles-on-black`` — circles get a black background; other shapes keep theirs.
+
+All three are fitted with the library's defaults (the ``prompt`` scaler, 16 components: the winners of
+``python -m dsas_diffusion.demo.study``); each example carries the strengths its evaluation sweeps.
 
 ``python -m dsas_diffusion.demo.concepts`` writes the prompt files to ``assets/prompts/NAME/`` and fits each
 concept into ``assets/concepts/NAME/`` with the bundled demo model; each fit is also one ``dsas fit`` command,
@@ -38,9 +40,8 @@ class Example:
     oracle: str  # what the concept should achieve on steer prompts, e.g. "colour=blue"
     source_text: str
     target_text: str
-    scaler: str = "probe"  # the one that measured best for this example (see the README's evaluation)
-    collect_steps: str | None = None  # denoising steps pooled while fitting (None: every step)
-    strengths: str = "0,1,2,4,8,12,16"  # λ swept by the report
+    scaler: str = "prompt"
+    strengths: str = "0,2,4,8,12,16"  # λ swept by the report: colour changes need large λ on this model
 
 
 def _cycle(items: list[str], n: int) -> list[str]:
@@ -81,7 +82,7 @@ def circles_on_black() -> Example:
     ctl = [caption(c, s, b) for s in SHAPES if s != "circle" for c, b in pairs]
     return Example("circles-on-black", src[::1][:N_FIT], tgt[:N_FIT], ctl[::3][:N_FIT], src[-N_EVAL:],
                    ctl[1::3][:N_EVAL], "background=black", "a shape on a colourful background",
-                   "a shape on a black background", scaler="prompt")
+                   "a shape on a black background", strengths="0,1,2,3,4,6,8")
 
 
 EXAMPLES = {e.name: e for e in (red_circles_to_blue(), no_green(), circles_on_black())}
@@ -99,12 +100,12 @@ def write_prompts(example: Example, root: Path) -> dict[str, Path]:
     return paths
 
 
-def fit_command(example: Example, paths: dict[str, Path], out: Path, transform: str) -> list[str]:
-    """The ``dsas fit`` command line that fits this example."""
-    steps = ["--collect-steps", example.collect_steps] if example.collect_steps else []
+def fit_command(example: Example, paths: dict[str, Path], out: Path, transform: str,
+                scaler: str | None = None) -> list[str]:
+    """The ``dsas fit`` command line that fits this example (with its own scaler unless ``scaler`` is given)."""
     return ["fit", "--model", "demo", "--source", str(paths["source"]), "--target", str(paths["target"]),
-            "--control", str(paths["control"]), "--transform", transform, "--scaler", example.scaler, "--name", example.name,
-            "--source-text", example.source_text, "--target-text", example.target_text, *steps, "--out", str(out)]
+            "--control", str(paths["control"]), "--transform", transform, "--scaler", scaler or example.scaler, "--name", example.name,
+            "--source-text", example.source_text, "--target-text", example.target_text, "--out", str(out)]
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -2,10 +2,11 @@
 
     python -m dsas_diffusion.demo.report                       # every example × mean_shift, linear_act
     python -m dsas_diffusion.demo.report --only no-green --transforms mean_shift
+    python -m dsas_diffusion.demo.report --methods             # circles-on-black: every scaler and E2E-DSAS
 
 Concepts go to ``runs/concepts/TRANSFORM/NAME`` (the bundled ones in ``assets/concepts`` are the mean_shift fits),
 evaluation outputs to ``runs/eval/TRANSFORM/NAME``; the summary table to ``runs/demo_report.md`` and the Pareto
-plots to ``assets/eval/``.
+plots to ``assets/eval/``. Each example sweeps its own strengths (``--strengths`` overrides them).
 """
 
 from __future__ import annotations
@@ -20,45 +21,89 @@ from dsas_core.paths import assets_dir
 
 from .concepts import EXAMPLES, fit_command, write_prompts
 
+METHODS_EXAMPLE = "circles-on-black"
+E2E_STRENGTHS = "0,1,1.5,2,3"
 
-def run_one(name: str, transform: str, runs: Path, strengths: str, seeds: int) -> dict:
-    """Fit (if missing) and evaluate one example with one transform; returns its comparison summary."""
+
+def run_one(name: str, transform: str, runs: Path, strengths: str | None, seeds: int, scaler: str | None = None,
+            concept_dir: Path | None = None) -> dict:
+    """Fit (if missing) and evaluate one example with one transform (and scaler, default the example's); returns
+    its comparison summary. ``concept_dir`` evaluates an existing concept instead."""
     from dsas_core.cli import main as dsas
 
     example = EXAMPLES[name]
     paths = write_prompts(example, assets_dir() / "prompts")
-    concept_dir = runs / "concepts" / transform / name
-    if not (concept_dir / "dsas_config.json").exists():
-        start = time.perf_counter()
-        dsas(fit_command(example, paths, concept_dir, transform))
-        fit_s = time.perf_counter() - start
-    else:
-        fit_s = float("nan")
-    out = runs / "eval" / transform / name
+    tag = transform if scaler is None or scaler == example.scaler else f"{transform}-{scaler}"
+    fit_s = float("nan")
+    if concept_dir is None:
+        concept_dir = runs / "concepts" / tag / name
+        if not (concept_dir / "dsas_config.json").exists():
+            start = time.perf_counter()
+            dsas(fit_command(example, paths, concept_dir, transform, scaler))
+            fit_s = time.perf_counter() - start
+    out = runs / "eval" / tag / name
     cmd = ["eval", "--model", "demo", "--concept", str(concept_dir), "--steer-prompts", str(paths["eval_steer"]),
            "--control-prompts", str(paths["eval_control"]), "--clip", "demo", "--oracle", example.oracle,
-           "--strengths", strengths, "--seeds", str(seeds), "--out", str(out)]
-    print("dsas " + " ".join(cmd))
-    dsas(cmd)
+           "--strengths", strengths or example.strengths, "--seeds", str(seeds), "--out", str(out)]
+    if fit_s == fit_s or not _done(out, cmd):  # a fresh fit (fit_s is not NaN) is always evaluated
+        print("dsas " + " ".join(cmd))
+        dsas(cmd)
     result = json.loads((out / "results.json").read_text())
     plots = assets_dir() / "eval"
     plots.mkdir(exist_ok=True)
-    shutil.copy(out / "pareto.png", plots / f"{name}-{transform}.png")
-    shutil.copy(out / "grid.png", plots / f"{name}-{transform}-grid.png")
-    return {"name": name, "transform": transform, "fit_s": fit_s, "eval_s": result["seconds"],
+    shutil.copy(out / "pareto.png", plots / f"{name}-{tag}.png")
+    shutil.copy(out / "grid.png", plots / f"{name}-{tag}-grid.png")
+    return {"name": name, "transform": tag, "fit_s": fit_s, "eval_s": result["seconds"],
             "images": len(result["rows"]), "comparison": result["comparison"], "curves": result["curves"]}
+
+
+def _done(out: Path, cmd: list[str]) -> bool:
+    """Whether ``out`` already holds the results of this evaluation (same concept, strengths and seeds)."""
+    path = out / "results.json"
+    if not path.exists():
+        return False
+    old = json.loads(path.read_text())
+    strengths = sorted({float(s) for s in cmd[cmd.index("--strengths") + 1].split(",")} | {0.0})
+    return old["settings"]["strengths"] == strengths and old["settings"]["seeds"] == int(cmd[cmd.index("--seeds") + 1])
 
 
 def table(results: list[dict]) -> str:
     """The README's markdown table."""
-    lines = ["| concept | transform | oracle gain at matched concept score | DSAS concept reach at ≥ 95 % preserved "
-             "(of plain's best) | plain best concept | eval time |",
-             "|---|---|---|---|---|---|"]
+    lines = ["| concept | transform | plain best concept (λ) | DSAS best concept keeping ≥ 95 % (λ), of plain's best "
+             "| control kept at matched concept: plain → DSAS (mean) | images | eval time |",
+             "|---|---|---|---|---|---|---|"]
     for r in results:
         o = r["comparison"]["oracle"]
-        lines.append(f"| {r['name']} | {r['transform']} | {o['mean_gain_at_matched_concept']:+.3f} | "
-                     f"{o['dsas_reach_ratio']:.2f} | {o['best_plain_concept']:.2f} | {r['eval_s'] / 60:.1f} min |")
+        plain, dsas = r["curves"]["oracle"]["plain"], r["curves"]["oracle"]["dsas"]
+        best = max(plain, key=lambda p: p["concept"])
+        kept = [p for p in dsas if p["preservation"] >= 0.95]
+        reach = max(kept, key=lambda p: p["concept"]) if kept else None
+        reach_s = f"{reach['concept']:.2f} ({reach['strength']:g}), {o['dsas_reach_ratio']:.2f}" if reach else "—"
+        matched = o["matched"]
+        kept_s = (f"{sum(m['plain'] for m in matched) / len(matched):.2f} → {sum(m['dsas'] for m in matched) / len(matched):.2f}"
+                  if matched else "—")
+        lines.append(f"| {r['name']} | {r['transform']} | {best['concept']:.2f} ({best['strength']:g}) | {reach_s} | "
+                     f"{kept_s} | {r['images']} | {r['eval_s'] / 60:.1f} min |")
     return "\n".join(lines) + "\n"
+
+
+def methods_plot(runs: Path, seeds: int) -> dict:
+    """circles-on-black: plain steering, DSAS with the prompt and the probe scaler, E2E-DSAS and its map alone, in
+    one Pareto plot (``assets/eval/circles-on-black-methods.png``)."""
+    from ..evaluate import plot_methods
+
+    prompt = run_one(METHODS_EXAMPLE, "mean_shift", runs, None, seeds)
+    probe = run_one(METHODS_EXAMPLE, "mean_shift", runs, None, seeds, scaler="probe")
+    e2e = run_one(METHODS_EXAMPLE, "e2e", runs, E2E_STRENGTHS, seeds,
+                  concept_dir=assets_dir() / "concepts" / "circles-on-black-e2e")
+    curves = {"plain steering (mean shift)": prompt["curves"]["oracle"]["plain"],
+              "DSAS, prompt scaler": prompt["curves"]["oracle"]["dsas"],
+              "DSAS, probe scaler": probe["curves"]["oracle"]["dsas"],
+              "E2E map alone (α ≡ 1)": e2e["curves"]["oracle"]["plain"],
+              "E2E-DSAS": e2e["curves"]["oracle"]["dsas"]}
+    plot_methods(curves, assets_dir() / "eval" / f"{METHODS_EXAMPLE}-methods.png",
+                 f"{METHODS_EXAMPLE}: plain steering, DSAS (prompt, probe scalers), E2E-DSAS")
+    return {"results": [prompt, probe, e2e], "curves": curves}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -66,16 +111,23 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", default=None, help="one example name")
     parser.add_argument("--transforms", default="mean_shift,linear_act")
-    parser.add_argument("--strengths", default="0,0.5,1,1.5,2")
+    parser.add_argument("--strengths", default=None, help="comma-separated λ (default: each example's own)")
     parser.add_argument("--seeds", type=int, default=2)
     parser.add_argument("--runs", default="runs")
+    parser.add_argument("--methods", action="store_true", help="only the circles-on-black multi-method plot")
     args = parser.parse_args(argv)
     runs = Path(args.runs)
-    results = [run_one(name, t, runs, args.strengths, args.seeds) for t in args.transforms.split(",")
-               for name in EXAMPLES if not args.only or name == args.only]
-    report = table(results)
-    (runs / "demo_report.md").write_text(report)
-    (runs / "demo_report.json").write_text(json.dumps(results, indent=1))
+    if args.methods:
+        done = methods_plot(runs, args.seeds)
+        report, results = table(done["results"]), done["results"]
+        name = "demo_methods"
+    else:
+        results = [run_one(name, t, runs, args.strengths, args.seeds) for t in args.transforms.split(",")
+                   for name in EXAMPLES if not args.only or name == args.only]
+        report = table(results)
+        name = "-".join(["demo_report", *([args.only] if args.only else []), args.transforms.replace(",", "+")])
+    (runs / f"{name}.md").write_text(report)
+    (runs / f"{name}.json").write_text(json.dumps(results, indent=1))
     print(report)
 
 
