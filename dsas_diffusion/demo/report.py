@@ -53,8 +53,17 @@ def run_one(name: str, transform: str, runs: Path, strengths: str | None, seeds:
     plots.mkdir(exist_ok=True)
     shutil.copy(out / "pareto.png", plots / f"{name}-{tag}.png")
     shutil.copy(out / "grid.png", plots / f"{name}-{tag}-grid.png")
+    steer_rows = [r for r in result["rows"] if r["set"] == "steer" and r["method"] == "dsas"]
     return {"name": name, "transform": tag, "fit_s": fit_s, "eval_s": result["seconds"],
-            "images": len(result["rows"]), "comparison": result["comparison"], "curves": result["curves"]}
+            "images": len(result["rows"]), "comparison": result["comparison"], "curves": result["curves"],
+            "others_kept": {s: others_kept(steer_rows, s) for s in sorted({r["strength"] for r in steer_rows})}}
+
+
+def others_kept(rows: list[dict], strength: float) -> float:
+    """Of the steer images at ``strength`` that reached the target, the mean fraction of their two other attributes
+    left unchanged (the target attribute changed, so 3 × unchanged fraction / 2); NaN when none reached it."""
+    hits = [r for r in rows if r["strength"] == strength and r["oracle_hit"] == 1.0]
+    return sum(1.5 * r["oracle_unchanged"] for r in hits) / len(hits) if hits else float("nan")
 
 
 def _done(out: Path, cmd: list[str]) -> bool:
@@ -70,8 +79,9 @@ def _done(out: Path, cmd: list[str]) -> bool:
 def table(results: list[dict]) -> str:
     """The README's markdown table."""
     lines = ["| concept | transform | plain best concept (λ) | DSAS best concept keeping ≥ 95 % (λ), of plain's best "
-             "| control kept at matched concept: plain → DSAS (mean) | images | eval time |",
-             "|---|---|---|---|---|---|---|"]
+             "| control kept at matched concept: plain → DSAS (mean) | steered images: other attributes kept "
+             "| images | eval time |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in results:
         o = r["comparison"]["oracle"]
         plain, dsas = r["curves"]["oracle"]["plain"], r["curves"]["oracle"]["dsas"]
@@ -82,8 +92,9 @@ def table(results: list[dict]) -> str:
         matched = o["matched"]
         kept_s = (f"{sum(m['plain'] for m in matched) / len(matched):.2f} → {sum(m['dsas'] for m in matched) / len(matched):.2f}"
                   if matched else "—")
+        others = r["others_kept"].get(reach["strength"], float("nan")) if reach else float("nan")
         lines.append(f"| {r['name']} | {r['transform']} | {best['concept']:.2f} ({best['strength']:g}) | {reach_s} | "
-                     f"{kept_s} | {r['images']} | {r['eval_s'] / 60:.1f} min |")
+                     f"{kept_s} | {others:.2f} | {r['images']} | {r['eval_s'] / 60:.1f} min |")
     return "\n".join(lines) + "\n"
 
 
