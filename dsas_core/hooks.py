@@ -263,6 +263,7 @@ class _SiteHook:
 
     def __call__(self, module: nn.Module, args: Any, kwargs: Any, output: Any) -> Any:
         handle = self.handle
+        handle.hooks_ran = True  # read by the root model's check (a store only: nothing to guard under compile)
         if not handle.enabled:
             return None
         strengths = handle.strengths
@@ -344,6 +345,20 @@ class SteeringHandle(HookHandle):
         self.alpha_reuse: Literal["off", "store", "load"] = "off"
         self.alpha_memory: dict[tuple[str, str], Tensor] = {}  # (concept, site) -> α of the last "store" call
         self.records: list[AlphaRecord] = []
+        self.hooks_ran = False  # set by every site hook; checked and cleared after each call of the root model
+
+    def check_hooks_ran(self, output: Any = None) -> None:
+        """After a call of the root model: raise unless a site hook ran during it."""
+        ran, self.hooks_ran = self.hooks_ran, False
+        if not ran:
+            raise DsasError(
+                "the steering hooks did not run during this call: the model ran a torch.compile graph traced "
+                "without them. Compiled graphs are shared by every module of a class and do not check empty hook "
+                "lists (torch._dynamo.config.skip_nnmodule_hook_guards), so a graph compiled for an unsteered copy "
+                "of this model, or for this model before steering was attached, skips the hooks. Call "
+                "torch.compiler.reset() and run again; to keep steered and unsteered copies compiled side by side, "
+                "set torch._dynamo.config.skip_nnmodule_hook_guards = False before compiling."
+            )
 
     def alpha_records(self, concept: str | None = None, site: str | None = None) -> list[AlphaRecord]:
         """Recorded α, optionally filtered by concept and site, in call order."""
@@ -363,12 +378,14 @@ def attach(
     adaptive: bool = True,
     record_alpha: bool = False,
     handle_class: type[SteeringHandle] = SteeringHandle,
+    root: nn.Module | None = None,
 ) -> SteeringHandle:
     """Hook every site any concept steers; returns the handle (also a context manager).
 
     ``sites`` must include every site of every concept (extra sites are ignored). Raises if a site already
     carries dsas steering, if two concepts share a name, or if a concept names a site not given. Adapters pass
-    their own ``handle_class`` (a subclass adding e.g. α maps).
+    their own ``handle_class`` (a subclass adding e.g. α maps). ``root``, the model the sites belong to: after
+    each of its calls, a check that the site hooks ran (a stale compiled graph would skip them silently).
     """
     pairs = list(concepts.items()) if isinstance(concepts, Mapping) else list(concepts)
     if not pairs:
@@ -412,6 +429,8 @@ def attach(
                 for e in entries:
                     handle.strengths.tensor(e.name, device)
             handle._register(site.module, hook)
+        if root is not None:
+            handle.after_calls(root, torch.compiler.disable(handle.check_hooks_ran))
     except BaseException:
         handle.remove()
         raise

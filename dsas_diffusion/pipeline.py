@@ -247,7 +247,7 @@ def attach(
         raise DsasError(f"step_window must be (start, stop) with 0 <= start < stop, got {step_window!r}.")
     cands = candidates(denoiser)
     handle = core_attach([c.site for c in cands], pairs, adaptive=adaptive, record_alpha=record_alpha,
-                         handle_class=DiffusionHandle)
+                         handle_class=DiffusionHandle, root=denoiser)
     assert isinstance(handle, DiffusionHandle)
     handle.pipe = pipe
     handle.step_window = tuple(step_window) if step_window is not None else None

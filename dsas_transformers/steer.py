@@ -222,7 +222,7 @@ def attach(
     refuse_compiled(model)
     pairs = [(_load(c), lam) for c, lam in concepts.items()]
     resolved = check_fits(model, [c for c, _ in pairs])
-    core = core_attach([s.site for s in resolved], pairs, adaptive=adaptive, record_alpha=record_alpha)
+    core = core_attach([s.site for s in resolved], pairs, adaptive=adaptive, record_alpha=record_alpha, root=model)
     try:
         return LMSteering(model, core)
     except BaseException:

@@ -1,5 +1,7 @@
 """torch.compile with DSAS hooks: strength changes never recompile; attaching to a compiled model is refused."""
 
+import copy
+
 import pytest
 import torch
 from torch._dynamo.utils import counters
@@ -27,6 +29,10 @@ def latents(pipe):
     return pipe(PROMPTS, num_inference_steps=3, output_type="latent", generator=torch.Generator().manual_seed(0)).images
 
 
+def with_unet(pipe, unet):
+    return type(pipe)(**{**pipe.components, "unet": unet})
+
+
 def graphs():
     return counters["stats"]["unique_graphs"]
 
@@ -44,7 +50,7 @@ def test_a_compiled_unet_follows_every_strength_without_recompiling():
         handle.strengths["bench"] = 1.0
         assert torch.equal(latents(pipe), eager[1.0])
         assert graphs() == 1
-        assert sum(counters["graph_break"].values()) == 1  # the step tracker, run eagerly before each call
+        assert sum(counters["graph_break"].values()) == 2  # step tracker before, hooks-ran check after: eager
         with torch._dynamo.config.patch(error_on_recompile=True):
             for lam in (0.5, -0.7):
                 handle.strengths["bench"] = lam
@@ -66,6 +72,32 @@ def test_alpha_recorded_under_compile_matches_eager_recording():
         maps = handle.alpha_maps()["bench"]
     assert maps.keys() == eager_maps.keys()
     assert all(torch.equal(maps[s], eager_maps[s]) for s in maps)
+
+
+def test_a_graph_compiled_for_an_unsteered_copy_is_caught_instead_of_silently_skipping_the_hooks():
+    pipe = tiny_sd()
+    concept = bench_concept(pipe.unet)
+    twin = copy.deepcopy(pipe.unet)
+    twin.compile(backend="eager")
+    latents(with_unet(pipe, twin))  # the same calls, unsteered: its graph now serves every UNet of this class
+    with steer(pipe, {concept: 1.0}):
+        pipe.unet.compile(backend="eager")
+        with pytest.raises(DsasError, match="did not run during this call.*skip_nnmodule_hook_guards = False"):
+            latents(pipe)
+
+
+def test_with_hook_guards_on_steered_and_unsteered_compiled_copies_coexist():
+    pipe = tiny_sd()
+    concept = bench_concept(pipe.unet)
+    with steer(pipe, {concept: 1.0}):
+        eager = latents(pipe)
+    twin = copy.deepcopy(pipe.unet)
+    with torch._dynamo.config.patch(skip_nnmodule_hook_guards=False):
+        twin.compile(backend="eager")
+        latents(with_unet(pipe, twin))
+        with steer(pipe, {concept: 1.0}):
+            pipe.unet.compile(backend="eager")
+            assert torch.equal(latents(pipe), eager)
 
 
 @pytest.mark.parametrize("how", ["module.compile()", "torch.compile(module)", "a compiled block"])
