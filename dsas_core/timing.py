@@ -7,7 +7,7 @@ import threading
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
@@ -15,7 +15,7 @@ import torch
 
 @dataclass
 class Timing:
-    """Seconds of one configuration over its repeats."""
+    """Seconds of one configuration over its repeats (``samples`` in the order they ran)."""
 
     name: str
     median: float
@@ -23,6 +23,7 @@ class Timing:
     high: float
     repeats: int
     peak_mb: float | None = None
+    samples: list[float] = field(default_factory=list)
 
     @property
     def spread(self) -> float:
@@ -32,10 +33,27 @@ class Timing:
     def as_dict(self) -> dict[str, Any]:
         return asdict(self) | {"spread": self.spread}
 
+    @classmethod
+    def of(cls, name: str, samples: list[float], peak_mb: float | None = None) -> "Timing":
+        """Summary of ``samples``."""
+        return cls(name, statistics.median(samples), min(samples), max(samples), len(samples), peak_mb, samples)
+
 
 def _sync(device: torch.device | None) -> None:
     if device is not None and device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def rotate(measure: Callable[[str], float], names: list[str], repeats: int) -> dict[str, list[float]]:
+    """``measure(name)`` for every name, ``repeats`` rounds after one warm-up round, the order rotating by one
+    each round so that no configuration always runs first or after the same neighbour."""
+    samples: dict[str, list[float]] = {n: [] for n in names}
+    for rep in range(repeats + 1):
+        for name in names[rep % len(names):] + names[:rep % len(names)]:
+            elapsed = measure(name)
+            if rep > 0:
+                samples[name].append(elapsed)
+    return samples
 
 
 def interleaved(
@@ -48,27 +66,51 @@ def interleaved(
     """Time ``run`` under each config's context, rotating the order every repeat (after one warm-up each).
 
     ``after(ctx)`` runs outside the timed region (e.g. to clear recorded α)."""
-    names = list(configs)
-    samples: dict[str, list[float]] = {n: [] for n in names}
+    cuda = device is not None and device.type == "cuda"
     peaks: dict[str, float] = {}
-    for rep in range(repeats + 1):
-        order = names[rep % len(names):] + names[:rep % len(names)]
-        for name in order:
-            with configs[name]() as ctx:
-                if device is not None and device.type == "cuda":
-                    torch.cuda.reset_peak_memory_stats(device)
-                _sync(device)
-                start = time.perf_counter()
-                run()
-                _sync(device)
-                elapsed = time.perf_counter() - start
-                if device is not None and device.type == "cuda":
-                    peaks[name] = max(peaks.get(name, 0.0), torch.cuda.max_memory_allocated(device) / 2**20)
-                if after is not None:
-                    after(ctx)
-            if rep > 0:
-                samples[name].append(elapsed)
-    return {n: Timing(n, statistics.median(v), min(v), max(v), len(v), peaks.get(n)) for n, v in samples.items()}
+
+    def measure(name: str) -> float:
+        with configs[name]() as ctx:
+            if cuda:
+                torch.cuda.reset_peak_memory_stats(device)
+            _sync(device)
+            start = time.perf_counter()
+            run()
+            _sync(device)
+            elapsed = time.perf_counter() - start
+            if cuda:
+                peaks[name] = max(peaks.get(name, 0.0), torch.cuda.max_memory_allocated(device) / 2**20)
+            if after is not None:
+                after(ctx)
+        return elapsed
+
+    samples = rotate(measure, list(configs), repeats)
+    return {n: Timing.of(n, v, peaks.get(n)) for n, v in samples.items()}
+
+
+def interleaved_jobs(jobs: dict[str, Callable[[], Any]], repeats: int = 5, device: torch.device | None = None,
+                     cpu_time: bool = False) -> dict[str, Timing]:
+    """Time each job (rotating, after one warm-up round). ``cpu_time=True`` counts this process's CPU seconds
+    instead of wall seconds: for single-threaded CPU runs it is the work done, and other processes on a shared
+    machine inflate it far less than the wall clock."""
+    clock = time.process_time if cpu_time else time.perf_counter
+
+    def measure(name: str) -> float:
+        _sync(device)
+        start = clock()
+        jobs[name]()
+        _sync(device)
+        return clock() - start
+
+    samples = rotate(measure, list(jobs), repeats)
+    return {n: Timing.of(n, v) for n, v in samples.items()}
+
+
+def paired_ratios(num: Timing, den: Timing) -> dict[str, float]:
+    """Median, min and max of the per-round ratios ``num / den`` (rounds ran side by side), and their spread."""
+    r = [a / b for a, b in zip(num.samples, den.samples)]
+    med = statistics.median(r)
+    return {"median": med, "low": min(r), "high": max(r), "spread": (max(r) - min(r)) / med}
 
 
 def verdict(ratio: float, limit: float, baseline: Timing) -> str:

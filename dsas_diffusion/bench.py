@@ -1,4 +1,4 @@
-"""Benchmarks of steering overhead on diffusers denoisers, and of fitting cost (``dsas bench``).
+"""Benchmarks of steering overhead on diffusers denoisers (``dsas bench``); fitting cost is in ``bench_fit``.
 
 Every configuration runs the same denoiser calls on the same inputs, interleaved and repeated; ratios are medians
 over the unsteered median. A concept with every site active (gate 0) is the worst case for DSAS.
@@ -6,6 +6,7 @@ over the unsteered median. A concept with every site active (gate 0) is the wors
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -13,7 +14,7 @@ import torch
 from torch import nn
 
 from dsas_core import Concept, fit_from_activations
-from dsas_core.timing import PeakRSS, Timing, interleaved, no_context, verdict
+from dsas_core.timing import Timing, interleaved, interleaved_jobs, no_context, verdict
 
 from .pipeline import attach
 from .sites import candidates
@@ -64,7 +65,7 @@ def unet_runner(unet: nn.Module, latent: int, batch: int, steps: int, text_token
     cfg = unet.config
     sample = torch.randn(batch, cfg.in_channels, latent, latent, generator=g).to(device, dtype)
     text = torch.randn(batch, text_tokens, cfg.cross_attention_dim, generator=g).to(device, dtype)
-    timesteps = torch.linspace(900, 100, steps).long().tolist()
+    timesteps = [t.to(device) for t in torch.linspace(900, 100, steps).long()]  # 0-d tensors, as pipelines pass
     added = None
     if cfg.addition_embed_type == "text_time":  # SDXL: pooled text and the six size/crop numbers
         pooled = cfg.projection_class_embeddings_input_dim - 6 * cfg.addition_time_embed_dim
@@ -100,71 +101,67 @@ def overhead(denoiser: nn.Module, run: Callable[[], None], repeats: int = 7, dev
     return report(timings, LIMITS)
 
 
-def report(timings: dict[str, Timing], limits: dict[str, float]) -> dict[str, Any]:
-    """Timings with ratios to 'unsteered' and a verdict per limit."""
-    base = timings["unsteered"]
+def report(timings: dict[str, Timing], limits: dict[str, float], bases: dict[str, str] | None = None) -> dict[str, Any]:
+    """Timings with ratios to 'unsteered' (or to ``bases[name]``) and a verdict per limit."""
     out: dict[str, Any] = {"timings": {n: t.as_dict() for n, t in timings.items()}, "ratios": {}, "verdicts": {}}
     for name, limit in limits.items():
         if name in timings:
+            base = timings[(bases or {}).get(name, "unsteered")]
             ratio = timings[name].median / base.median
             out["ratios"][name] = ratio
             out["verdicts"][name] = {"limit": limit, "verdict": verdict(ratio, limit, base)}
     return out
 
 
-def fit_cost(pipe: Any, prompts: dict[str, list[str]], num_inference_steps: int = 10, batch_size: int = 8,
-             repeats: int = 3) -> dict[str, Any]:
-    """``fit_concept`` on the three prompt sets vs the same prompts through the pipeline (latents only, same
-    steps and batch size) with no hooks; medians of ``repeats``."""
-    import statistics
-    import time
+def compile_overhead(denoiser: nn.Module, make_run: Callable[[nn.Module], Callable[[], None]], repeats: int = 7,
+                     device: torch.device | None = None, mode: str | None = None,
+                     backend: str = "inductor") -> dict[str, Any]:
+    """Compiled unsteered vs compiled DSAS (attached, then compiled), beside the unsteered and DSAS denoiser run
+    eagerly; every configuration on its own copy of ``denoiser``. (α recording under compile breaks the graph at
+    every site and recompiles when switched: not timed here.)
 
-    from .fit import fit_concept
+    λ moves before every compiled DSAS run; ``recompiles`` counts the graphs compiled after the first calls
+    (0 expected). ``compile_s``: seconds of each compiled copy's first call (compiling included). Compiled with
+    ``torch._dynamo.config.skip_nnmodule_hook_guards = False``, so that the copies' graphs stay apart."""
+    import copy
 
-    everything = prompts["source"] + prompts["target"] + prompts["control"]
-    pipe.set_progress_bar_config(disable=True)
+    from torch._dynamo.utils import counters
 
-    def bare() -> None:
-        for i in range(0, len(everything), batch_size):
-            pipe(everything[i:i + batch_size], num_inference_steps=num_inference_steps, output_type="latent",
-                 generator=torch.Generator().manual_seed(i))
+    concept = bench_concept(denoiser)
+    models = {n: copy.deepcopy(denoiser) for n in ("unsteered", "dsas", "compiled", "compiled_dsas")}
+    handles = {n: attach(models[n], {concept: 1.0}) for n in ("dsas", "compiled_dsas")}
+    runs = {}
+    for name, model in models.items():
+        if name.startswith("compiled"):
+            model.compile(mode=mode, backend=backend)
+        runs[name] = make_run(model)
+    lams = iter(torch.linspace(0.5, 1.5, 4 * (repeats + 2)).tolist())
 
-    def fit() -> None:
-        fit_concept(pipe, prompts["source"], prompts["target"], prompts["control"], name="bench",
-                    num_inference_steps=num_inference_steps, batch_size=batch_size, progress=False)
+    def job(name: str) -> Callable[[], None]:
+        def go() -> None:
+            if name in handles:
+                handles[name].strengths["bench"] = next(lams)  # a slider move before every run
+            runs[name]()
+        return go
 
-    times: dict[str, list[float]] = {"bare": [], "fit": []}
-    for _ in range(repeats):
-        for name, fn in (("bare", bare), ("fit", fit)):
+    jobs = {n: job(n) for n in models}
+    compile_s = {}
+    # steered and unsteered copies of one class compiled side by side: graphs must check the hook lists
+    with torch._dynamo.config.patch(skip_nnmodule_hook_guards=False):
+        for name in [n for n in models if n.startswith("compiled")]:
             start = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - start)
-    bare_s, fit_s = statistics.median(times["bare"]), statistics.median(times["fit"])
-    return {"bare_s": bare_s, "fit_s": fit_s, "ratio": fit_s / bare_s, "limit": 1.2,
-            "verdict": "pass" if fit_s / bare_s <= 1.2 else "fail", "samples": times}
-
-
-def fit_memory(pipe: Any, prompts: dict[str, list[str]], size: int, steps: int) -> float:
-    """Peak resident-memory growth (MiB) of one ``fit_concept`` at image side ``size`` and ``steps`` collected."""
-    from .fit import fit_concept
-
-    with PeakRSS() as rss:
-        fit_concept(_Sized(pipe, size), prompts["source"], prompts["target"], prompts["control"], name="bench",
-                    num_inference_steps=steps, progress=False)
-    return rss.growth_mb
-
-
-class _Sized:
-    """A pipeline proxy that generates at a fixed image side (everything else delegated)."""
-
-    def __init__(self, pipe: Any, size: int) -> None:
-        self._pipe, self._size = pipe, size
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._pipe, name)
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        return self._pipe(*args, height=self._size, width=self._size, **kwargs)
+            jobs[name]()
+            compile_s[name] = time.perf_counter() - start
+            jobs[name]()  # a second strength: must not recompile
+        graphs = counters["stats"]["unique_graphs"]
+        timings = interleaved_jobs(jobs, repeats=repeats, device=device)
+    for h in handles.values():
+        h.remove()
+    limits = {"dsas": LIMITS["dsas"], "compiled_dsas": LIMITS["dsas"]}
+    out = report(timings, limits, bases={"compiled_dsas": "compiled"})
+    return out | {"compiled_speedup": timings["unsteered"].median / timings["compiled"].median,
+                  "compile_s": compile_s, "recompiles": counters["stats"]["unique_graphs"] - graphs,
+                  "mode": mode or "default", "backend": backend, "sites": len(concept.config.sites)}
 
 
 def flux_transformer(device: torch.device | None = None, double: int = 1, single: int = 2) -> nn.Module:

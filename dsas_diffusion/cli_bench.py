@@ -13,9 +13,10 @@ from dsas_core.cli import HelpFormatter
 EXAMPLE = """examples:
   dsas bench                                 # every benchmark this machine can run, results printed
   dsas bench --only sd15 --repeats 9 --json bench.json
-  dsas bench --only demo,fit --device cpu"""
+  dsas bench --only demo,fit --device cpu
+  dsas bench --only compile --compile-mode reduce-overhead   # torch.compile: unsteered vs DSAS, both compiled"""
 
-BENCHES = ("demo", "sd15", "sdxl", "flux", "llm", "fit")
+BENCHES = ("demo", "sd15", "sdxl", "flux", "llm", "fit", "compile")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -24,12 +25,17 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description="Times, interleaved and repeated, the denoiser (or LLM) unsteered, attached with "
                                    "every strength 0, with plain steering, with DSAS, and with DSAS recording α; "
                                    "reports medians, min/max, ratios to unsteered and a verdict per budget "
-                                   "('inconclusive' when the unsteered spread exceeds the margin judged).",
+                                   "('inconclusive' when the unsteered spread exceeds the margin judged). 'fit' "
+                                   "times fit_concept against the bare denoising passes it needs and measures its "
+                                   "peak memory; 'compile' compares the torch.compile'd denoiser unsteered and with "
+                                   "DSAS.",
                        epilog=EXAMPLE, formatter_class=HelpFormatter)
     p.add_argument("--only", default=",".join(BENCHES), help=f"comma-separated subset of {','.join(BENCHES)}")
     p.add_argument("--repeats", type=int, default=7)
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when present)")
     p.add_argument("--latent", type=int, default=None, help="latent side for sd15 (default: 16 on CPU, 64 on GPU)")
+    p.add_argument("--compile-mode", default=None,
+                   help="torch.compile mode for the compile benchmark (default, reduce-overhead, max-autotune)")
     p.add_argument("--json", default=None, help="also write the results to this file")
     p.set_defaults(func=bench_command)
 
@@ -100,6 +106,24 @@ def _flux(device: Any, args: argparse.Namespace) -> dict[str, Any]:
                                        steps=2 if gpu else 1), repeats=args.repeats, device=device) | {"image_side": side}
 
 
+def _compile(device: Any, args: argparse.Namespace) -> dict[str, Any]:
+    import torch
+
+    from .bench import compile_overhead, sd15_unet, unet_runner
+    from .demo import load_demo_pipeline
+
+    if device.type == "cuda":  # an SD 1.5-sized UNet, fp16, latent 64², batch 2, 4 steps
+        unet = sd15_unet().to(device, torch.float16)
+        make = lambda m: unet_runner(m, latent=64, batch=2, steps=4, device=device, dtype=torch.float16)  # noqa: E731
+        workload = "SD 1.5-sized UNet (random weights), fp16, latent 64², batch 2, 4 steps"
+    else:
+        unet = load_demo_pipeline(device=device).unet
+        make = lambda m: unet_runner(m, latent=16, batch=2, steps=20, text_tokens=32, device=device)  # noqa: E731
+        workload = "demo UNet, latent 16², batch 2, 20 steps"
+    return compile_overhead(unet, make, repeats=args.repeats, device=device, mode=args.compile_mode) | {
+        "workload": workload}
+
+
 def _llm(device: Any, args: argparse.Namespace) -> dict[str, Any]:
     from dsas_transformers.bench import tokens_per_second
 
@@ -107,38 +131,25 @@ def _llm(device: Any, args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _fit(device: Any, args: argparse.Namespace) -> dict[str, Any]:
-    from .bench import fit_cost, fit_memory
+    from .bench_fit import fit_cost, fit_memory, fit_prompts
     from .demo import load_demo_pipeline
 
-    pipe = load_demo_pipeline(device=device)
-    colours = ["red", "green", "blue", "yellow", "purple", "orange", "white", "black"]
-    shapes = ["circle", "square", "triangle", "cross"]
-    prompts = {
-        "source": [f"a red {s} on a {b} background" for s in shapes for b in colours if b != "red"][:32],
-        "target": [f"a blue {s} on a {b} background" for s in shapes for b in colours if b != "blue"][:32],
-        "control": [f"a {c} {s} on a {b} background" for c in ("green", "yellow") for s in shapes for b in colours
-                    if b != c][:32],
-    }
-    cost = fit_cost(pipe, prompts, repeats=max(1, args.repeats // 2))
-    fit_memory(pipe, prompts, 32, 10)  # warm-up: one-time allocations out of the comparison
-    memory = {f"side{size}_steps{steps}": fit_memory(pipe, prompts, size, steps)
-              for size, steps in ((32, 10), (64, 10), (32, 20))}
-    base = memory["side32_steps10"]
-    growth = {k: (v - base) / max(base, 1.0) for k, v in memory.items()}
-    return cost | {"memory_growth_mb": memory, "relative_growth": growth}
+    cost = fit_cost(load_demo_pipeline(device=device), fit_prompts(), repeats=args.repeats, device=device)
+    return cost | {"memory": fit_memory(device)}
 
 
-_RUNNERS = {"demo": _demo, "sd15": _sd15, "sdxl": lambda d, a: _sd15(d, a, sdxl=True), "flux": _flux, "llm": _llm, "fit": _fit}
+_RUNNERS = {"demo": _demo, "sd15": _sd15, "sdxl": lambda d, a: _sd15(d, a, sdxl=True), "flux": _flux, "llm": _llm,
+            "fit": _fit, "compile": _compile}
 
 
 def _print(name: str, result: dict[str, Any]) -> None:
     print(f"== {name}")
     for config, t in result.get("timings", {}).items():
-        ratio = result["ratios"].get(config)
-        verdict = result["verdicts"].get(config, {}).get("verdict", "")
-        r = f"{ratio:.3f}" if ratio is not None else "1.000"
-        print(f"  {config:<12} median {t['median'] * 1000:9.2f} ms  min {t['low'] * 1000:9.2f}  max "
-              f"{t['high'] * 1000:9.2f}  spread {t['spread']:.3f}  ratio {r}  {verdict}")
+        ratio = result.get("ratios", {}).get(config)
+        verdict = result.get("verdicts", {}).get(config, {}).get("verdict", "")
+        r = f"  ratio {ratio:.3f}" if ratio is not None else ""
+        print(f"  {config:<16} median {t['median'] * 1000:10.2f} ms  min {t['low'] * 1000:10.2f}  max "
+              f"{t['high'] * 1000:10.2f}  spread {t['spread']:.3f}{r}  {verdict}")
     for key, value in result.items():
         if key not in ("timings", "ratios", "verdicts", "samples"):
             print(f"  {key}: {value}")

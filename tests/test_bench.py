@@ -1,0 +1,46 @@
+"""The benchmark machinery on synthetic timings and tiny models: rotation, paired ratios, a fair fitting cost,
+and a compile benchmark that moves λ without recompiling. (Speed goals live in ``dsas bench``, not here.)"""
+
+import torch
+
+from dsas_core.timing import Timing, paired_ratios, rotate
+from dsas_diffusion.bench import compile_overhead, unet_runner
+from dsas_diffusion.bench_fit import _jobs
+from tiny_diffusion import tiny_sd
+
+
+def test_rotation_runs_a_warm_up_round_then_shifts_the_order_by_one_each_round():
+    calls = []
+    samples = rotate(lambda name: calls.append(name) or float(len(calls)), ["a", "b", "c"], repeats=2)
+    assert calls == ["a", "b", "c", "b", "c", "a", "c", "a", "b"]
+    assert samples == {"a": [6.0, 8.0], "b": [4.0, 9.0], "c": [5.0, 7.0]}
+
+
+def test_paired_ratios_divide_round_by_round():
+    fit = Timing.of("fit", [2.2, 3.3, 1.0])
+    bare = Timing.of("bare", [2.0, 3.0, 1.0])
+    r = paired_ratios(fit, bare)
+    assert [round(r[k], 6) for k in ("median", "low", "high", "spread")] == [1.1, 1.0, 1.1, round(0.1 / 1.1, 6)]
+
+
+def test_fitting_and_its_bare_baseline_make_the_same_denoiser_calls_at_the_same_batch_size():
+    pipe = tiny_sd()
+    prompts = {k: [f"a {k} thing number {i}" for i in range(5)] for k in ("source", "target", "control")}
+    batches: dict[str, list[int]] = {"bare": [], "fit": []}
+    for job, run in _jobs(pipe, prompts, steps=3, side=None, batch_size=4, scaler="probe").items():
+        hook = pipe.unet.register_forward_pre_hook(lambda m, args, kwargs, job=job: batches[job].append(
+            args[0].shape[0] if args else kwargs["sample"].shape[0]), with_kwargs=True)
+        run()
+        hook.remove()
+    assert batches["fit"] == batches["bare"] == [8, 8, 8, 2, 2, 2] * 3  # CFG-doubled batches of 4, 4 and 1
+
+
+def test_the_compile_benchmark_moves_strengths_without_recompiling():
+    torch._dynamo.reset()
+    unet = tiny_sd().unet
+    out = compile_overhead(unet, lambda m: unet_runner(m, latent=8, batch=2, steps=2, text_tokens=16), repeats=1,
+                           backend="eager")
+    torch._dynamo.reset()
+    assert out["recompiles"] == 0
+    assert sorted(out["timings"]) == ["compiled", "compiled_dsas", "dsas", "unsteered"]
+    assert sorted(out["ratios"]) == ["compiled_dsas", "dsas"]
