@@ -13,7 +13,7 @@ EXAMPLE = """examples:
   dsas eval --model demo --concept assets/concepts/circles-on-black \\
       --steer-prompts assets/prompts/circles-on-black/eval_steer.txt \\
       --control-prompts assets/prompts/circles-on-black/eval_control.txt \\
-      --clip demo --oracle background=black --strengths 0,0.5,1,1.5,2 --out runs/circles-on-black
+      --clip demo --oracle background=black --strengths 0,1,2,3,4 --out runs/circles-on-black
   torchrun --nproc_per_node 2 -m dsas_core.cli eval ...     # split the prompts over 2 processes
   dsas eval --model stable-diffusion-v1-5/stable-diffusion-v1-5 --concept concepts/pear \\
       --steer-prompts fruit.txt --control-prompts other.txt --clip ViT-L-14:openai --out runs/pear"""
