@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from dsas_core import Concept, fit_from_activations
-from dsas_core.timing import Timing, interleaved, interleaved_jobs, no_context, verdict
+from dsas_core.timing import Timing, interleaved, interleaved_jobs, no_context, paired_ratios, verdict
 
 from .pipeline import attach
 from .sites import candidates
@@ -154,12 +154,16 @@ def compile_overhead(denoiser: nn.Module, make_run: Callable[[nn.Module], Callab
             compile_s[name] = time.perf_counter() - start
             jobs[name]()  # a second strength: must not recompile
         graphs = counters["stats"]["unique_graphs"]
-        timings = interleaved_jobs(jobs, repeats=repeats, device=device)
+        cpu = device is None or device.type == "cpu"  # one thread: CPU seconds, robust on a shared machine
+        timings = interleaved_jobs(jobs, repeats=repeats, device=device, cpu_time=cpu)
     for h in handles.values():
         h.remove()
     limits = {"dsas": LIMITS["dsas"], "compiled_dsas": LIMITS["dsas"]}
     out = report(timings, limits, bases={"compiled_dsas": "compiled"})
-    return out | {"compiled_speedup": timings["unsteered"].median / timings["compiled"].median,
+    paired = {"dsas": paired_ratios(timings["dsas"], timings["unsteered"]),
+              "compiled_dsas": paired_ratios(timings["compiled_dsas"], timings["compiled"])}
+    return out | {"per_round_ratios": paired, "clock": "CPU seconds of this process" if cpu else "wall seconds",
+                  "compiled_speedup": timings["unsteered"].median / timings["compiled"].median,
                   "compile_s": compile_s, "recompiles": counters["stats"]["unique_graphs"] - graphs,
                   "mode": mode or "default", "backend": backend, "sites": len(concept.config.sites)}
 
