@@ -8,13 +8,38 @@ from dsas_core.cli import main
 from dsas_core.transforms import MeanShift
 from dsas_diffusion import fit_concept, steer
 from dsas_diffusion.prompt_scaler import collect_prompt_embeddings
-from tiny_diffusion import run, tiny_flux, tiny_sd, tiny_sd3, tiny_sdxl
+from tiny_diffusion import T5_MORE_WORDS, run, tiny_flux, tiny_sd, tiny_sd3, tiny_sdxl
 
 BUILDERS = {"sd": tiny_sd, "sdxl": tiny_sdxl, "sd3": tiny_sd3, "flux": tiny_flux}
 THINGS = ["cat", "dog", "house", "tree", "car", "boat", "chair", "cup", "clock", "bird", "horse", "table", "river",
           "road", "bridge", "window", "door", "book", "shoe", "pillow"]
 HELD = ["mountain", "candle", "piano", "bicycle", "garden", "castle", "rocket", "pear"]
-SOURCE, TARGET, CONTROL = "a {} beside a banana", "a {} beside a pear", "a {} beside a lamp"  # planted: banana
+SOURCE, TARGET, CONTROL = "a {} beside a banana", "a {} beside a pear", "a {} beside a lamp"
+# The planted word's own test: each template with the word in its {x} slot (source) or another thing there, a
+# different one in every control prompt; the templates vary length and articles alike on both sides. A probe
+# generalises to unseen words only after seeing many (80 here; with 20 or 40, unseen words often outweighed the
+# planted one).
+PLANT_THINGS = THINGS + T5_MORE_WORDS
+PLANT_TEMPLATES = ("a {t} beside a {x}", "{t} beside {x}", "a {t} and {x}", "a {x} beside a {t}")
+
+
+def planted(word, things=PLANT_THINGS):
+    """(source, control) prompts whose only consistent difference is ``word``: it fills the {x} slot of every
+    source prompt; in the control prompts the slot holds another of ``things``, each one as often as the rest."""
+    source, control = [], []
+    for j, template in enumerate(PLANT_TEMPLATES):
+        for i, thing in enumerate(things):
+            other = things[(i + 1 + 7 * j) % len(things)]
+            source.append(template.format(t=thing, x=word))
+            control.append(template.format(t=thing, x=other))
+    return source, control
+
+
+def fit_planted(pipe, things=PLANT_THINGS, n_components=None):
+    """A prompt-scaler concept planted on "banana" (the transform is not under test: one step, a few targets)."""
+    source, control = planted("banana", things)
+    return fit_concept(pipe, source, [TARGET.format(t) for t in THINGS], control, scaler="prompt", name="banana",
+                       num_inference_steps=1, batch_size=40, n_components=n_components, progress=False)
 
 
 def test_a_prompt_scaler_reads_its_alpha_from_the_context_and_round_trips_through_save_and_load(tmp_path):
@@ -61,27 +86,27 @@ def test_a_planted_concept_gets_high_prompt_alpha_on_held_out_source_and_low_on_
 
 
 @pytest.mark.parametrize("kind", list(BUILDERS))
-def test_the_planted_word_carries_the_prompt_alpha_of_every_held_out_prompt(kind):
-    """Source and control prompts differ in one word (banana vs lamp). The probe may learn either side of that
-    contrast (banana raises α, or lamp lowers it: the tiny FLUX probe learns lamp, and there every word adds about
-    as much as banana), so in every held-out pair the planted word has the largest share in the source prompt or its
-    control twin's word the smallest share in the control prompt."""
+def test_the_planted_word_adds_the_most_prompt_alpha_to_every_held_out_prompt(kind):
+    """Source and control prompts differ only in the planted word (the control prompts put a different thing in its
+    place each time), so the probe has only that word to learn: in every held-out source prompt it is the word that
+    added the most α, and the words' α add up to α(prompt) − α("")."""
     pipe = BUILDERS[kind]()
-    concept = _fit(pipe, SOURCE, TARGET, CONTROL)
+    concept = fit_planted(pipe)
+    assert not any(d["gated"] for d in concept.config.diagnostics.values())
     scaler = next(iter(concept.sites.values())).scaler
-    carried = 0
+    held = [f"a {t} beside a banana" for t in HELD]
     with steer(pipe, {concept: 1.0}) as handle:
-        for thing in HELD:
-            source, control = SOURCE.format(thing), CONTROL.format(thing)
-            words = handle.prompt_alpha(source, logits=True)
-            assert [w for w, _ in words] == source.split()
-            twin = handle.prompt_alpha(control, logits=True)
-            carried += max(words, key=lambda wv: wv[1])[0] == "banana" or min(twin, key=lambda wv: wv[1])[0] == "lamp"
-            logit = collect_prompt_embeddings(pipe, [source, ""]) @ scaler.weight + scaler.bias  # (2,)
-            alphas = [a for _, a in handle.prompt_alpha(source)]  # the words' shares add up to α(source) − α("")
-            assert abs(sum(v for _, v in words) - (logit[0] - logit[1]).item()) < 1e-4
-            assert abs(sum(alphas) - (logit[0].sigmoid() - logit[1].sigmoid()).item()) < 1e-5
-    assert carried == len(HELD)
+        for prompt in held:
+            words = handle.prompt_alpha(prompt)
+            assert [w for w, _ in words] == prompt.split()
+            assert max(words, key=lambda wv: wv[1])[0] == "banana", words
+            logits = handle.prompt_alpha(prompt, logits=True)
+            pooled = collect_prompt_embeddings(pipe, [prompt, ""])  # (2, D)
+            logit = pooled @ scaler.weight + scaler.bias  # (2,)
+            tol = 1e-6 * (pooled.abs() @ scaler.weight.abs() + scaler.bias.abs()).max().item()  # float32 rounding
+            assert abs(sum(v for _, v in logits) - (logit[0] - logit[1]).item()) < tol
+            alpha = logit.sigmoid()  # σ′ ≤ ¼: α rounds off a quarter as much
+            assert abs(sum(v for _, v in words) - (alpha[0] - alpha[1]).item()) < tol / 4
 
 
 def test_the_unconditional_half_and_plain_steering_follow_the_cfg_and_adaptive_rules():

@@ -105,6 +105,13 @@ T5_WORDS = (
     "cat dog house tree car boat chair lamp cup clock bird horse table river road bridge window door book shoe "
     "mountain candle piano bicycle garden castle pillow rocket still life painting"
 ).split()
+# More nouns, so a probe can be fitted on enough distinct words; their ids come after the letters, so every token
+# above keeps its id and its embedding.
+T5_MORE_WORDS = (
+    "flower hat coat bottle glass plate spoon fork knife box bag ball kite train bus truck plane ship fish cow sheep "
+    "goat pig duck frog bear lion tiger wolf fox owl bee rock hill lake sea cloud moon star sun tower wall fence gate "
+    "roof bed sofa desk pen key ring bell drum flag tent cake bread egg cheese apple"
+).split()
 
 
 def t5_tokenizer():
@@ -114,6 +121,7 @@ def t5_tokenizer():
     letters = "abcdefghijklmnopqrstuvwxyz"
     vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("▁", -5.0)]
     vocab += [(f"▁{w}", -1.0) for w in T5_WORDS] + [(c, -8.0) for c in letters]
+    vocab += [(f"▁{w}", -1.0) for w in T5_MORE_WORDS]
     return T5Tokenizer(vocab=vocab, extra_ids=0)
 
 
@@ -124,7 +132,13 @@ def _t5(seed: int, d_model: int):
     cfg = T5Config(vocab_size=len(T5_WORDS) + 30, d_model=d_model, d_kv=8, d_ff=2 * d_model, num_layers=2,
                    num_heads=4, relative_attention_num_buckets=8, decoder_start_token_id=0, pad_token_id=0,
                    eos_token_id=1)
-    return T5EncoderModel(cfg).eval()
+    model = T5EncoderModel(cfg).eval()
+    more = torch.randn(len(T5_MORE_WORDS), d_model, generator=torch.Generator().manual_seed(seed))  # T5's init: N(0, 1)
+    with torch.random.fork_rng():  # the rows of T5_MORE_WORDS, drawn apart: the model above is unchanged
+        model.resize_token_embeddings(cfg.vocab_size + len(more), mean_resizing=False)
+    with torch.no_grad():
+        model.get_input_embeddings().weight[-len(more):] = more
+    return model
 
 
 def _flow_vae():
