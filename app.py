@@ -18,7 +18,7 @@ import gradio as gr
 
 from dsas_core import DsasError
 from dsas_core.paths import assets_dir
-from dsas_diffusion.studio import ConceptRegistry, Request, Studio
+from dsas_diffusion.studio import MAX_STRENGTH, ConceptRegistry, Request, Studio
 
 SLOTS = 8  # concept sliders shown at most
 DEFAULT_PROMPT = "a red circle on a white background"
@@ -152,8 +152,8 @@ def build_app(studio: Studio) -> gr.Blocks:
                 guidance = gr.Slider(0, 15, value=5.0, step=0.5, label="guidance")
                 mode = gr.Radio(["DSAS", "plain"], value="DSAS", label="steering")
                 go = gr.Button("Generate", variant="primary")
-            # the demo world's colour concepts act near λ = 8; real checkpoints mostly within ±2 (type exact values)
-            sliders = [gr.Slider(-16, 16, value=0.0, step=0.05, label="", visible=False, elem_id=f"slot{i}")
+            sliders = [gr.Slider(-MAX_STRENGTH, MAX_STRENGTH, value=0.0, step=0.05, label="", visible=False,
+                                 elem_id=f"slot{i}")
                        for i in range(SLOTS)]
             with gr.Row():
                 plain_img = gr.Image(label="unsteered", format="png", type="pil", elem_id="unsteered", height=340)

@@ -33,6 +33,11 @@ from .pipeline import check_concept_fits, steer
 from .sites import denoiser_of
 
 
+# strengths the app and its API accept: the demo world's colour concepts act near λ = 8, real checkpoints
+# mostly within ±2
+MAX_STRENGTH = 16.0
+
+
 class ConceptRegistry:
     """Concepts by name: read-only bundled folders plus one writable user folder (later folders win)."""
 
@@ -187,8 +192,9 @@ class Studio:
             raise DsasError(f"guidance must be between 0 and 30, got {req.guidance}.")
         for name, value in req.strengths.items():
             self.registry.get(name)
-            if not -5 <= float(value) <= 5:
-                raise DsasError(f"strength of {name!r} must be between -5 and 5, got {value}.")
+            if not -MAX_STRENGTH <= float(value) <= MAX_STRENGTH:
+                raise DsasError(f"strength of {name!r} must be between -{MAX_STRENGTH:g} and {MAX_STRENGTH:g}, "
+                                f"got {value}.")
 
     def _run(self, pipe: Any, req: Request) -> Image.Image:
         gen = torch.Generator(device="cpu").manual_seed(int(req.seed))

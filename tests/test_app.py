@@ -52,6 +52,12 @@ def test_two_strengths_give_different_steered_and_identical_unsteered_images(ser
     assert Image.open(steered_a).format == "PNG" and Image.open(heat_a).size == Image.open(steered_a).size
 
 
+def test_a_strength_beyond_the_slider_range_is_refused_through_the_api(served):
+    generate(served[0], {"red-to-blue": -16})
+    with pytest.raises(Exception, match="between -16 and 16, got 16.5"):
+        generate(served[0], {"red-to-blue": 16.5})
+
+
 def test_a_path_instead_of_a_concept_name_is_refused_through_the_api(served):
     client = served[0]
     for name in ("../../etc/passwd", "/tmp", "concepts/red-to-blue"):
