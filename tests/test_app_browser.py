@@ -9,6 +9,7 @@ import pytest
 
 from app_harness import ROOT, launch
 from dsas_diffusion.demo import load_demo_pipeline
+from dsas_diffusion.studio import MAX_STRENGTH
 
 COLOURS = ("red", "green", "blue", "yellow", "purple", "orange")
 SRC = "\n".join(f"a {c} circle on a {b} background" for c in COLOURS for b in ("white", "orange") if b != c)
@@ -47,7 +48,8 @@ def test_the_page_loads_a_slider_move_shows_a_new_steered_image(tmp_path):
             box = slider.bounding_box()
             page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
             page.mouse.down()
-            page.mouse.move(box["x"] + box["width"] * 0.63, box["y"] + box["height"] / 2, steps=5)
+            to = 0.5 + 2.0 / (2 * MAX_STRENGTH)  # λ ≈ 2 on a −MAX..MAX slider
+            page.mouse.move(box["x"] + box["width"] * to, box["y"] + box["height"] / 2, steps=5)
             page.mouse.up()
             page.wait_for_function(
                 "(old) => { const i = document.querySelector('#steered img'); return i && i.src !== old; }",
