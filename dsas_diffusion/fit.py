@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from dsas_core import Concept, DsasError, PooledCollector, Site, fit_from_activations
 from dsas_core.e2e import E2EConfig
-from dsas_core.scaler import DEFAULT_GATE, max_components
+from dsas_core.scaler import DEFAULT_GATE
 
 from .pipeline import StepClock, guard_stream, attach
 from .prompt_scaler import collect_prompt_embeddings, with_prompt_scaler
@@ -201,9 +201,8 @@ def fit_concept(
         text = {what: collect_prompt_embeddings(pipe, prompts, batch_size=batch_size, guidance_scale=guidance_scale,
                                                 seed=seed, desc=f"{what} text", progress=progress, size=size)
                 for what, prompts in (("source", src), ("control", ctl))}
-        r = fit_args["n_components"] if not cap else min(DEFAULT_FIT_COMPONENTS, max_components(
-            torch.arange(len(src)), torch.arange(len(ctl)) + len(src), int(text["source"].shape[-1])))
-        fitted = with_prompt_scaler(fitted, text["source"], text["control"], n_components=r, gate=gate, seed=seed)
+        fitted = with_prompt_scaler(fitted, text["source"], text["control"], n_components=fit_args["n_components"],
+                                    gate=gate, seed=seed, cap_components=cap)
     return fitted
 
 

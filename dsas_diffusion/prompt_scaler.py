@@ -25,7 +25,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from dsas_core import Concept, ConceptConfig, DsasError, HookHandle, ProbeScaler, PromptScaler, SiteSteer
-from dsas_core.scaler import DEFAULT_COMPONENTS, DEFAULT_GATE
+from dsas_core.scaler import DEFAULT_COMPONENTS, DEFAULT_GATE, max_components
 
 from .sites import architecture_of, denoiser_of
 
@@ -82,10 +82,14 @@ def collect_prompt_embeddings(
 
 def with_prompt_scaler(
     concept: Concept, source: Tensor, control: Tensor, n_components: int = DEFAULT_COMPONENTS,
-    gate: float = DEFAULT_GATE, seed: int = 0,
+    gate: float = DEFAULT_GATE, seed: int = 0, cap_components: bool = False,
 ) -> Concept:
     """``concept`` with every site's scaler replaced by one prompt probe fitted on pooled text embeddings of source
-    (n_s, D) vs control (n_c, D) prompts; its held-out accuracy gates every site at once."""
+    (n_s, D) vs control (n_c, D) prompts; its held-out accuracy gates every site at once. ``cap_components``: use
+    fewer than ``n_components`` where the prompts cannot support them (the number used is the config's)."""
+    if cap_components:
+        n_components = min(n_components, max_components(
+            torch.arange(len(source)), torch.arange(len(control)) + len(source), int(source.shape[-1])))
     probe, fit = ProbeScaler.fit(source, control, n_components=n_components, gate=gate, seed=seed)
     diag = {"accuracy": fit.accuracy, "gated": fit.gated, "n_control": fit.n_control, "scaler_input": "prompt"}
     cfg = concept.config.to_dict()
