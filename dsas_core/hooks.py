@@ -158,6 +158,7 @@ class Strengths(MutableMapping[str, float]):
 
     def __init__(self, initial: Mapping[str, float]) -> None:
         self._values: dict[str, float] = {}
+        self.version = 0  # bumped on every change: hooks rebuild their cached plan when it moves
         self._tensors: dict[str, Tensor] = {}
         self._on_device: dict[tuple[str, torch.device], Tensor] = {}
         for name, value in initial.items():
@@ -177,6 +178,7 @@ class Strengths(MutableMapping[str, float]):
         if value != value or value in (float("inf"), float("-inf")):
             raise DsasError(f"strength for {name!r} must be finite, got {value}.")
         self._values[name] = value
+        self.version += 1
         self._tensors[name].fill_(value)
         for (n, _), t in self._on_device.items():
             if n == name:
@@ -231,6 +233,8 @@ class _SiteHook:
     handle: "SteeringHandle"
     recorded: int = 0  # α records made at this site
     by_device: dict[torch.device, list[_Entry]] = field(default_factory=dict)
+    plan_key: tuple[Any, ...] = ()  # (strengths version, adaptive, device) the cached plan was made for
+    plan: list[tuple[Callable[..., Tensor] | None, Callable[[Tensor], Tensor], float, Tensor]] = field(default_factory=list)
 
     def on_device(self, device: torch.device) -> list[_Entry]:
         """The entries with their tensors on ``device`` (copied once per device, shared when already there)."""
@@ -261,11 +265,65 @@ class _SiteHook:
             handle.alpha_memory[(e.name, self.site.name)] = alpha
         return alpha
 
+    def make_plan(self, device: torch.device) -> None:
+        """The eager fast path's steps for the current strengths and ``adaptive``: one (α column or None,
+        delta, λ, λ as a 0-d tensor) per concept that moves this site."""
+        handle = self.handle
+        plan = []
+        for e in self.on_device(device):
+            lam = handle.strengths[e.name]
+            if lam == 0.0 or (handle.adaptive and e.gated):
+                continue
+            plan.append((e.scaler.column if handle.adaptive else None, e.transform.delta, lam,
+                         handle.strengths.tensor(e.name, device)))
+        self.plan = plan
+        self.plan_key = (handle.strengths.version, handle.adaptive, device)
+
+    def read(self, output: Any) -> tuple[Tensor, Tensor]:
+        """The steered stream h of a module's output and its width-last view x, checked against the fitted width."""
+        h = read_output(self.site, output)
+        x = tokens_last(self.site, h)
+        if x.shape[-1] != self.width:
+            raise DsasError(
+                f"site {self.site.name!r} produced width {x.shape[-1]} but the concept was fitted on width "
+                f"{self.width}: the concept belongs to another model."
+            )
+        return h, x
+
+    def fast(self, output: Any) -> Any:
+        """Inference without α records, α sharing or compile: the same update with fewer Python steps and
+        kernels (the plan is cached per strengths version; λ is folded into the ``addcmul``)."""
+        handle = self.handle
+        h, x = self.read(output)
+        if self.plan_key != (handle.strengths.version, handle.adaptive, x.device):
+            self.make_plan(x.device)
+        if not self.plan:
+            return None
+        x32 = x.float()
+        out = x32
+        for column, delta, lam, lam_t in self.plan:
+            d = delta(x32)  # (..., d) or (d,)
+            if column is None:  # α ≡ 1: the full path's own op
+                out = torch.addcmul(out, lam_t, d)
+            else:  # λ·α·Δ in one kernel: (..., 1) α column, Python λ
+                out = torch.addcmul(out, column(x32, handle.context), d, value=lam)
+        return self.written(output, h, out)
+
+    def written(self, output: Any, h: Tensor, out: Tensor) -> Any:
+        """The module's output with the steered stream replaced by ``out`` (width last, float32)."""
+        new = out.to(h.dtype)
+        if self.site.layout == "channels":
+            new = new.movedim(-1, 1)
+        return write_output(self.site, output, new)
+
     def __call__(self, module: nn.Module, args: Any, kwargs: Any, output: Any) -> Any:
         handle = self.handle
         handle.hooks_ran = True  # read by the root model's check (a store only: nothing to guard under compile)
         if not handle.enabled:
             return None
+        if not (handle.record_alpha or handle.alpha_rows is not None or handle.alpha_reuse != "off"
+                or torch.is_grad_enabled() or torch.compiler.is_compiling()):
+            return self.fast(output)
         strengths = handle.strengths
         record = handle.record_alpha
         # Under torch.compile λ is read only as its 0-d tensor (λ = 0 then adds an exact zero): reading its Python
@@ -274,13 +332,7 @@ class _SiteHook:
         steering = [compiled or strengths[e.name] != 0.0 for e in self.entries]
         if not (record or any(steering)):
             return None
-        h = read_output(self.site, output)
-        x = tokens_last(self.site, h)
-        if x.shape[-1] != self.width:
-            raise DsasError(
-                f"site {self.site.name!r} produced width {x.shape[-1]} but the concept was fitted on width "
-                f"{self.width}: the concept belongs to another model."
-            )
+        h, x = self.read(output)
         x32 = x.float()
         adaptive = handle.adaptive
         out: Tensor | None = None  # x32 plus every concept's update, accumulated in one buffer
@@ -308,10 +360,7 @@ class _SiteHook:
             self.keep(kept, x32.shape[:-1], x.device)
         if out is None:
             return None
-        new = out.to(h.dtype)
-        if self.site.layout == "channels":
-            new = new.movedim(-1, 1)
-        return write_output(self.site, output, new)
+        return self.written(output, h, out)
 
     @torch.compiler.disable  # Python bookkeeping: under torch.compile it runs eagerly (a graph break per site)
     def keep(self, kept: list[tuple[str, Tensor | None, bool]], shape: torch.Size, device: torch.device) -> None:

@@ -177,3 +177,49 @@ def test_a_tuple_output_is_steered_at_the_chosen_index_only():
     assert torch.equal(first, x * 2)
     assert not torch.equal(second, x * 3)
 
+
+
+def run_both_paths(model, sites, concepts, x, adaptive=True, change=None):
+    """Outputs under no_grad (the inference fast path) and with gradients on (the full path)."""
+    outs = []
+    for grad in (False, True):
+        with attach(sites, concepts, adaptive=adaptive) as handle, torch.set_grad_enabled(grad):
+            if change is not None:
+                model(x)
+                change(handle)
+            outs.append(model(x).detach())
+    return outs
+
+
+@pytest.mark.parametrize("transform", ["mean_shift", "itic", "linear_act"])
+@pytest.mark.parametrize("scaler", ["probe", "constant"])
+@pytest.mark.parametrize("adaptive", [True, False])
+def test_the_inference_fast_path_equals_the_full_path_bit_for_bit(transform, scaler, adaptive):
+    model, x = Toy(), inputs()
+    a = make_concept("a", sites=("inner", "conv"), transform=transform, scaler=scaler)
+    b = make_concept("b", sites=("inner",), seed=40, transform="linear_act")
+    xs = {"inner": x, "conv": torch.randn(2, D, 3, 4, generator=torch.Generator().manual_seed(6))}
+    for site, inp in xs.items():
+        call = model.conv if site == "conv" else model
+        fast, full = run_both_paths(call, toy_sites(model), {a: 0.7, b: -0.4}, inp, adaptive=adaptive)
+        assert torch.equal(fast, full) and not torch.equal(fast, call(inp).detach())
+
+
+def test_the_fast_path_follows_strength_and_mode_changes_between_calls():
+    model, x = Toy(), inputs()
+    concept = make_concept()
+    for change in (lambda h: h.strengths.__setitem__("c", -2.0), lambda h: h.strengths.__setitem__("c", 0.0),
+                   lambda h: setattr(h, "adaptive", False)):
+        fast, full = run_both_paths(model, toy_sites(model), {concept: 1.0}, x, change=change)
+        assert torch.equal(fast, full)
+    with torch.no_grad():
+        unsteered = model(x)
+        with attach(toy_sites(model), {concept: 1.0}) as handle:
+            handle.strengths["c"] = 0.0
+            assert torch.equal(model(x), unsteered)
+
+
+def test_the_fast_path_steers_fp16_in_float32_like_the_full_path():
+    model, x = Toy().half(), inputs().half()
+    fast, full = run_both_paths(model.inner, [Site("inner", model.inner)], {make_concept(): 0.5}, x)
+    assert fast.dtype == torch.float16 and torch.equal(fast, full)
