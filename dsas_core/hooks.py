@@ -10,6 +10,9 @@ and no α recorded the hook returns ``None`` and the output is untouched, bit fo
 
 Under ``torch.compile`` (attach first, then compile) λ is read only as a 0-d tensor, so moving a slider never
 recompiles; λ = 0 then adds an exact zero. Bookkeeping (step tracking, α records) runs eagerly between graphs.
+
+Inference (no gradients, no α records, no stored α, eager) takes a fast path with the same arithmetic: a plan per
+site cached until a strength or ``adaptive`` changes, and λ·α·Δ in one ``addcmul``.
 """
 
 from __future__ import annotations
@@ -291,8 +294,8 @@ class _SiteHook:
         return h, x
 
     def fast(self, output: Any) -> Any:
-        """Inference without α records, α sharing or compile: the same update with fewer Python steps and
-        kernels (the plan is cached per strengths version; λ is folded into the ``addcmul``)."""
+        """Inference without gradients, α records, stored α or compile: the same update with fewer Python steps
+        and kernels (the plan is cached per strengths version; λ is folded into the ``addcmul``)."""
         handle = self.handle
         h, x = self.read(output)
         if self.plan_key != (handle.strengths.version, handle.adaptive, x.device):
@@ -301,12 +304,16 @@ class _SiteHook:
             return None
         x32 = x.float()
         out = x32
+        rows = handle.alpha_rows
         for column, delta, lam, lam_t in self.plan:
             d = delta(x32)  # (..., d) or (d,)
             if column is None:  # α ≡ 1: the full path's own op
                 out = torch.addcmul(out, lam_t, d)
-            else:  # λ·α·Δ in one kernel: (..., 1) α column, Python λ
-                out = torch.addcmul(out, column(x32, handle.context), d, value=lam)
+                continue
+            alpha = column(x32, handle.context)  # (..., 1)
+            if rows is not None:
+                alpha = alpha[rows]
+            out = torch.addcmul(out, alpha, d, value=lam)  # λ·α·Δ in one kernel, Python λ
         return self.written(output, h, out)
 
     def written(self, output: Any, h: Tensor, out: Tensor) -> Any:
@@ -321,8 +328,8 @@ class _SiteHook:
         handle.hooks_ran = True  # read by the root model's check (a store only: nothing to guard under compile)
         if not handle.enabled:
             return None
-        if not (handle.record_alpha or handle.alpha_rows is not None or handle.alpha_reuse != "off"
-                or torch.is_grad_enabled() or torch.compiler.is_compiling()):
+        if not (handle.record_alpha or handle.alpha_reuse != "off" or torch.is_grad_enabled()
+                or torch.compiler.is_compiling()):
             return self.fast(output)
         strengths = handle.strengths
         record = handle.record_alpha

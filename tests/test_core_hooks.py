@@ -179,11 +179,12 @@ def test_a_tuple_output_is_steered_at_the_chosen_index_only():
 
 
 
-def run_both_paths(model, sites, concepts, x, adaptive=True, change=None):
+def run_both_paths(model, sites, concepts, x, adaptive=True, change=None, rows=None):
     """Outputs under no_grad (the inference fast path) and with gradients on (the full path)."""
     outs = []
     for grad in (False, True):
         with attach(sites, concepts, adaptive=adaptive) as handle, torch.set_grad_enabled(grad):
+            handle.alpha_rows = rows
             if change is not None:
                 model(x)
                 change(handle)
@@ -194,14 +195,16 @@ def run_both_paths(model, sites, concepts, x, adaptive=True, change=None):
 @pytest.mark.parametrize("transform", ["mean_shift", "itic", "linear_act"])
 @pytest.mark.parametrize("scaler", ["probe", "constant"])
 @pytest.mark.parametrize("adaptive", [True, False])
-def test_the_inference_fast_path_equals_the_full_path_bit_for_bit(transform, scaler, adaptive):
+@pytest.mark.parametrize("rows", [None, [1, 1]])
+def test_the_inference_fast_path_equals_the_full_path_bit_for_bit(transform, scaler, adaptive, rows):
     model, x = Toy(), inputs()
     a = make_concept("a", sites=("inner", "conv"), transform=transform, scaler=scaler)
     b = make_concept("b", sites=("inner",), seed=40, transform="linear_act")
     xs = {"inner": x, "conv": torch.randn(2, D, 3, 4, generator=torch.Generator().manual_seed(6))}
     for site, inp in xs.items():
         call = model.conv if site == "conv" else model
-        fast, full = run_both_paths(call, toy_sites(model), {a: 0.7, b: -0.4}, inp, adaptive=adaptive)
+        fast, full = run_both_paths(call, toy_sites(model), {a: 0.7, b: -0.4}, inp, adaptive=adaptive,
+                                    rows=None if rows is None else torch.tensor(rows))
         assert torch.equal(fast, full) and not torch.equal(fast, call(inp).detach())
 
 
