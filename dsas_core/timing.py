@@ -56,17 +56,31 @@ def rotate(measure: Callable[[str], float], names: list[str], repeats: int) -> d
     return samples
 
 
+def cpu_clock(device: torch.device | None) -> bool:
+    """Whether to time in CPU seconds of this process: on the CPU with one torch thread, where they are the work
+    done and other processes on the machine inflate them far less than the wall clock."""
+    return (device is None or device.type == "cpu") and torch.get_num_threads() == 1
+
+
+def clock_name(cpu_time: bool) -> str:
+    """How a benchmark's seconds were counted, for its report."""
+    return "CPU seconds of this process" if cpu_time else "wall seconds"
+
+
 def interleaved(
     run: Callable[[], Any],
     configs: dict[str, Callable[[], AbstractContextManager[Any]]],
     repeats: int = 7,
     device: torch.device | None = None,
     after: Callable[[Any], None] | None = None,
+    cpu_time: bool = False,
 ) -> dict[str, Timing]:
     """Time ``run`` under each config's context, rotating the order every repeat (after one warm-up each).
 
-    ``after(ctx)`` runs outside the timed region (e.g. to clear recorded α)."""
+    ``after(ctx)`` runs outside the timed region (e.g. to clear recorded α). ``cpu_time=True`` counts this
+    process's CPU seconds instead of wall seconds."""
     cuda = device is not None and device.type == "cuda"
+    clock = time.process_time if cpu_time else time.perf_counter
     peaks: dict[str, float] = {}
 
     def measure(name: str) -> float:
@@ -74,10 +88,10 @@ def interleaved(
             if cuda:
                 torch.cuda.reset_peak_memory_stats(device)
             _sync(device)
-            start = time.perf_counter()
+            start = clock()
             run()
             _sync(device)
-            elapsed = time.perf_counter() - start
+            elapsed = clock() - start
             if cuda:
                 peaks[name] = max(peaks.get(name, 0.0), torch.cuda.max_memory_allocated(device) / 2**20)
             if after is not None:
@@ -104,6 +118,26 @@ def interleaved_jobs(jobs: dict[str, Callable[[], Any]], repeats: int = 5, devic
 
     samples = rotate(measure, list(jobs), repeats)
     return {n: Timing.of(n, v) for n, v in samples.items()}
+
+
+def heap_malloc() -> str | None:
+    """On Linux with glibc, serve every allocation from malloc's heap and never give freed memory back
+    (``mallopt(M_MMAP_MAX, 0)``, ``M_TRIM_THRESHOLD`` at its maximum; the same as ``MALLOC_MMAP_MAX_=0``).
+
+    Why, for CPU benchmarks: allocations above 32 MiB (e.g. oneDNN's per-call buffers in a large UNet) are otherwise
+    fresh mmaps, and their page faults, paid again on every call, add system time and noise to every configuration.
+    Returns what was set, or None where it does not apply."""
+    import ctypes
+    import ctypes.util
+    import platform
+
+    if platform.system() != "Linux" or not platform.libc_ver()[0].startswith("glibc"):
+        return None
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    m_trim_threshold, m_mmap_max = -1, -4
+    if libc.mallopt(m_mmap_max, 0) != 1 or libc.mallopt(m_trim_threshold, 2**31 - 1) != 1:
+        return None
+    return "glibc heap only (mallopt M_MMAP_MAX=0, M_TRIM_THRESHOLD=2^31-1)"
 
 
 def paired_ratios(num: Timing, den: Timing) -> dict[str, float]:

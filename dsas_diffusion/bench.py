@@ -14,7 +14,8 @@ import torch
 from torch import nn
 
 from dsas_core import Concept, fit_from_activations
-from dsas_core.timing import Timing, interleaved, interleaved_jobs, no_context, paired_ratios, verdict
+from dsas_core.timing import (Timing, clock_name, cpu_clock, interleaved, interleaved_jobs, no_context, paired_ratios,
+                              verdict)
 
 from .pipeline import attach
 from .sites import candidates
@@ -96,20 +97,24 @@ def overhead(denoiser: nn.Module, run: Callable[[], None], repeats: int = 7, dev
         "dsas": lambda: attach(denoiser, {concept: 1.0}),
         "dsas_record": lambda: attach(denoiser, {concept: 1.0}, record_alpha=True),
     }
-    timings = interleaved(run, configs, repeats=repeats, device=device,
+    cpu = cpu_clock(device)
+    timings = interleaved(run, configs, repeats=repeats, device=device, cpu_time=cpu,
                           after=lambda ctx: ctx.clear_records() if hasattr(ctx, "clear_records") else None)
-    return report(timings, LIMITS)
+    return report(timings, LIMITS) | {"clock": clock_name(cpu)}
 
 
 def report(timings: dict[str, Timing], limits: dict[str, float], bases: dict[str, str] | None = None) -> dict[str, Any]:
-    """Timings with ratios to 'unsteered' (or to ``bases[name]``) and a verdict per limit."""
-    out: dict[str, Any] = {"timings": {n: t.as_dict() for n, t in timings.items()}, "ratios": {}, "verdicts": {}}
+    """Timings with ratios to 'unsteered' (or to ``bases[name]``), a verdict per limit, and the per-round ratios
+    (each configuration over its base in the same round: the drift of a shared machine cancels there)."""
+    out: dict[str, Any] = {"timings": {n: t.as_dict() for n, t in timings.items()}, "ratios": {}, "verdicts": {},
+                           "per_round_ratios": {}}
     for name, limit in limits.items():
         if name in timings:
             base = timings[(bases or {}).get(name, "unsteered")]
             ratio = timings[name].median / base.median
             out["ratios"][name] = ratio
             out["verdicts"][name] = {"limit": limit, "verdict": verdict(ratio, limit, base)}
+            out["per_round_ratios"][name] = paired_ratios(timings[name], base)
     return out
 
 
@@ -154,15 +159,13 @@ def compile_overhead(denoiser: nn.Module, make_run: Callable[[nn.Module], Callab
             compile_s[name] = time.perf_counter() - start
             jobs[name]()  # a second strength: must not recompile
         graphs = counters["stats"]["unique_graphs"]
-        cpu = device is None or device.type == "cpu"  # one thread: CPU seconds, robust on a shared machine
+        cpu = cpu_clock(device)
         timings = interleaved_jobs(jobs, repeats=repeats, device=device, cpu_time=cpu)
     for h in handles.values():
         h.remove()
     limits = {"dsas": LIMITS["dsas"], "compiled_dsas": LIMITS["dsas"]}
     out = report(timings, limits, bases={"compiled_dsas": "compiled"})
-    paired = {"dsas": paired_ratios(timings["dsas"], timings["unsteered"]),
-              "compiled_dsas": paired_ratios(timings["compiled_dsas"], timings["compiled"])}
-    return out | {"per_round_ratios": paired, "clock": "CPU seconds of this process" if cpu else "wall seconds",
+    return out | {"clock": clock_name(cpu),
                   "compiled_speedup": timings["unsteered"].median / timings["compiled"].median,
                   "compile_s": compile_s, "recompiles": counters["stats"]["unique_graphs"] - graphs,
                   "mode": mode or "default", "backend": backend, "sites": len(concept.config.sites)}

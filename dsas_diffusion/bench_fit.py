@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from dsas_core.paths import assets_dir
-from dsas_core.timing import PeakRSS, interleaved_jobs, paired_ratios, verdict
+from dsas_core.timing import PeakRSS, clock_name, cpu_clock, interleaved_jobs, paired_ratios, verdict
 
 FIT_LIMIT = 1.2  # fit_concept ≤ 1.2 × the bare passes
 MEMORY_LIMIT = 1.10  # peak memory × 1.10 at most when the image side or the collected steps double
@@ -57,10 +57,10 @@ def fit_cost(pipe: Any, prompts: dict[str, list[str]], steps: int = 10, batch_si
     and spread, and a verdict against :data:`FIT_LIMIT`. The probe scaler runs all three lists through the
     denoiser at every step (the prompt scaler skips the control list's denoising)."""
     jobs = _jobs(pipe, prompts, steps, None, batch_size, scaler)
-    cpu = device is None or device.type == "cpu"
+    cpu = cpu_clock(device)
     timings = interleaved_jobs(jobs, repeats=repeats, device=device, cpu_time=cpu)
     ratio = paired_ratios(timings["fit"], timings["bare"])
-    return {"clock": "CPU seconds of this process" if cpu else "wall seconds", "scaler": scaler, "steps": steps,
+    return {"clock": clock_name(cpu), "scaler": scaler, "steps": steps,
             "batch_size": batch_size, "prompts": {k: len(v) for k, v in prompts.items()},
             "timings": {n: t.as_dict() for n, t in timings.items()}, "ratio": ratio,
             "verdict": {"limit": FIT_LIMIT, "verdict": verdict(ratio["median"], FIT_LIMIT, timings["bare"])}}

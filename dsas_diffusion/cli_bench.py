@@ -50,8 +50,12 @@ def bench_command(args: argparse.Namespace) -> int:
     unknown = [b for b in chosen if b not in BENCHES]
     if unknown:
         raise DsasError(f"--only: unknown benchmark {unknown[0]!r}; choose from {', '.join(BENCHES)}.")
+    from dsas_core.timing import heap_malloc
+
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     results: dict[str, Any] = {"machine": _machine(device), "repeats": args.repeats}
+    if device.type == "cpu":  # the same allocator for every configuration; page faults no longer dominate the noise
+        results["machine"]["malloc"] = heap_malloc() or "default"
     for name in chosen:
         results[name] = _RUNNERS[name](device, args)
         _print(name, results[name])
@@ -151,5 +155,8 @@ def _print(name: str, result: dict[str, Any]) -> None:
         print(f"  {config:<16} median {t['median'] * 1000:10.2f} ms  min {t['low'] * 1000:10.2f}  max "
               f"{t['high'] * 1000:10.2f}  spread {t['spread']:.3f}{r}  {verdict}")
     for key, value in result.items():
-        if key not in ("timings", "ratios", "verdicts", "samples"):
+        if key == "per_round_ratios":
+            for config, r in value.items():
+                print(f"  per-round {config:<10} median {r['median']:.3f}  min {r['low']:.3f}  max {r['high']:.3f}")
+        elif key not in ("timings", "ratios", "verdicts", "samples"):
             print(f"  {key}: {value}")

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from dsas_core import Concept, fit_from_activations
-from dsas_core.timing import Timing, interleaved, no_context, verdict
+from dsas_core.timing import Timing, clock_name, cpu_clock, interleaved, no_context, paired_ratios, verdict
 
 from .sites import lm_sites
 from .steer import attach
@@ -73,8 +73,9 @@ def tokens_per_second(device: torch.device | str = "cpu", repeats: int = 7, new_
         steer.transform.to(device)
         steer.scaler.to(device)
     configs: dict[str, Callable[[], Any]] = {"unsteered": no_context, "dsas": lambda: attach(model, {concept: 1.0})}
-    timings = interleaved(generate_runner(model, new_tokens), configs, repeats=repeats, device=device)
-    return report(timings, new_tokens) | {
+    cpu = cpu_clock(device)
+    timings = interleaved(generate_runner(model, new_tokens), configs, repeats=repeats, device=device, cpu_time=cpu)
+    return report(timings, new_tokens) | {"clock": clock_name(cpu),
         "model": {"parameters": sum(p.numel() for p in model.parameters()), **CONFIG,
                   "dtype": str(next(model.parameters()).dtype).replace("torch.", "")},
         "workload": f"{new_tokens} greedy tokens from a 16-token prompt, batch 1, KV cache on",
@@ -89,5 +90,6 @@ def report(timings: dict[str, Timing], new_tokens: int) -> dict[str, Any]:
     return {"timings": {n: t.as_dict() for n, t in timings.items()}, "ratios": ratios,
             "tokens_per_second": {n: new_tokens / t.median for n, t in timings.items()},
             "tokens_per_second_ratio": {n: base.median / t.median for n, t in timings.items() if n != "unsteered"},
+            "per_round_ratios": {n: paired_ratios(t, base) for n, t in timings.items() if n != "unsteered"},
             "verdicts": {"dsas": {"limit": limit, "criterion": f"tokens/s >= {MIN_TOKENS_PER_SECOND_RATIO} x unsteered",
                                   "verdict": verdict(ratios["dsas"], limit, base)}}}

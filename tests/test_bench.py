@@ -44,3 +44,37 @@ def test_the_compile_benchmark_moves_strengths_without_recompiling():
     assert out["recompiles"] == 0
     assert sorted(out["timings"]) == ["compiled", "compiled_dsas", "dsas", "unsteered"]
     assert sorted(out["ratios"]) == ["compiled_dsas", "dsas"]
+
+
+def test_the_cpu_clock_counts_work_not_waiting():
+    import time
+    from contextlib import nullcontext
+
+    from dsas_core.timing import interleaved
+
+    for cpu, check in ((True, lambda t: t < 0.02), (False, lambda t: t >= 0.05)):
+        timings = interleaved(lambda: time.sleep(0.05), {"sleep": nullcontext}, repeats=1, cpu_time=cpu)
+        assert check(timings["sleep"].median)
+
+
+def test_the_heap_allocator_serves_a_freed_large_block_again_without_page_faults():
+    import subprocess
+    import sys
+
+    code = """
+import resource, sys, torch
+from dsas_core.timing import heap_malloc
+if sys.argv[1] == "heap":
+    assert heap_malloc().startswith("glibc heap only")
+def faults():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+a = torch.ones(16 * 2**20)  # 64 MiB
+for i in range(3):
+    start = faults()
+    b = a + 1  # a fresh 64 MiB result on every call, as a large layer makes
+    del b
+print(faults() - start)
+"""
+    counts = {mode: int(subprocess.run([sys.executable, "-c", code, mode], capture_output=True, text=True,
+                                       check=True).stdout) for mode in ("heap", "default")}
+    assert counts["default"] >= 16384 > 1000 > counts["heap"]  # 64 MiB is 16384 pages of 4 KiB
