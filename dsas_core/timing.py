@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import statistics
 import threading
 import time
@@ -74,32 +75,48 @@ def interleaved(
     device: torch.device | None = None,
     after: Callable[[Any], None] | None = None,
     cpu_time: bool = False,
+    best_of: int = 1,
 ) -> dict[str, Timing]:
     """Time ``run`` under each config's context, rotating the order every repeat (after one warm-up each).
 
-    ``after(ctx)`` runs outside the timed region (e.g. to clear recorded α). ``cpu_time=True`` counts this
-    process's CPU seconds instead of wall seconds."""
+    A repeat is the fastest of ``best_of`` back-to-back runs (interference from the rest of the machine only ever
+    adds time). ``after(ctx)`` runs after each run, outside the timed region (e.g. to clear recorded α).
+    ``cpu_time=True`` counts this process's CPU seconds instead of wall seconds. The garbage collector is off
+    while a run is timed."""
     cuda = device is not None and device.type == "cuda"
     clock = time.process_time if cpu_time else time.perf_counter
     peaks: dict[str, float] = {}
 
     def measure(name: str) -> float:
+        best = float("inf")
         with configs[name]() as ctx:
-            if cuda:
-                torch.cuda.reset_peak_memory_stats(device)
-            _sync(device)
-            start = clock()
-            run()
-            _sync(device)
-            elapsed = clock() - start
-            if cuda:
-                peaks[name] = max(peaks.get(name, 0.0), torch.cuda.max_memory_allocated(device) / 2**20)
-            if after is not None:
-                after(ctx)
-        return elapsed
+            for _ in range(best_of):
+                if cuda:
+                    torch.cuda.reset_peak_memory_stats(device)
+                best = min(best, _timed(run, clock, device))
+                if cuda:
+                    peaks[name] = max(peaks.get(name, 0.0), torch.cuda.max_memory_allocated(device) / 2**20)
+                if after is not None:
+                    after(ctx)
+        return best
 
     samples = rotate(measure, list(configs), repeats)
     return {n: Timing.of(n, v, peaks.get(n)) for n, v in samples.items()}
+
+
+def _timed(run: Callable[[], Any], clock: Callable[[], float], device: torch.device | None) -> float:
+    """Seconds of one ``run()`` by ``clock``, the device synchronised at both ends, the garbage collector off."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        _sync(device)
+        start = clock()
+        run()
+        _sync(device)
+        return clock() - start
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def interleaved_jobs(jobs: dict[str, Callable[[], Any]], repeats: int = 5, device: torch.device | None = None,
@@ -108,15 +125,7 @@ def interleaved_jobs(jobs: dict[str, Callable[[], Any]], repeats: int = 5, devic
     instead of wall seconds: for single-threaded CPU runs it is the work done, and other processes on a shared
     machine inflate it far less than the wall clock."""
     clock = time.process_time if cpu_time else time.perf_counter
-
-    def measure(name: str) -> float:
-        _sync(device)
-        start = clock()
-        jobs[name]()
-        _sync(device)
-        return clock() - start
-
-    samples = rotate(measure, list(jobs), repeats)
+    samples = rotate(lambda name: _timed(jobs[name], clock, device), list(jobs), repeats)
     return {n: Timing.of(n, v) for n, v in samples.items()}
 
 

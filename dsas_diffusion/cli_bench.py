@@ -31,7 +31,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "DSAS.",
                        epilog=EXAMPLE, formatter_class=HelpFormatter)
     p.add_argument("--only", default=",".join(BENCHES), help=f"comma-separated subset of {','.join(BENCHES)}")
-    p.add_argument("--repeats", type=int, default=7)
+    p.add_argument("--repeats", type=int, default=7, help="timed rounds per configuration (after one warm-up round)")
+    p.add_argument("--best-of", type=int, default=3,
+                   help="each round's time is the fastest of this many back-to-back runs (interference only adds "
+                        "time); the overhead and LLM benchmarks")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when present)")
     p.add_argument("--latent", type=int, default=None, help="latent side for sd15 (default: 16 on CPU, 64 on GPU)")
     p.add_argument("--compile-mode", default=None,
@@ -83,7 +86,7 @@ def _demo(device: Any, args: argparse.Namespace) -> dict[str, Any]:
 
     unet = load_demo_pipeline(device=device).unet
     return overhead(unet, unet_runner(unet, latent=16, batch=2, steps=20, text_tokens=32, device=device),
-                    repeats=args.repeats, device=device)
+                    repeats=args.repeats, device=device, best_of=args.best_of)
 
 
 def _sd15(device: Any, args: argparse.Namespace, sdxl: bool = False) -> dict[str, Any]:
@@ -96,7 +99,7 @@ def _sd15(device: Any, args: argparse.Namespace, sdxl: bool = False) -> dict[str
     unet = (sdxl_unet() if sdxl else sd15_unet()).to(device, dtype)
     latent = args.latent or ((128 if sdxl else 64) if gpu else 16)
     out = overhead(unet, unet_runner(unet, latent=latent, batch=2, steps=4 if gpu else 1, device=device, dtype=dtype),
-                   repeats=args.repeats, device=device)
+                   repeats=args.repeats, device=device, best_of=args.best_of)
     return out | {"latent": latent, "dtype": str(dtype)}
 
 
@@ -107,7 +110,8 @@ def _flux(device: Any, args: argparse.Namespace) -> dict[str, Any]:
     model = flux_transformer(device, double=2 if gpu else 1, single=4 if gpu else 2)
     side = 64 if gpu else 8  # 64: a 1024-pixel image's packed grid
     return overhead(model, flux_runner(model, device, image_side=side, text_tokens=512 if gpu else 32,
-                                       steps=2 if gpu else 1), repeats=args.repeats, device=device) | {"image_side": side}
+                                       steps=2 if gpu else 1), repeats=args.repeats, device=device,
+                    best_of=args.best_of) | {"image_side": side}
 
 
 def _compile(device: Any, args: argparse.Namespace) -> dict[str, Any]:
@@ -131,7 +135,7 @@ def _compile(device: Any, args: argparse.Namespace) -> dict[str, Any]:
 def _llm(device: Any, args: argparse.Namespace) -> dict[str, Any]:
     from dsas_transformers.bench import tokens_per_second
 
-    return tokens_per_second(device, repeats=args.repeats)
+    return tokens_per_second(device, repeats=args.repeats, best_of=args.best_of)
 
 
 def _fit(device: Any, args: argparse.Namespace) -> dict[str, Any]:

@@ -63,9 +63,11 @@ def generate_runner(model: nn.Module, new_tokens: int = 32, prompt_tokens: int =
     return run
 
 
-def tokens_per_second(device: torch.device | str = "cpu", repeats: int = 7, new_tokens: int = 32) -> dict[str, Any]:
+def tokens_per_second(device: torch.device | str = "cpu", repeats: int = 7, new_tokens: int = 32,
+                      best_of: int = 1) -> dict[str, Any]:
     """Unsteered vs DSAS generation: timings, time ratios, tokens/s and the verdict on DSAS tokens/s ≥ 0.97 ×
-    unsteered ('inconclusive' when the unsteered spread exceeds the 3% margin)."""
+    unsteered ('inconclusive' when the unsteered spread exceeds the 3% margin); each repeat is the fastest of
+    ``best_of`` generations."""
     device = torch.device(device)
     model = bench_model(device)
     concept = bench_concept(model)
@@ -74,8 +76,9 @@ def tokens_per_second(device: torch.device | str = "cpu", repeats: int = 7, new_
         steer.scaler.to(device)
     configs: dict[str, Callable[[], Any]] = {"unsteered": no_context, "dsas": lambda: attach(model, {concept: 1.0})}
     cpu = cpu_clock(device)
-    timings = interleaved(generate_runner(model, new_tokens), configs, repeats=repeats, device=device, cpu_time=cpu)
-    return report(timings, new_tokens) | {"clock": clock_name(cpu),
+    timings = interleaved(generate_runner(model, new_tokens), configs, repeats=repeats, device=device, cpu_time=cpu,
+                          best_of=best_of)
+    return report(timings, new_tokens) | {"clock": clock_name(cpu), "best_of": best_of,
         "model": {"parameters": sum(p.numel() for p in model.parameters()), **CONFIG,
                   "dtype": str(next(model.parameters()).dtype).replace("torch.", "")},
         "workload": f"{new_tokens} greedy tokens from a 16-token prompt, batch 1, KV cache on",

@@ -78,3 +78,18 @@ print(faults() - start)
     counts = {mode: int(subprocess.run([sys.executable, "-c", code, mode], capture_output=True, text=True,
                                        check=True).stdout) for mode in ("heap", "default")}
     assert counts["default"] >= 16384 > 1000 > counts["heap"]  # 64 MiB is 16384 pages of 4 KiB
+
+
+def test_a_repeat_is_the_fastest_of_its_back_to_back_runs_and_after_follows_each_run():
+    import itertools
+    import time
+    from contextlib import nullcontext
+
+    from dsas_core.timing import interleaved
+
+    pauses = itertools.cycle([0.06, 0.02, 0.04])
+    cleared = []
+    timings = interleaved(lambda: time.sleep(next(pauses)), {"a": nullcontext}, repeats=2, best_of=3,
+                          after=lambda ctx: cleared.append(ctx))
+    assert len(cleared) == 9  # warm-up round + 2 rounds, 3 runs each
+    assert all(0.02 <= t < 0.04 for t in timings["a"].samples)
