@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import math
 import statistics
 import threading
 import time
@@ -149,11 +150,35 @@ def heap_malloc() -> str | None:
     return "glibc heap only (mallopt M_MMAP_MAX=0, M_TRIM_THRESHOLD=2^31-1)"
 
 
+def median_interval(values: list[float], level: float = 0.95) -> tuple[float, float, float]:
+    """A distribution-free confidence interval for the median: the k-th smallest and k-th largest value, k the
+    largest rank with P(Binomial(n, ½) < k) ≤ (1 − level) / 2. Returns (low, high, the interval's exact coverage);
+    with too few values for ``level`` (fewer than 6 for 95 %), the whole range and its coverage."""
+    xs = sorted(values)
+    n = len(xs)
+    tail = [math.comb(n, i) / 2**n for i in range(n + 1)]
+    k = 1
+    while k < n // 2 and sum(tail[:k + 1]) <= (1 - level) / 2:
+        k += 1
+    return xs[k - 1], xs[n - k], 1 - 2 * sum(tail[:k])
+
+
 def paired_ratios(num: Timing, den: Timing) -> dict[str, float]:
-    """Median, min and max of the per-round ratios ``num / den`` (rounds ran side by side), and their spread."""
+    """Median, min and max of the per-round ratios ``num / den`` (rounds ran side by side), their spread, and a
+    95 % confidence interval of their median (:func:`median_interval`)."""
     r = [a / b for a, b in zip(num.samples, den.samples)]
     med = statistics.median(r)
-    return {"median": med, "low": min(r), "high": max(r), "spread": (max(r) - min(r)) / med}
+    low, high, coverage = median_interval(r)
+    return {"median": med, "low": min(r), "high": max(r), "spread": (max(r) - min(r)) / med,
+            "ci_low": low, "ci_high": high, "ci_coverage": coverage}
+
+
+def paired_verdict(ratios: dict[str, float], limit: float) -> str:
+    """'pass' when the whole confidence interval of the per-round ratios' median is within ``limit``, 'fail' when
+    all of it is above, else 'inconclusive'."""
+    if ratios["ci_high"] <= limit:
+        return "pass"
+    return "fail" if ratios["ci_low"] > limit else "inconclusive"
 
 
 def verdict(ratio: float, limit: float, baseline: Timing) -> str:

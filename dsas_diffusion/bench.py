@@ -15,7 +15,7 @@ from torch import nn
 
 from dsas_core import Concept, fit_from_activations
 from dsas_core.timing import (Timing, clock_name, cpu_clock, interleaved, interleaved_jobs, no_context, paired_ratios,
-                              verdict)
+                              paired_verdict, verdict)
 
 from .pipeline import attach
 from .sites import candidates
@@ -105,8 +105,10 @@ def overhead(denoiser: nn.Module, run: Callable[[], None], repeats: int = 7, dev
 
 
 def report(timings: dict[str, Timing], limits: dict[str, float], bases: dict[str, str] | None = None) -> dict[str, Any]:
-    """Timings with ratios to 'unsteered' (or to ``bases[name]``), a verdict per limit, and the per-round ratios
-    (each configuration over its base in the same round: the drift of a shared machine cancels there)."""
+    """Timings with ratios to 'unsteered' (or to ``bases[name]``), the per-round ratios (each configuration over
+    its base in the same round: slow drift of the machine's speed cancels there) and two verdicts per limit: by the
+    ratio of medians, 'inconclusive' when the base's spread exceeds the margin; and by the 95 % confidence interval
+    of the per-round ratios' median."""
     out: dict[str, Any] = {"timings": {n: t.as_dict() for n, t in timings.items()}, "ratios": {}, "verdicts": {},
                            "per_round_ratios": {}}
     for name, limit in limits.items():
@@ -114,8 +116,9 @@ def report(timings: dict[str, Timing], limits: dict[str, float], bases: dict[str
             base = timings[(bases or {}).get(name, "unsteered")]
             ratio = timings[name].median / base.median
             out["ratios"][name] = ratio
-            out["verdicts"][name] = {"limit": limit, "verdict": verdict(ratio, limit, base)}
-            out["per_round_ratios"][name] = paired_ratios(timings[name], base)
+            paired = out["per_round_ratios"][name] = paired_ratios(timings[name], base)
+            out["verdicts"][name] = {"limit": limit, "verdict": verdict(ratio, limit, base),
+                                     "paired_verdict": paired_verdict(paired, limit)}
     return out
 
 

@@ -25,16 +25,20 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description="Times, interleaved and repeated, the denoiser (or LLM) unsteered, attached with "
                                    "every strength 0, with plain steering, with DSAS, and with DSAS recording α; "
                                    "reports medians, min/max, ratios to unsteered and a verdict per budget "
-                                   "('inconclusive' when the unsteered spread exceeds the margin judged). 'fit' "
+                                   "('inconclusive' when the unsteered spread exceeds the margin judged), and a "
+                                   "second verdict from the 95%% confidence interval of the per-round ratios' "
+                                   "median (rounds run side by side, so slow drift cancels). 'fit' "
                                    "times fit_concept against the bare denoising passes it needs and measures its "
                                    "peak memory; 'compile' compares the torch.compile'd denoiser unsteered and with "
                                    "DSAS.",
                        epilog=EXAMPLE, formatter_class=HelpFormatter)
     p.add_argument("--only", default=",".join(BENCHES), help=f"comma-separated subset of {','.join(BENCHES)}")
-    p.add_argument("--repeats", type=int, default=7, help="timed rounds per configuration (after one warm-up round)")
-    p.add_argument("--best-of", type=int, default=3,
+    p.add_argument("--repeats", type=int, default=15,
+                   help="timed rounds per configuration, after one warm-up round (15: the per-round ratios' median "
+                        "gets a 96.5%% confidence interval from the 4th to the 12th value)")
+    p.add_argument("--best-of", type=int, default=1,
                    help="each round's time is the fastest of this many back-to-back runs (interference only adds "
-                        "time); the overhead and LLM benchmarks")
+                        "time; helps against rare stalls); the overhead and LLM benchmarks")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when present)")
     p.add_argument("--latent", type=int, default=None, help="latent side for sd15 (default: 16 on CPU, 64 on GPU)")
     p.add_argument("--compile-mode", default=None,
@@ -154,13 +158,16 @@ def _print(name: str, result: dict[str, Any]) -> None:
     print(f"== {name}")
     for config, t in result.get("timings", {}).items():
         ratio = result.get("ratios", {}).get(config)
-        verdict = result.get("verdicts", {}).get(config, {}).get("verdict", "")
+        judged = result.get("verdicts", {}).get(config, {})
+        verdict = f"{judged['verdict']} (paired: {judged['paired_verdict']})" if "paired_verdict" in judged else \
+            judged.get("verdict", "")
         r = f"  ratio {ratio:.3f}" if ratio is not None else ""
         print(f"  {config:<16} median {t['median'] * 1000:10.2f} ms  min {t['low'] * 1000:10.2f}  max "
               f"{t['high'] * 1000:10.2f}  spread {t['spread']:.3f}{r}  {verdict}")
     for key, value in result.items():
         if key == "per_round_ratios":
             for config, r in value.items():
-                print(f"  per-round {config:<10} median {r['median']:.3f}  min {r['low']:.3f}  max {r['high']:.3f}")
+                print(f"  per-round {config:<12} median {r['median']:.3f}  {r['ci_coverage']:.0%} CI "
+                      f"{r['ci_low']:.3f}–{r['ci_high']:.3f}  min {r['low']:.3f}  max {r['high']:.3f}")
         elif key not in ("timings", "ratios", "verdicts", "samples"):
             print(f"  {key}: {value}")

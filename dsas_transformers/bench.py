@@ -14,7 +14,8 @@ import torch
 from torch import nn
 
 from dsas_core import Concept, fit_from_activations
-from dsas_core.timing import Timing, clock_name, cpu_clock, interleaved, no_context, paired_ratios, verdict
+from dsas_core.timing import (Timing, clock_name, cpu_clock, interleaved, no_context, paired_ratios, paired_verdict,
+                              verdict)
 
 from .sites import lm_sites
 from .steer import attach
@@ -90,9 +91,11 @@ def report(timings: dict[str, Timing], new_tokens: int) -> dict[str, Any]:
     base = timings["unsteered"]
     limit = 1.0 / MIN_TOKENS_PER_SECOND_RATIO  # on time: tokens/s ≥ 0.97× ⇔ time ≤ 1.031×
     ratios = {n: t.median / base.median for n, t in timings.items() if n != "unsteered"}
+    paired = {n: paired_ratios(t, base) for n, t in timings.items() if n != "unsteered"}
     return {"timings": {n: t.as_dict() for n, t in timings.items()}, "ratios": ratios,
             "tokens_per_second": {n: new_tokens / t.median for n, t in timings.items()},
             "tokens_per_second_ratio": {n: base.median / t.median for n, t in timings.items() if n != "unsteered"},
-            "per_round_ratios": {n: paired_ratios(t, base) for n, t in timings.items() if n != "unsteered"},
+            "per_round_ratios": paired,
             "verdicts": {"dsas": {"limit": limit, "criterion": f"tokens/s >= {MIN_TOKENS_PER_SECOND_RATIO} x unsteered",
-                                  "verdict": verdict(ratios["dsas"], limit, base)}}}
+                                  "verdict": verdict(ratios["dsas"], limit, base),
+                                  "paired_verdict": paired_verdict(paired["dsas"], limit)}}}

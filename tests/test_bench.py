@@ -93,3 +93,14 @@ def test_a_repeat_is_the_fastest_of_its_back_to_back_runs_and_after_follows_each
                           after=lambda ctx: cleared.append(ctx))
     assert len(cleared) == 9  # warm-up round + 2 rounds, 3 runs each
     assert all(0.02 <= t < 0.04 for t in timings["a"].samples)
+
+
+def test_the_median_interval_takes_the_binomial_ranks_and_the_paired_verdict_needs_all_of_it_in_budget():
+    from dsas_core.timing import median_interval, paired_verdict
+
+    values = [1.0 + i / 100 for i in (7, 3, 11, 0, 14, 5, 9, 1, 13, 2, 8, 12, 4, 10, 6)]  # 1.00 ... 1.14, shuffled
+    low, high, coverage = median_interval(values)
+    assert (round(low, 6), round(high, 6), round(coverage, 6)) == (1.03, 1.11, round(1 - 2 * 576 / 2**15, 6))
+    assert median_interval([3.0, 1.0, 2.0, 5.0, 4.0, 7.0, 6.0])[:2] == (1.0, 7.0)  # 7 values: the whole range
+    assert [paired_verdict({"ci_low": lo, "ci_high": hi}, 1.03) for lo, hi in ((0.99, 1.03), (1.02, 1.04), (1.031, 1.1))] \
+        == ["pass", "inconclusive", "fail"]
