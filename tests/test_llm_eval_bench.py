@@ -8,14 +8,18 @@ from dsas_transformers.testing import tiny_model
 
 
 def timing(name, median, spread=0.01):
-    return Timing(name, median, median * (1 - spread / 2), median * (1 + spread / 2), 7)
+    """Seven rounds whose times drift evenly by ``spread`` around ``median``, in the same order for every name."""
+    return Timing.of(name, [median * (1 + spread * (i / 6 - 0.5)) for i in (3, 0, 6, 1, 5, 2, 4)])
 
 
-@pytest.mark.parametrize("dsas, base_spread, verdict", [(1.02, 0.01, "pass"), (1.05, 0.01, "fail"),
-                                                        (1.02, 0.05, "inconclusive")])
-def test_dsas_must_keep_97_percent_of_the_unsteered_tokens_per_second(dsas, base_spread, verdict):
-    out = report({"unsteered": timing("unsteered", 1.0, base_spread), "dsas": timing("dsas", dsas)}, new_tokens=32)
+@pytest.mark.parametrize("dsas, base_spread, verdict, paired", [(1.02, 0.01, "pass", "pass"),
+                                                                (1.05, 0.01, "fail", "fail"),
+                                                                (1.02, 0.05, "inconclusive", "pass")])
+def test_dsas_must_keep_97_percent_of_the_unsteered_tokens_per_second(dsas, base_spread, verdict, paired):
+    out = report({"unsteered": timing("unsteered", 1.0, base_spread), "dsas": timing("dsas", dsas, base_spread)},
+                 new_tokens=32)
     assert out["verdicts"]["dsas"]["verdict"] == verdict
+    assert out["verdicts"]["dsas"]["paired_verdict"] == paired  # the drift is shared by both: each round's ratio is dsas
     assert out["verdicts"]["dsas"]["limit"] == pytest.approx(1 / 0.97)
     assert out["tokens_per_second"]["unsteered"] == pytest.approx(32.0)
     assert out["tokens_per_second_ratio"]["dsas"] == pytest.approx(1 / dsas)
