@@ -81,6 +81,40 @@ def unet_runner(unet: nn.Module, latent: int, batch: int, steps: int, text_token
     return run
 
 
+def steering_configs(denoiser: nn.Module, concept: Concept) -> dict[str, Callable[[], Any]]:
+    """The configurations every overhead benchmark compares, each a context manager factory."""
+    return {
+        "unsteered": no_context,
+        "lambda0": lambda: attach(denoiser, {concept: 0.0}),
+        "plain": lambda: attach(denoiser, {concept: 1.0}, adaptive=False),
+        "dsas": lambda: attach(denoiser, {concept: 1.0}),
+        "dsas_record": lambda: attach(denoiser, {concept: 1.0}, record_alpha=True),
+    }
+
+
+def workload(name: str, device: torch.device, latent: int | None = None) -> tuple[nn.Module, Callable[[], None], dict[str, Any]]:
+    """The denoiser and the calls an overhead benchmark times — 'demo', 'sd15', 'sdxl' or 'flux' — with what
+    describes them: small inputs on the CPU, real resolutions (fp16 / bf16) on a GPU."""
+    gpu = device.type == "cuda"
+    if name == "demo":
+        from .demo import load_demo_pipeline
+
+        unet = load_demo_pipeline(device=device).unet
+        return unet, unet_runner(unet, latent=16, batch=2, steps=20, text_tokens=32, device=device), {}
+    if name in ("sd15", "sdxl"):
+        dtype = torch.float16 if gpu else torch.float32
+        unet = (sdxl_unet() if name == "sdxl" else sd15_unet()).to(device, dtype)
+        side = latent or ((128 if name == "sdxl" else 64) if gpu else 16)
+        run = unet_runner(unet, latent=side, batch=2, steps=4 if gpu else 1, device=device, dtype=dtype)
+        return unet, run, {"latent": side, "dtype": str(dtype)}
+    if name == "flux":
+        model = flux_transformer(device, double=2 if gpu else 1, single=4 if gpu else 2)
+        side = 64 if gpu else 8  # 64: a 1024-pixel image's packed grid
+        run = flux_runner(model, device, image_side=side, text_tokens=512 if gpu else 32, steps=2 if gpu else 1)
+        return model, run, {"image_side": side}
+    raise ValueError(f"unknown workload {name!r}")
+
+
 def overhead(denoiser: nn.Module, run: Callable[[], None], repeats: int = 7, device: torch.device | None = None,
              transform: str = "mean_shift", best_of: int = 1) -> dict[str, Any]:
     """Unsteered vs attached-at-λ=0 vs plain vs DSAS vs DSAS with α recording, with ratios and verdicts; each
@@ -91,15 +125,8 @@ def overhead(denoiser: nn.Module, run: Callable[[], None], repeats: int = 7, dev
         for steer in concept.sites.values():
             steer.transform.to(concept_device)
             steer.scaler.to(concept_device)
-    configs: dict[str, Callable[[], Any]] = {
-        "unsteered": no_context,
-        "lambda0": lambda: attach(denoiser, {concept: 0.0}),
-        "plain": lambda: attach(denoiser, {concept: 1.0}, adaptive=False),
-        "dsas": lambda: attach(denoiser, {concept: 1.0}),
-        "dsas_record": lambda: attach(denoiser, {concept: 1.0}, record_alpha=True),
-    }
     cpu = cpu_clock(device)
-    timings = interleaved(run, configs, repeats=repeats, device=device, cpu_time=cpu, best_of=best_of,
+    timings = interleaved(run, steering_configs(denoiser, concept), repeats=repeats, device=device, cpu_time=cpu, best_of=best_of,
                           after=lambda ctx: ctx.clear_records() if hasattr(ctx, "clear_records") else None)
     return report(timings, LIMITS) | {"clock": clock_name(cpu), "best_of": best_of}
 

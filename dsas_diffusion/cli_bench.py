@@ -84,38 +84,18 @@ def _machine(device: Any) -> dict[str, Any]:
     return info
 
 
-def _demo(device: Any, args: argparse.Namespace) -> dict[str, Any]:
-    from .bench import overhead, unet_runner
-    from .demo import load_demo_pipeline
+def _overhead(name: str) -> Any:
+    def go(device: Any, args: argparse.Namespace) -> dict[str, Any]:
+        from .bench import overhead, workload
+        from .bench_memory import overhead_memory
 
-    unet = load_demo_pipeline(device=device).unet
-    return overhead(unet, unet_runner(unet, latent=16, batch=2, steps=20, text_tokens=32, device=device),
-                    repeats=args.repeats, device=device, best_of=args.best_of)
-
-
-def _sd15(device: Any, args: argparse.Namespace, sdxl: bool = False) -> dict[str, Any]:
-    import torch
-
-    from .bench import overhead, sd15_unet, sdxl_unet, unet_runner
-
-    gpu = device.type == "cuda"
-    dtype = torch.float16 if gpu else torch.float32
-    unet = (sdxl_unet() if sdxl else sd15_unet()).to(device, dtype)
-    latent = args.latent or ((128 if sdxl else 64) if gpu else 16)
-    out = overhead(unet, unet_runner(unet, latent=latent, batch=2, steps=4 if gpu else 1, device=device, dtype=dtype),
-                   repeats=args.repeats, device=device, best_of=args.best_of)
-    return out | {"latent": latent, "dtype": str(dtype)}
-
-
-def _flux(device: Any, args: argparse.Namespace) -> dict[str, Any]:
-    from .bench import flux_runner, flux_transformer, overhead
-
-    gpu = device.type == "cuda"
-    model = flux_transformer(device, double=2 if gpu else 1, single=4 if gpu else 2)
-    side = 64 if gpu else 8  # 64: a 1024-pixel image's packed grid
-    return overhead(model, flux_runner(model, device, image_side=side, text_tokens=512 if gpu else 32,
-                                       steps=2 if gpu else 1), repeats=args.repeats, device=device,
-                    best_of=args.best_of) | {"image_side": side}
+        model, run, info = workload(name, device, args.latent)
+        out = overhead(model, run, repeats=args.repeats, device=device, best_of=args.best_of) | info
+        if device.type == "cpu":  # on a GPU the timed runs record allocated memory themselves
+            del model, run
+            out["memory"] = overhead_memory(name, args.latent)
+        return out
+    return go
 
 
 def _compile(device: Any, args: argparse.Namespace) -> dict[str, Any]:
@@ -150,8 +130,8 @@ def _fit(device: Any, args: argparse.Namespace) -> dict[str, Any]:
     return cost | {"memory": fit_memory(device)}
 
 
-_RUNNERS = {"demo": _demo, "sd15": _sd15, "sdxl": lambda d, a: _sd15(d, a, sdxl=True), "flux": _flux, "llm": _llm,
-            "fit": _fit, "compile": _compile}
+_RUNNERS = {"demo": _overhead("demo"), "sd15": _overhead("sd15"), "sdxl": _overhead("sdxl"), "flux": _overhead("flux"),
+            "llm": _llm, "fit": _fit, "compile": _compile}
 
 
 def _print(name: str, result: dict[str, Any]) -> None:

@@ -104,3 +104,13 @@ def test_the_median_interval_takes_the_binomial_ranks_and_the_paired_verdict_nee
     assert median_interval([3.0, 1.0, 2.0, 5.0, 4.0, 7.0, 6.0])[:2] == (1.0, 7.0)  # 7 values: the whole range
     assert [paired_verdict({"ci_low": lo, "ci_high": hi}, 1.03) for lo, hi in ((0.99, 1.03), (1.02, 1.04), (1.031, 1.1))] \
         == ["pass", "inconclusive", "fail"]
+
+
+def test_the_memory_child_measures_peak_rss_from_before_the_runs_under_each_configuration():
+    from dsas_diffusion.bench import steering_configs
+    from dsas_diffusion.bench_memory import _child
+
+    assert list(steering_configs(torch.nn.Identity(), None)) == ["unsteered", "lambda0", "plain", "dsas", "dsas_record"]
+    r = _child("demo", "dsas_record", None, torch.get_num_threads())
+    assert r["peak_mb"] >= r["start_mb"] > 100  # the demo pipeline's UNet is resident before the runs
+    assert r["growth_mb"] == r["peak_mb"] - r["start_mb"]
