@@ -40,7 +40,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="each round's time is the fastest of this many back-to-back runs (interference only adds "
                         "time; helps against rare stalls); the overhead and LLM benchmarks")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when present)")
-    p.add_argument("--latent", type=int, default=None, help="latent side for sd15 (default: 16 on CPU, 64 on GPU)")
+    p.add_argument("--latent", type=int, default=None,
+                   help="latent side for sd15 and sdxl (default: 16 on CPU; 64 for sd15, 128 for sdxl on a GPU)")
     p.add_argument("--compile-mode", default=None,
                    help="torch.compile mode for the compile benchmark (default, reduce-overhead, max-autotune)")
     p.add_argument("--json", default=None, help="also write the results to this file")
