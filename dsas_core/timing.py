@@ -221,6 +221,35 @@ class PeakRSS:
         return self.peak_mb - self.start_mb
 
 
+def in_fresh_processes(fn: Callable[..., Any], calls: dict[str, tuple[Any, ...]]) -> dict[str, Any]:
+    """``fn(*args)`` for each named call, each in a new spawned process (one at a time): for peak-memory
+    measurements, since a process's C allocator keeps what it freed and would hide the next call's peak.
+    ``fn`` must be importable (a module-level function)."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Pool(1, maxtasksperchild=1) as pool:
+        return {name: pool.apply(fn, args) for name, args in calls.items()}
+
+
+def rss_of_runs(run: Callable[[], Any], context: AbstractContextManager[Any], runs: int = 2) -> dict[str, float]:
+    """Resident memory (MiB) before and at the peak of ``runs`` calls of ``run`` inside ``context`` (the second
+    call shows memory that grows from call to call, e.g. α records), and the growth."""
+    with PeakRSS() as rss, context:
+        for _ in range(runs):
+            run()
+    return {"start_mb": rss.start_mb, "peak_mb": rss.peak_mb, "growth_mb": rss.growth_mb}
+
+
+def memory_report(runs: dict[str, dict[str, float]], base: str = "unsteered") -> dict[str, Any]:
+    """:func:`rss_of_runs` results per configuration, with each peak as a ratio to ``base``'s and each growth
+    beyond ``base``'s."""
+    ref = runs[base]
+    return {"unit": "MiB, RSS", "configs": runs,
+            "peak_ratio": {c: r["peak_mb"] / ref["peak_mb"] for c, r in runs.items() if c != base},
+            "growth_extra_mb": {c: r["growth_mb"] - ref["growth_mb"] for c, r in runs.items() if c != base}}
+
+
 def no_context() -> AbstractContextManager[None]:
     """The unsteered configuration."""
     return nullcontext()

@@ -9,13 +9,13 @@ Memory: each configuration runs in a fresh process, so no allocator pool of an e
 
 from __future__ import annotations
 
-import multiprocessing
 from typing import Any
 
 import torch
 
 from dsas_core.paths import assets_dir
-from dsas_core.timing import PeakRSS, clock_name, cpu_clock, interleaved_jobs, paired_ratios, verdict
+from dsas_core.timing import (PeakRSS, clock_name, cpu_clock, in_fresh_processes, interleaved_jobs, paired_ratios,
+                              verdict)
 
 FIT_LIMIT = 1.2  # fit_concept ≤ 1.2 × the bare passes
 MEMORY_LIMIT = 1.10  # peak memory × 1.10 at most when the image side or the collected steps double
@@ -91,16 +91,14 @@ def fit_memory(device: torch.device, side: int = 32, steps: int = 10, scaler: st
     the steps, each beside the bare passes of the same configuration, each in a fresh process. On the CPU memory
     is resident memory (RSS: the loaded model and libraries included), on a GPU allocated memory."""
     configs = {"base": (side, steps), "double_side": (2 * side, steps), "double_steps": (side, 2 * steps)}
-    ctx = multiprocessing.get_context("spawn")
     out: dict[str, Any] = {"unit": "MiB, RSS" if device.type == "cpu" else "MiB, CUDA allocated"}
-    with ctx.Pool(1, maxtasksperchild=1) as pool:
-        for name, (s, n) in configs.items():
-            runs = {job: pool.apply(_peak_child, (job, s, n, str(device), torch.get_num_threads(), scaler))
-                    for job in ("bare", "fit")}
-            grow = {job: r["peak_mb"] - r["start_mb"] for job, r in runs.items()}
-            out[name] = {"side": s, "steps": n, "fit_peak_mb": runs["fit"]["peak_mb"],
-                         "bare_peak_mb": runs["bare"]["peak_mb"], "fit_growth_mb": grow["fit"],
-                         "bare_growth_mb": grow["bare"], "fitting_extra_mb": grow["fit"] - grow["bare"]}
+    for name, (s, n) in configs.items():
+        runs = in_fresh_processes(_peak_child, {job: (job, s, n, str(device), torch.get_num_threads(), scaler)
+                                                for job in ("bare", "fit")})
+        grow = {job: r["peak_mb"] - r["start_mb"] for job, r in runs.items()}
+        out[name] = {"side": s, "steps": n, "fit_peak_mb": runs["fit"]["peak_mb"],
+                     "bare_peak_mb": runs["bare"]["peak_mb"], "fit_growth_mb": grow["fit"],
+                     "bare_growth_mb": grow["bare"], "fitting_extra_mb": grow["fit"] - grow["bare"]}
     base = out["base"]["fit_peak_mb"]
     out["ratios"] = {k: out[k]["fit_peak_mb"] / base for k in ("double_side", "double_steps")}
     out["verdicts"] = {k: {"limit": MEMORY_LIMIT, "verdict": "pass" if r <= MEMORY_LIMIT else "fail"}

@@ -118,9 +118,10 @@ def _compile(device: Any, args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _llm(device: Any, args: argparse.Namespace) -> dict[str, Any]:
-    from dsas_transformers.bench import tokens_per_second
+    from dsas_transformers.bench import generation_memory, tokens_per_second
 
-    return tokens_per_second(device, repeats=args.repeats, best_of=args.best_of)
+    out = tokens_per_second(device, repeats=args.repeats, best_of=args.best_of)
+    return out | ({"memory": generation_memory()} if device.type == "cpu" else {})
 
 
 def _fit(device: Any, args: argparse.Namespace) -> dict[str, Any]:

@@ -14,8 +14,8 @@ import torch
 from torch import nn
 
 from dsas_core import Concept, fit_from_activations
-from dsas_core.timing import (Timing, clock_name, cpu_clock, interleaved, no_context, paired_ratios, paired_verdict,
-                              verdict)
+from dsas_core.timing import (Timing, clock_name, cpu_clock, in_fresh_processes, interleaved, memory_report, no_context,
+                              paired_ratios, paired_verdict, rss_of_runs, verdict)
 
 from .sites import lm_sites
 from .steer import attach
@@ -64,6 +64,25 @@ def generate_runner(model: nn.Module, new_tokens: int = 32, prompt_tokens: int =
     return run
 
 
+def steering_configs(model: nn.Module, concept: Concept) -> dict[str, Callable[[], Any]]:
+    """The configurations the LLM benchmark compares, each a context manager factory."""
+    return {"unsteered": no_context, "dsas": lambda: attach(model, {concept: 1.0})}
+
+
+def _memory_child(config: str, new_tokens: int, threads: int) -> dict[str, float]:
+    """In a fresh process: build the bench model and concept, then measure two generations under ``config``."""
+    torch.set_num_threads(threads)
+    model = bench_model("cpu")
+    return rss_of_runs(generate_runner(model, new_tokens), steering_configs(model, bench_concept(model))[config]())
+
+
+def generation_memory(new_tokens: int = 32) -> dict[str, Any]:
+    """Peak RSS (MiB) of two CPU generations per configuration, each in a fresh process, with ratios to
+    unsteered."""
+    return memory_report(in_fresh_processes(_memory_child, {c: (c, new_tokens, torch.get_num_threads())
+                                                            for c in ("unsteered", "dsas")}))
+
+
 def tokens_per_second(device: torch.device | str = "cpu", repeats: int = 7, new_tokens: int = 32,
                       best_of: int = 1) -> dict[str, Any]:
     """Unsteered vs DSAS generation: timings, time ratios, tokens/s and the verdict on DSAS tokens/s ≥ 0.97 ×
@@ -75,9 +94,8 @@ def tokens_per_second(device: torch.device | str = "cpu", repeats: int = 7, new_
     for steer in concept.sites.values():  # copy once, so the first timed call is not a transfer
         steer.transform.to(device)
         steer.scaler.to(device)
-    configs: dict[str, Callable[[], Any]] = {"unsteered": no_context, "dsas": lambda: attach(model, {concept: 1.0})}
     cpu = cpu_clock(device)
-    timings = interleaved(generate_runner(model, new_tokens), configs, repeats=repeats, device=device, cpu_time=cpu,
+    timings = interleaved(generate_runner(model, new_tokens), steering_configs(model, concept), repeats=repeats, device=device, cpu_time=cpu,
                           best_of=best_of)
     return report(timings, new_tokens) | {"clock": clock_name(cpu), "best_of": best_of,
         "model": {"parameters": sum(p.numel() for p in model.parameters()), **CONFIG,

@@ -114,3 +114,15 @@ def test_the_memory_child_measures_peak_rss_from_before_the_runs_under_each_conf
     r = _child("demo", "dsas_record", None, torch.get_num_threads())
     assert r["peak_mb"] >= r["start_mb"] > 100  # the demo pipeline's UNet is resident before the runs
     assert r["growth_mb"] == r["peak_mb"] - r["start_mb"]
+
+
+def test_fresh_processes_run_each_call_apart_and_the_memory_report_compares_with_unsteered():
+    import os
+
+    from dsas_core.timing import in_fresh_processes, memory_report
+
+    pids = in_fresh_processes(os.getpid, {"a": (), "b": ()})
+    assert len({pids["a"], pids["b"], os.getpid()}) == 3
+    runs = {"unsteered": {"peak_mb": 100.0, "growth_mb": 10.0}, "dsas": {"peak_mb": 105.0, "growth_mb": 14.5}}
+    assert memory_report(runs)["peak_ratio"] == {"dsas": 1.05}
+    assert memory_report(runs)["growth_extra_mb"] == {"dsas": 4.5}
