@@ -20,10 +20,11 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable, Iterator, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import torch
 from torch import Tensor, nn
+from torch.nn import functional as F
 
 from .concept import Concept
 from .errors import DsasError
@@ -228,6 +229,17 @@ class _Entry:
     gated: bool
 
 
+class _Step(NamedTuple):
+    """One concept's update in the inference fast path (see :meth:`_SiteHook.make_plan`)."""
+
+    folded: tuple[Tensor, Tensor] | None  # α = sigmoid(linear(x, w, b)) computed inline, else via column
+    column: Callable[..., Tensor] | None  # None: α ≡ 1 (plain steering)
+    constant: Tensor | None  # Δ when it does not depend on x, else via delta
+    delta: Callable[[Tensor], Tensor]
+    lam: float
+    lam_tensor: Tensor  # λ as the full path's 0-d tensor
+
+
 @dataclass
 class _SiteHook:
     site: Site
@@ -237,7 +249,7 @@ class _SiteHook:
     recorded: int = 0  # α records made at this site
     by_device: dict[torch.device, list[_Entry]] = field(default_factory=dict)
     plan_key: tuple[Any, ...] = ()  # (strengths version, adaptive, device) the cached plan was made for
-    plan: list[tuple[Callable[..., Tensor] | None, Callable[[Tensor], Tensor], float, Tensor]] = field(default_factory=list)
+    plan: list["_Step"] = field(default_factory=list)
 
     def on_device(self, device: torch.device) -> list[_Entry]:
         """The entries with their tensors on ``device`` (copied once per device, shared when already there)."""
@@ -269,18 +281,20 @@ class _SiteHook:
         return alpha
 
     def make_plan(self, device: torch.device) -> None:
-        """The eager fast path's steps for the current strengths and ``adaptive``: one (α column or None,
-        delta, λ, λ as a 0-d tensor) per concept that moves this site."""
+        """The eager fast path's steps for the current strengths and ``adaptive``: one :class:`_Step` per concept
+        that moves this site."""
         handle = self.handle
+        adaptive = handle.adaptive
         plan = []
         for e in self.on_device(device):
             lam = handle.strengths[e.name]
-            if lam == 0.0 or (handle.adaptive and e.gated):
+            if lam == 0.0 or (adaptive and e.gated):
                 continue
-            plan.append((e.scaler.column if handle.adaptive else None, e.transform.delta, lam,
-                         handle.strengths.tensor(e.name, device)))
+            plan.append(_Step(e.scaler.folded() if adaptive else None, e.scaler.column if adaptive else None,
+                              e.transform.constant_delta(), e.transform.delta, lam,
+                              handle.strengths.tensor(e.name, device)))
         self.plan = plan
-        self.plan_key = (handle.strengths.version, handle.adaptive, device)
+        self.plan_key = (handle.strengths.version, adaptive, device)
 
     def read(self, output: Any) -> tuple[Tensor, Tensor]:
         """The steered stream h of a module's output and its width-last view x, checked against the fitted width."""
@@ -305,12 +319,13 @@ class _SiteHook:
         x32 = x.float()
         out = x32
         rows = handle.alpha_rows
-        for column, delta, lam, lam_t in self.plan:
-            d = delta(x32)  # (..., d) or (d,)
+        for folded, column, constant, delta, lam, lam_t in self.plan:
+            d = constant if constant is not None else delta(x32)  # (..., d) or (d,)
             if column is None:  # α ≡ 1: the full path's own op
                 out = torch.addcmul(out, lam_t, d)
                 continue
-            alpha = column(x32, handle.context)  # (..., 1)
+            # (..., 1), the scaler's own column arithmetic
+            alpha = torch.sigmoid(F.linear(x32, *folded)) if folded is not None else column(x32, handle.context)
             if rows is not None:
                 alpha = alpha[rows]
             out = torch.addcmul(out, alpha, d, value=lam)  # λ·α·Δ in one kernel, Python λ
@@ -318,7 +333,7 @@ class _SiteHook:
 
     def written(self, output: Any, h: Tensor, out: Tensor) -> Any:
         """The module's output with the steered stream replaced by ``out`` (width last, float32)."""
-        new = out.to(h.dtype)
+        new = out if out.dtype == h.dtype else out.to(h.dtype)
         if self.site.layout == "channels":
             new = new.movedim(-1, 1)
         return write_output(self.site, output, new)
