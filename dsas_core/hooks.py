@@ -248,7 +248,8 @@ class _SiteHook:
     handle: "SteeringHandle"
     recorded: int = 0  # α records made at this site
     by_device: dict[torch.device, list[_Entry]] = field(default_factory=dict)
-    plan_key: tuple[Any, ...] = ()  # (strengths version, adaptive, device) the cached plan was made for
+    plan_for: tuple[int, bool] | None = None  # (strengths version, adaptive) the cached plan was made for
+    plan_device: torch.device | None = None
     plan: list["_Step"] = field(default_factory=list)
 
     def on_device(self, device: torch.device) -> list[_Entry]:
@@ -294,7 +295,7 @@ class _SiteHook:
                               e.transform.constant_delta(), e.transform.delta, lam,
                               handle.strengths.tensor(e.name, device)))
         self.plan = plan
-        self.plan_key = (handle.strengths.version, adaptive, device)
+        self.plan_for, self.plan_device = (handle.strengths.version, adaptive), device
 
     def read(self, output: Any) -> tuple[Tensor, Tensor]:
         """The steered stream h of a module's output and its width-last view x, checked against the fitted width."""
@@ -309,13 +310,17 @@ class _SiteHook:
 
     def fast(self, output: Any) -> Any:
         """Inference without gradients, α records, stored α or compile: the same update with fewer Python steps
-        and kernels (the plan is cached per strengths version; λ is folded into the ``addcmul``)."""
+        and kernels (the plan is cached per strengths version, ``adaptive`` and device; λ is folded into the
+        ``addcmul``)."""
         handle = self.handle
-        h, x = self.read(output)
-        if self.plan_key != (handle.strengths.version, handle.adaptive, x.device):
-            self.make_plan(x.device)
-        if not self.plan:
+        current = self.plan_for == (handle.strengths.version, handle.adaptive)
+        if current and not self.plan:  # every concept here at λ = 0 or gated off, on any device: nothing to read
             return None
+        h, x = self.read(output)
+        if not current or self.plan_device != x.device:
+            self.make_plan(x.device)
+            if not self.plan:
+                return None
         x32 = x.float()
         out = x32
         rows = handle.alpha_rows
