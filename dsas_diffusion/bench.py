@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from dsas_core import Concept, fit_from_activations
+from dsas_core import Concept, DsasError, fit_from_activations
 from dsas_core.timing import (Timing, clock_name, cpu_clock, interleaved, interleaved_jobs, no_context, paired_ratios,
                               paired_verdict, verdict)
 
@@ -92,7 +92,8 @@ def steering_configs(denoiser: nn.Module, concept: Concept) -> dict[str, Callabl
     }
 
 
-def workload(name: str, device: torch.device, latent: int | None = None) -> tuple[nn.Module, Callable[[], None], dict[str, Any]]:
+def workload(name: str, device: torch.device,
+             latent: int | None = None) -> tuple[nn.Module, Callable[[], None], dict[str, Any]]:
     """The denoiser and the calls an overhead benchmark times — 'demo', 'sd15', 'sdxl' or 'flux' — with what
     describes them: small inputs on the CPU, real resolutions (fp16 / bf16) on a GPU."""
     gpu = device.type == "cuda"
@@ -112,7 +113,7 @@ def workload(name: str, device: torch.device, latent: int | None = None) -> tupl
         side = 64 if gpu else 8  # 64: a 1024-pixel image's packed grid
         run = flux_runner(model, device, image_side=side, text_tokens=512 if gpu else 32, steps=2 if gpu else 1)
         return model, run, {"image_side": side}
-    raise ValueError(f"unknown workload {name!r}")
+    raise DsasError(f"unknown workload {name!r}; choose demo, sd15, sdxl or flux.")
 
 
 def overhead(denoiser: nn.Module, run: Callable[[], None], repeats: int = 7, device: torch.device | None = None,
@@ -126,8 +127,9 @@ def overhead(denoiser: nn.Module, run: Callable[[], None], repeats: int = 7, dev
             steer.transform.to(concept_device)
             steer.scaler.to(concept_device)
     cpu = cpu_clock(device)
-    timings = interleaved(run, steering_configs(denoiser, concept), repeats=repeats, device=device, cpu_time=cpu, best_of=best_of,
-                          after=lambda ctx: ctx.clear_records() if hasattr(ctx, "clear_records") else None)
+    clear = lambda ctx: ctx.clear_records() if hasattr(ctx, "clear_records") else None  # noqa: E731
+    timings = interleaved(run, steering_configs(denoiser, concept), repeats=repeats, device=device, cpu_time=cpu,
+                          best_of=best_of, after=clear)
     return report(timings, LIMITS) | {"clock": clock_name(cpu), "best_of": best_of}
 
 

@@ -95,8 +95,8 @@ def tokens_per_second(device: torch.device | str = "cpu", repeats: int = 7, new_
         steer.transform.to(device)
         steer.scaler.to(device)
     cpu = cpu_clock(device)
-    timings = interleaved(generate_runner(model, new_tokens), steering_configs(model, concept), repeats=repeats, device=device, cpu_time=cpu,
-                          best_of=best_of)
+    timings = interleaved(generate_runner(model, new_tokens), steering_configs(model, concept), repeats=repeats,
+                          device=device, cpu_time=cpu, best_of=best_of)
     return report(timings, new_tokens) | {"clock": clock_name(cpu), "best_of": best_of,
         "model": {"parameters": sum(p.numel() for p in model.parameters()), **CONFIG,
                   "dtype": str(next(model.parameters()).dtype).replace("torch.", "")},

@@ -104,8 +104,8 @@ def test_the_median_interval_takes_the_binomial_ranks_and_the_paired_verdict_nee
     low, high, coverage = median_interval(values)
     assert (round(low, 6), round(high, 6), round(coverage, 6)) == (1.03, 1.11, round(1 - 2 * 576 / 2**15, 6))
     assert median_interval([3.0, 1.0, 2.0, 5.0, 4.0, 7.0, 6.0])[:2] == (1.0, 7.0)  # 7 values: the whole range
-    assert [paired_verdict({"ci_low": lo, "ci_high": hi}, 1.03) for lo, hi in ((0.99, 1.03), (1.02, 1.04), (1.031, 1.1))] \
-        == ["pass", "inconclusive", "fail"]
+    intervals = ((0.99, 1.03), (1.02, 1.04), (1.031, 1.1))
+    assert [paired_verdict({"ci_low": lo, "ci_high": hi}, 1.03) for lo, hi in intervals] == ["pass", "inconclusive", "fail"]
 
 
 def test_the_memory_child_measures_peak_rss_from_before_the_runs_under_each_configuration():
