@@ -134,9 +134,10 @@ def heap_malloc() -> str | None:
     """On Linux with glibc, serve every allocation from malloc's heap and never give freed memory back
     (``mallopt(M_MMAP_MAX, 0)``, ``M_TRIM_THRESHOLD`` at its maximum; the same as ``MALLOC_MMAP_MAX_=0``).
 
-    Why, for CPU benchmarks: allocations above 32 MiB (e.g. oneDNN's per-call buffers in a large UNet) are otherwise
-    fresh mmaps, and their page faults, paid again on every call, add system time and noise to every configuration.
-    Returns what was set, or None where it does not apply."""
+    Why, for CPU benchmarks: large allocations (above glibc's mmap threshold, which adapts up to 32 MiB; a large
+    UNet makes such buffers on every call) are otherwise fresh mmaps, and their page faults, paid again on every
+    call, add system time and noise to every configuration. Returns what was set, or None where it does not
+    apply."""
     import ctypes
     import ctypes.util
     import platform
