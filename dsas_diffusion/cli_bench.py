@@ -144,8 +144,9 @@ def _print(name: str, result: dict[str, Any]) -> None:
         verdict = f"{judged['verdict']} (paired: {judged['paired_verdict']})" if "paired_verdict" in judged else \
             judged.get("verdict", "")
         r = f"  ratio {ratio:.3f}" if ratio is not None else ""
+        peak = f"  peak {t['peak_mb']:.0f} MiB" if t.get("peak_mb") is not None else ""  # GPU runs
         print(f"  {config:<16} median {t['median'] * 1000:10.2f} ms  min {t['low'] * 1000:10.2f}  max "
-              f"{t['high'] * 1000:10.2f}  spread {t['spread']:.3f}{r}  {verdict}")
+              f"{t['high'] * 1000:10.2f}  spread {t['spread']:.3f}{r}{peak}  {verdict}")
     for key, value in result.items():
         if key == "per_round_ratios":
             for config, r in value.items():
