@@ -24,7 +24,6 @@ from typing import Any, Literal, NamedTuple
 
 import torch
 from torch import Tensor, nn
-from torch.nn import functional as F
 
 from .concept import Concept
 from .errors import DsasError
@@ -232,9 +231,7 @@ class _Entry:
 class _Step(NamedTuple):
     """One concept's update in the inference fast path (see :meth:`_SiteHook.make_plan`)."""
 
-    folded: tuple[Tensor, Tensor] | None  # α = sigmoid(linear(x, w, b)) computed inline, else via column
-    column: Callable[..., Tensor] | None  # None: α ≡ 1 (plain steering)
-    constant: Tensor | None  # Δ when it does not depend on x, else via delta
+    column: Callable[..., Tensor] | None  # α as a column; None: α ≡ 1 (plain steering)
     delta: Callable[[Tensor], Tensor]
     lam: float
     lam_tensor: Tensor  # λ as the full path's 0-d tensor
@@ -291,8 +288,7 @@ class _SiteHook:
             lam = handle.strengths[e.name]
             if lam == 0.0 or (adaptive and e.gated):
                 continue
-            plan.append(_Step(e.scaler.folded() if adaptive else None, e.scaler.column if adaptive else None,
-                              e.transform.constant_delta(), e.transform.delta, lam,
+            plan.append(_Step(e.scaler.column if adaptive else None, e.transform.delta, lam,
                               handle.strengths.tensor(e.name, device)))
         self.plan = plan
         self.plan_for, self.plan_device = (handle.strengths.version, adaptive), device
@@ -324,13 +320,12 @@ class _SiteHook:
         x32 = x.float()
         out = x32
         rows = handle.alpha_rows
-        for folded, column, constant, delta, lam, lam_t in self.plan:
-            d = constant if constant is not None else delta(x32)  # (..., d) or (d,)
+        for column, delta, lam, lam_t in self.plan:
+            d = delta(x32)  # (..., d) or (d,)
             if column is None:  # α ≡ 1: the full path's own op
                 out = torch.addcmul(out, lam_t, d)
                 continue
-            # (..., 1), the scaler's own column arithmetic
-            alpha = torch.sigmoid(F.linear(x32, *folded)) if folded is not None else column(x32, handle.context)
+            alpha = column(x32, handle.context)  # (..., 1)
             if rows is not None:
                 alpha = alpha[rows]
             out = torch.addcmul(out, alpha, d, value=lam)  # λ·α·Δ in one kernel, Python λ

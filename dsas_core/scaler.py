@@ -65,11 +65,6 @@ class Scaler(nn.Module):
         out = self.forward(h, context) if self.reads_context else self.forward(h)
         return out.unsqueeze(-1)
 
-    def folded(self) -> tuple[Tensor, Tensor] | None:
-        """(w (1, d), b (1,)) when :meth:`column` is exactly ``sigmoid(linear(h, w, b))``, for the hooks' inference
-        fast path to call directly; else None."""
-        return None
-
 
 class ConstantScaler(Scaler):
     """α ≡ 1 everywhere: plain (non-adaptive) steering."""
@@ -101,9 +96,6 @@ class ProbeScaler(Scaler):
     def column(self, h: Tensor, context: dict[str, Any] | None = None) -> Tensor:
         # one fused matrix-vector product with bias, then the sigmoid: (..., d) -> (..., 1)
         return torch.sigmoid(torch.nn.functional.linear(h, self.weight_row, self.bias_row))
-
-    def folded(self) -> tuple[Tensor, Tensor] | None:
-        return self.weight_row, self.bias_row
 
     @classmethod
     def expected_shapes(cls, width: int, n_components: int) -> dict[str, tuple[int, ...]]:

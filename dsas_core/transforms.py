@@ -35,11 +35,6 @@ class Transform(nn.Module):
         """(..., d) -> (..., d), or a tensor broadcastable to it."""
         raise NotImplementedError
 
-    def constant_delta(self) -> Tensor | None:
-        """Δ (d,) when it does not depend on h (what :meth:`delta` returns for every h), else None: the hooks'
-        inference fast path then skips the call."""
-        return None
-
     def tensors(self) -> dict[str, Tensor]:
         """The learned state, for safetensors."""
         return {k: getattr(self, k) for k in self.names}
@@ -76,9 +71,6 @@ class MeanShift(Transform):
     def delta(self, h: Tensor) -> Tensor:
         return self.shift  # (d,)
 
-    def constant_delta(self) -> Tensor | None:
-        return self.shift
-
     @classmethod
     def fit(cls, source: Tensor, target: Tensor) -> "MeanShift":
         s, t = _checked(source, target)
@@ -98,9 +90,6 @@ class ITIc(Transform):
 
     def delta(self, h: Tensor) -> Tensor:
         return self.vector  # (d,)
-
-    def constant_delta(self) -> Tensor | None:
-        return self.vector
 
     @classmethod
     def expected_shapes(cls, width: int) -> dict[str, tuple[int, ...]]:
