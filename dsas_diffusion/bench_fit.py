@@ -2,19 +2,20 @@
 peak memory as the image side and the collected steps double.
 
 Time: ``fit_concept`` on three prompt lists against the same prompts run through the same pipeline with no hooks
-(same batch size, same steps, latents only), interleaved; on the CPU the clock is this process's CPU time, which
-other processes on a shared machine inflate far less than the wall clock (the wall clock is reported too).
+(same batch size, same steps, latents only), interleaved; on the CPU with one torch thread the clock is this
+process's CPU time, which other processes on a shared machine inflate far less than the wall clock.
 Memory: each configuration runs in a fresh process, so no allocator pool of an earlier run hides a later peak.
 """
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from typing import Any
 
 import torch
 
 from dsas_core.paths import assets_dir
-from dsas_core.timing import (PeakRSS, clock_name, cpu_clock, in_fresh_processes, interleaved_jobs, paired_ratios,
+from dsas_core.timing import (clock_name, cpu_clock, in_fresh_processes, interleaved_jobs, paired_ratios, rss_of_runs,
                               verdict)
 
 FIT_LIMIT = 1.2  # fit_concept ≤ 1.2 × the bare passes
@@ -81,9 +82,7 @@ def _peak_child(job: str, side: int, steps: int, device: str, threads: int, scal
         start = torch.cuda.memory_allocated(dev)
         run()
         return {"start_mb": start / 2**20, "peak_mb": torch.cuda.max_memory_allocated(dev) / 2**20}
-    with PeakRSS() as rss:
-        run()
-    return {"start_mb": rss.start_mb, "peak_mb": rss.peak_mb}
+    return rss_of_runs(run, nullcontext(), runs=1)
 
 
 def fit_memory(device: torch.device, side: int = 32, steps: int = 10, scaler: str = "probe") -> dict[str, Any]:
