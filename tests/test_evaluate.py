@@ -51,23 +51,20 @@ def test_demo_clip_scores_a_red_circle_as_red_rather_than_blue():
     assert p_blue[0].item() < 0.5 < p_blue[1].item()
 
 
+def points(*rows):
+    """A curve for compare(): (strength, concept, preservation) per point."""
+    return [{"strength": s, "concept": c, "preservation": p} for s, c, p in rows]
+
+
 def test_matched_concept_comparison_interpolates_along_strength():
-    curves = {
-        "plain": [{"strength": 0, "concept": 0.0, "preservation": 1.0}, {"strength": 1, "concept": 0.5, "preservation": 0.6},
-                  {"strength": 2, "concept": 1.0, "preservation": 0.2}],
-        "dsas": [{"strength": 0, "concept": 0.0, "preservation": 1.0}, {"strength": 1, "concept": 1.0, "preservation": 0.96}],
-    }
+    curves = {"plain": points((0, 0.0, 1.0), (1, 0.5, 0.6), (2, 1.0, 0.2)), "dsas": points((0, 0.0, 1.0), (1, 1.0, 0.96))}
     cmp = compare(curves)
     assert [round(g["gain"], 6) for g in cmp["matched"]] == [0.38, 0.76]
     assert cmp["dsas_reach_ratio"] == 1.0
 
 
 def test_plain_points_without_concept_change_are_not_matched():
-    curves = {
-        "plain": [{"strength": 0, "concept": 0.1, "preservation": 1.0}, {"strength": 1, "concept": 0.1, "preservation": 0.3},
-                  {"strength": 2, "concept": 0.05, "preservation": 0.1}],
-        "dsas": [{"strength": 0, "concept": 0.1, "preservation": 1.0}, {"strength": 1, "concept": 0.1, "preservation": 1.0}],
-    }
+    curves = {"plain": points((0, 0.1, 1.0), (1, 0.1, 0.3), (2, 0.05, 0.1)), "dsas": points((0, 0.1, 1.0), (1, 0.1, 1.0))}
     cmp = compare(curves)
     assert cmp["matched"] == [] and math.isnan(cmp["mean_gain_at_matched_concept"])
 
