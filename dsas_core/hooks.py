@@ -30,6 +30,8 @@ from .errors import DsasError
 from .scaler import Scaler
 from .transforms import Transform
 
+HALF = (torch.float16, torch.bfloat16)  # activations the fast path's scalers follow into their own dtype
+
 Layout = Literal["tokens", "channels"]
 
 
@@ -231,7 +233,7 @@ class _Entry:
 class _Step(NamedTuple):
     """One concept's update in the inference fast path (see :meth:`_SiteHook.make_plan`)."""
 
-    column: Callable[..., Tensor] | None  # α as a column; None: α ≡ 1 (plain steering)
+    column: Callable[..., Tensor] | None  # α as a column, from activations of the plan's dtype; None: α ≡ 1
     delta: Callable[[Tensor], Tensor]
     lam: float
     lam_tensor: Tensor  # λ as the full path's 0-d tensor
@@ -244,24 +246,28 @@ class _SiteHook:
     entries: list[_Entry]
     handle: "SteeringHandle"
     recorded: int = 0  # α records made at this site
-    by_device: dict[torch.device, list[_Entry]] = field(default_factory=dict)
-    plan_for: tuple[int, bool] | None = None  # (strengths version, adaptive) the cached plan was made for
-    plan_device: torch.device | None = None
-    plan: list["_Step"] = field(default_factory=list)
+    check: Callable[[Any], None] | None = None  # raises unless the module's output is the stream this site expects
+    by_device: dict[tuple[torch.device, torch.dtype], list[_Entry]] = field(default_factory=dict)
+    plan_for: tuple[int, bool, torch.device, torch.dtype] | None = None  # (strengths version, adaptive, device,
+    plan: list["_Step"] = field(default_factory=list)  # activations' dtype) the cached plan was made for
 
-    def on_device(self, device: torch.device) -> list[_Entry]:
-        """The entries with their tensors on ``device`` (copied once per device, shared when already there)."""
-        if device not in self.by_device:
+    def on_device(self, device: torch.device, scaler_dtype: torch.dtype = torch.float32) -> list[_Entry]:
+        """The entries with their tensors on ``device`` (copied once per device, shared when already there), the
+        scalers in ``scaler_dtype`` (those that read the handle's context stay float32)."""
+        key = (device, scaler_dtype)
+        if key not in self.by_device:
             moved = []
-            for e in self.entries:
+            for e in self.entries if scaler_dtype == torch.float32 else self.on_device(device):
                 t, s = e.transform, e.scaler
                 if any(b.device != device for b in [*t.parameters(), *t.buffers()]):
                     t = copy.deepcopy(t).to(device)
-                if any(b.device != device for b in [*s.parameters(), *s.buffers()]):
+                if scaler_dtype != torch.float32 and not s.reads_context:
+                    s = copy.deepcopy(s).to(device, scaler_dtype)
+                elif any(b.device != device for b in [*s.parameters(), *s.buffers()]):
                     s = copy.deepcopy(s).to(device)
                 moved.append(_Entry(e.name, t, s, e.gated))
-            self.by_device[device] = moved
-        return self.by_device[device]
+            self.by_device[key] = moved
+        return self.by_device[key]
 
     def alpha(self, e: _Entry, x32: Tensor) -> Tensor:
         """α of one concept at this site as a column (..., 1); a scaler that ``reads_context`` also gets
@@ -278,23 +284,25 @@ class _SiteHook:
             handle.alpha_memory[(e.name, self.site.name)] = alpha
         return alpha
 
-    def make_plan(self, device: torch.device) -> None:
-        """The eager fast path's steps for the current strengths and ``adaptive``: one :class:`_Step` per concept
-        that moves this site."""
+    def make_plan(self, device: torch.device, dtype: torch.dtype) -> None:
+        """The eager fast path's steps for the current strengths and ``adaptive``, for activations of ``dtype`` on
+        ``device``: one :class:`_Step` per concept that moves this site."""
         handle = self.handle
         adaptive = handle.adaptive
         plan = []
-        for e in self.on_device(device):
+        for e in self.on_device(device, dtype if dtype in HALF else torch.float32):
             lam = handle.strengths[e.name]
             if lam == 0.0 or (adaptive and e.gated):
                 continue
             plan.append(_Step(e.scaler.column if adaptive else None, e.transform.delta, lam,
                               handle.strengths.tensor(e.name, device)))
         self.plan = plan
-        self.plan_for, self.plan_device = (handle.strengths.version, adaptive), device
+        self.plan_for = (handle.strengths.version, adaptive, device, dtype)
 
     def read(self, output: Any) -> tuple[Tensor, Tensor]:
         """The steered stream h of a module's output and its width-last view x, checked against the fitted width."""
+        if self.check is not None:
+            self.check(output)
         h = read_output(self.site, output)
         x = tokens_last(self.site, h)
         if x.shape[-1] != self.width:
@@ -305,30 +313,37 @@ class _SiteHook:
         return h, x
 
     def fast(self, output: Any) -> Any:
-        """Inference without gradients, α records, stored α or compile: the same update with fewer Python steps
-        and kernels (the plan is cached per strengths version, ``adaptive`` and device; λ is folded into the
-        ``addcmul``)."""
+        """Inference without gradients, α records, stored α or compile: the same update in fewer kernels (on a GPU
+        each costs a launch). The plan is cached per strengths version, ``adaptive``, device and dtype; λ is
+        folded into the ``addcmul``, which reads the activations in their own dtype, computes in float32 and
+        writes the output's dtype. Half-precision activations get α from a copy of the scaler in their dtype
+        (no float32 copy of the stream); float32 activations, and plain steering in any dtype, give exactly
+        the full path's result."""
         handle = self.handle
-        current = self.plan_for == (handle.strengths.version, handle.adaptive)
+        current = self.plan_for is not None and self.plan_for[:2] == (handle.strengths.version, handle.adaptive)
         if current and not self.plan:  # every concept here at λ = 0 or gated off, on any device: nothing to read
             return None
         h, x = self.read(output)
-        if not current or self.plan_device != x.device:
-            self.make_plan(x.device)
+        if not current or self.plan_for[2:] != (x.device, x.dtype):
+            self.make_plan(x.device, x.dtype)
             if not self.plan:
                 return None
-        x32 = x.float()
-        out = x32
+        res = None if h.dtype == torch.float32 else torch.empty_like(h)  # the steered stream, in h's layout
+        out = x
         rows = handle.alpha_rows
-        for column, delta, lam, lam_t in self.plan:
-            d = delta(x32)  # (..., d) or (d,)
+        last = len(self.plan) - 1
+        for i, (column, delta, lam, lam_t) in enumerate(self.plan):
+            d = delta(x)  # (..., d) or (d,), float32
+            into = {"out": tokens_last(self.site, res)} if res is not None and i == last else {}
             if column is None:  # α ≡ 1: the full path's own op
-                out = torch.addcmul(out, lam_t, d)
+                out = torch.addcmul(out, lam_t, d, **into)
                 continue
-            alpha = column(x32, handle.context)  # (..., 1)
+            alpha = column(x, handle.context)  # (..., 1)
             if rows is not None:
                 alpha = alpha[rows]
-            out = torch.addcmul(out, alpha, d, value=lam)  # λ·α·Δ in one kernel, Python λ
+            out = torch.addcmul(out, alpha, d, value=lam, **into)  # λ·α·Δ in one kernel, Python λ
+        if res is not None:
+            return write_output(self.site, output, res)
         return self.written(output, h, out)
 
     def written(self, output: Any, h: Tensor, out: Tensor) -> Any:
@@ -450,6 +465,7 @@ def attach(
     record_alpha: bool = False,
     handle_class: type[SteeringHandle] = SteeringHandle,
     root: nn.Module | None = None,
+    checks: Mapping[str, Callable[[Any], None]] | None = None,
 ) -> SteeringHandle:
     """Hook every site any concept steers; returns the handle (also a context manager).
 
@@ -457,6 +473,7 @@ def attach(
     carries dsas steering, if two concepts share a name, or if a concept names a site not given. Adapters pass
     their own ``handle_class`` (a subclass adding e.g. α maps). ``root``, the model the sites belong to: after
     each of its calls, a check that the site hooks ran (a stale compiled graph would skip them silently).
+    ``checks[site name](output)``, run before a site's output is read, raises unless it is what the site expects.
     """
     pairs = list(concepts.items()) if isinstance(concepts, Mapping) else list(concepts)
     if not pairs:
@@ -493,10 +510,13 @@ def attach(
                 raise DsasError(f"concepts disagree on the width of site {site.name!r}: {widths}; one of them "
                                 "was fitted on another model.")
             width = next(iter(widths.values()))
-            hook = _SiteHook(site, width, entries, handle)
-            device = next((t.device for t in site.module.parameters()), None)
-            if device is not None:  # copies made now, so a compiled graph finds them instead of recompiling
+            hook = _SiteHook(site, width, entries, handle, check=(checks or {}).get(site.name))
+            param = next(site.module.parameters(), None)
+            if param is not None:  # copies made now, so a compiled graph finds them instead of recompiling
+                device = param.device
                 hook.on_device(device)
+                if param.dtype in HALF:  # and the fast path's, so the first call costs what the others do
+                    hook.on_device(device, param.dtype)
                 for e in entries:
                     handle.strengths.tensor(e.name, device)
             handle._register(site.module, hook)

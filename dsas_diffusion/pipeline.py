@@ -184,17 +184,19 @@ class _StepTracker:
     """Runs before every denoiser call: reads the call, applies the step window, the CFG α pairing, and puts what
     scalers and α maps need into ``handle.context``."""
 
-    def __init__(self, handle: DiffusionHandle, pipe: Any, denoiser: nn.Module) -> None:
-        self.handle, self.pipe, self.denoiser = handle, pipe, denoiser
+    def __init__(self, pipe: Any, denoiser: nn.Module, concepts: Sequence[Concept]) -> None:
+        self.handle: DiffusionHandle | None = None  # set once attached
+        self.pipe, self.denoiser = pipe, denoiser
         self.arch = architecture_of(denoiser)
         self.clock = StepClock(pipe, self.arch.calls_per_step)
         self.info: CallInfo | None = None
-        self.prompt_concepts = [c for c in handle.concepts.values() if c.config.scaler == "prompt"]
+        self.prompt_concepts = [c for c in concepts if c.config.scaler == "prompt"]
 
     def __call__(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         step, in_step = self.clock.tick()
         info = self.info = self.arch.describe(self.denoiser, args, kwargs)
         handle, branches = self.handle, self.arch.branches
+        assert handle is not None
         branch = branches[in_step] if in_step < len(branches) else f"call{in_step}"
         cfg = bool(getattr(self.pipe, "do_classifier_free_guidance", False)) and in_step == 0 and info.batch % 2 == 0
         context: dict[str, Any] = {"step": step, "branch": branch, "cfg": cfg, "latent_hw": info.latent_hw,
@@ -246,20 +248,19 @@ def attach(
     if step_window is not None and not (len(step_window) == 2 and 0 <= step_window[0] < step_window[1]):
         raise DsasError(f"step_window must be (start, stop) with 0 <= start < stop, got {step_window!r}.")
     cands = candidates(denoiser)
+    tracker = _StepTracker(pipe, denoiser, [c for c, _ in pairs])
+    used = {s for c, _ in pairs for s in c.config.sites}
+    streams = [c for c in cands if c.site.name in used and c.stream is not None]
+    checks = {c.site.name: functools.partial(guard_stream, c, tracker) for c in streams}
     handle = core_attach([c.site for c in cands], pairs, adaptive=adaptive, record_alpha=record_alpha,
-                         handle_class=DiffusionHandle, root=denoiser)
+                         handle_class=DiffusionHandle, root=denoiser, checks=checks)
     assert isinstance(handle, DiffusionHandle)
     handle.pipe = pipe
     handle.step_window = tuple(step_window) if step_window is not None else None
     handle.cfg_alpha = cfg_alpha
-    tracker = _StepTracker(handle, pipe, denoiser)
+    handle.text_sites = {c.site.name for c in streams if c.stream == "text"}
+    tracker.handle = handle
     handle.before_calls(denoiser, tracker)
-    used = {s for c, _ in pairs for s in c.config.sites}
-    for cand in cands:
-        if cand.site.name in used and cand.stream is not None:
-            handle.after_calls(cand.site.module, functools.partial(guard_stream, cand, tracker), prepend=True)
-            if cand.stream == "text":
-                handle.text_sites.add(cand.site.name)
     return handle
 
 

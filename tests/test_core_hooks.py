@@ -222,8 +222,30 @@ def test_the_fast_path_follows_strength_and_mode_changes_between_calls():
             assert torch.equal(model(x), unsteered)
 
 
-def test_the_fast_path_steers_fp16_in_float32_like_the_full_path():
-    model, x = Toy().half(), inputs().half()
-    fast, full = run_both_paths(model.inner, [Site("inner", model.inner)], {make_concept(): 0.5}, x)
-    assert fast.dtype == torch.float16 and torch.equal(fast, full)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("site", ["inner", "conv"])
+def test_plain_steering_of_half_activations_takes_the_fast_path_bit_for_bit(dtype, site):
+    model = Toy().to(dtype)
+    a = make_concept("a", sites=("inner", "conv"), transform="linear_act")
+    b = make_concept("b", sites=("inner", "conv"), seed=40)
+    x = inputs() if site == "inner" else torch.randn(2, D, 3, 4, generator=torch.Generator().manual_seed(6))
+    call = model.conv if site == "conv" else model.inner
+    fast, full = run_both_paths(call, toy_sites(model), {a: 0.7, b: -0.4}, x.to(dtype), adaptive=False)
+    assert fast.dtype == dtype and torch.equal(fast, full) and not torch.equal(fast, call(x.to(dtype)))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_the_fast_path_takes_alpha_of_half_activations_in_their_dtype_and_updates_in_float32(dtype):
+    model, x = Toy().to(dtype), inputs().to(dtype)
+    concept = make_concept(transform="linear_act")
+    fast, full = run_both_paths(model.inner, [Site("inner", model.inner)], {concept: 0.5}, x)
+    with torch.no_grad():
+        h = model.inner(x)  # (B, T, d) in dtype
+        steer = concept.sites["inner"]
+        w, b = steer.scaler.weight_row.to(dtype), steer.scaler.bias_row.to(dtype)
+        alpha = torch.sigmoid(torch.nn.functional.linear(h, w, b))  # (B, T, 1) in dtype
+        expected = (h.float() + 0.5 * alpha.float() * steer.transform.delta(h.float())).to(dtype)
+    assert fast.dtype == dtype and torch.equal(fast, expected)
+    assert not torch.equal(fast, full)  # the full path's α is float32 ...
+    assert (fast.float() - full.float()).abs().max() <= 2 * (full.float().abs().max() * torch.finfo(dtype).eps)  # ... a rounding apart
 
