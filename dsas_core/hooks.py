@@ -248,8 +248,9 @@ class _SiteHook:
     recorded: int = 0  # α records made at this site
     check: Callable[[Any], None] | None = None  # raises unless the module's output is the stream this site expects
     by_device: dict[tuple[torch.device, torch.dtype], list[_Entry]] = field(default_factory=dict)
-    plan_for: tuple[int, bool, torch.device, torch.dtype] | None = None  # (strengths version, adaptive, device,
-    plan: list["_Step"] = field(default_factory=list)  # activations' dtype) the cached plan was made for
+    # (strengths version, adaptive, device, activations' dtype) the cached plan was made for
+    plan_for: tuple[int, bool, torch.device, torch.dtype] | None = None
+    plan: list["_Step"] = field(default_factory=list)
 
     def on_device(self, device: torch.device, scaler_dtype: torch.dtype = torch.float32) -> list[_Entry]:
         """The entries with their tensors on ``device`` (copied once per device, shared when already there), the
@@ -290,7 +291,7 @@ class _SiteHook:
         handle = self.handle
         adaptive = handle.adaptive
         plan = []
-        for e in self.on_device(device, dtype if dtype in HALF else torch.float32):
+        for e in self.on_device(device, dtype):
             lam = handle.strengths[e.name]
             if lam == 0.0 or (adaptive and e.gated):
                 continue
@@ -324,11 +325,13 @@ class _SiteHook:
         if current and not self.plan:  # every concept here at λ = 0 or gated off, on any device: nothing to read
             return None
         h, x = self.read(output)
+        half = x.dtype in HALF
+        x = x if half else x.float()  # float32 as it is; other dtypes computed in float32, as the full path does
         if not current or self.plan_for[2:] != (x.device, x.dtype):
             self.make_plan(x.device, x.dtype)
             if not self.plan:
                 return None
-        res = None if h.dtype == torch.float32 else torch.empty_like(h)  # the steered stream, in h's layout
+        res = torch.empty_like(h) if half else None  # the steered stream in h's layout, written by the last step
         out = x
         rows = handle.alpha_rows
         last = len(self.plan) - 1

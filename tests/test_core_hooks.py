@@ -234,6 +234,12 @@ def test_plain_steering_of_half_activations_takes_the_fast_path_bit_for_bit(dtyp
     assert fast.dtype == dtype and torch.equal(fast, full) and not torch.equal(fast, call(x.to(dtype)))
 
 
+def test_the_fast_path_steers_float64_activations_in_float32_like_the_full_path():
+    model, x = Toy().double(), inputs().double()
+    fast, full = run_both_paths(model.inner, [Site("inner", model.inner)], {make_concept(transform="linear_act"): 0.5}, x)
+    assert fast.dtype == torch.float64 and torch.equal(fast, full) and not torch.equal(fast, model.inner(x))
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_the_fast_path_takes_alpha_of_half_activations_in_their_dtype_and_updates_in_float32(dtype):
     model, x = Toy().to(dtype), inputs().to(dtype)
