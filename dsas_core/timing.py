@@ -26,6 +26,7 @@ class Timing:
     repeats: int
     peak_mb: float | None = None
     samples: list[float] = field(default_factory=list)
+    host: float | None = None  # GPU runs: median seconds to issue a run's work, before waiting for the device
 
     @property
     def spread(self) -> float:
@@ -36,9 +37,11 @@ class Timing:
         return asdict(self) | {"spread": self.spread}
 
     @classmethod
-    def of(cls, name: str, samples: list[float], peak_mb: float | None = None) -> "Timing":
-        """Summary of ``samples``."""
-        return cls(name, statistics.median(samples), min(samples), max(samples), len(samples), peak_mb, samples)
+    def of(cls, name: str, samples: list[float], peak_mb: float | None = None,
+           host: list[float] | None = None) -> "Timing":
+        """Summary of ``samples`` (and of ``host``, the issuing times of GPU runs)."""
+        return cls(name, statistics.median(samples), min(samples), max(samples), len(samples), peak_mb, samples,
+                   statistics.median(host) if host else None)
 
 
 def _sync(device: torch.device | None) -> None:
@@ -83,10 +86,12 @@ def interleaved(
     A repeat is the fastest of ``best_of`` back-to-back runs (interference from the rest of the machine only ever
     adds time). ``after(ctx)`` runs after each run, outside the timed region (e.g. to clear recorded α).
     ``cpu_time=True`` counts this process's CPU seconds instead of wall seconds. The garbage collector is off
-    while a run is timed."""
+    while a run is timed. On a GPU each timing also keeps the seconds the host took to issue the run (``host``):
+    when they are close to the run's time, the GPU waits for the CPU, and every kernel added costs its launch."""
     cuda = device is not None and device.type == "cuda"
     clock = time.process_time if cpu_time else time.perf_counter
     peaks: dict[str, float] = {}
+    hosts: dict[str, list[float]] = {n: [] for n in configs}
 
     def measure(name: str) -> float:
         best = float("inf")
@@ -94,7 +99,7 @@ def interleaved(
             for _ in range(best_of):
                 if cuda:
                     torch.cuda.reset_peak_memory_stats(device)
-                best = min(best, _timed(run, clock, device))
+                best = min(best, _timed(run, clock, device, hosts[name] if cuda else None))
                 if cuda:
                     peaks[name] = max(peaks.get(name, 0.0), torch.cuda.max_memory_allocated(device) / 2**20)
                 if after is not None:
@@ -102,17 +107,22 @@ def interleaved(
         return best
 
     samples = rotate(measure, list(configs), repeats)
-    return {n: Timing.of(n, v, peaks.get(n)) for n, v in samples.items()}
+    timed = repeats * best_of  # the warm-up round's issuing times left out
+    return {n: Timing.of(n, v, peaks.get(n), hosts[n][-timed:]) for n, v in samples.items()}
 
 
-def _timed(run: Callable[[], Any], clock: Callable[[], float], device: torch.device | None) -> float:
-    """Seconds of one ``run()`` by ``clock``, the device synchronised at both ends, the garbage collector off."""
+def _timed(run: Callable[[], Any], clock: Callable[[], float], device: torch.device | None,
+           host: list[float] | None = None) -> float:
+    """Seconds of one ``run()`` by ``clock``, the device synchronised at both ends, the garbage collector off;
+    ``host`` gets the seconds until ``run()`` returned, before the final synchronisation."""
     enabled = gc.isenabled()
     gc.disable()
     try:
         _sync(device)
         start = clock()
         run()
+        if host is not None:
+            host.append(clock() - start)
         _sync(device)
         return clock() - start
     finally:

@@ -145,6 +145,7 @@ def _print(name: str, result: dict[str, Any]) -> None:
             judged.get("verdict", "")
         r = f"  ratio {ratio:.3f}" if ratio is not None else ""
         peak = f"  peak {t['peak_mb']:.0f} MiB" if t.get("peak_mb") is not None else ""  # GPU runs
+        peak += f"  host {t['host'] * 1000:.2f} ms" if t.get("host") is not None else ""  # time to issue a GPU run
         print(f"  {config:<16} median {t['median'] * 1000:10.2f} ms  min {t['low'] * 1000:10.2f}  max "
               f"{t['high'] * 1000:10.2f}  spread {t['spread']:.3f}{r}{peak}  {verdict}")
     for key, value in result.items():

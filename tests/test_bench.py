@@ -95,6 +95,19 @@ def test_a_repeat_is_the_fastest_of_its_back_to_back_runs_and_after_follows_each
                           after=lambda ctx: cleared.append(ctx))
     assert len(cleared) == 9  # warm-up round + 2 rounds, 3 runs each
     assert all(0.02 <= t < 0.04 for t in timings["a"].samples)
+    assert timings["a"].host is None  # issuing times are kept for GPU runs only
+
+
+def test_the_issuing_time_stops_where_run_returns_and_the_wait_for_the_device_begins():
+    import time
+
+    from dsas_core.timing import _timed
+
+    host: list[float] = []
+    clock = iter([10.0, 10.5, 12.0]).__next__  # start, run() returned, after the (here empty) synchronisation
+    assert _timed(lambda: None, clock, None, host) == 2.0 and host == [0.5]
+    assert Timing.of("a", [3.0, 1.0, 2.0], host=[0.4, 0.2, 0.3]).host == 0.3
+    assert _timed(lambda: time.sleep(0.01), time.perf_counter, None) >= 0.01  # no list: nothing kept
 
 
 def test_the_median_interval_takes_the_binomial_ranks_and_the_paired_verdict_needs_all_of_it_in_budget():
@@ -128,3 +141,23 @@ def test_fresh_processes_run_each_call_apart_and_the_memory_report_compares_with
     runs = {"unsteered": {"peak_mb": 100.0, "growth_mb": 10.0}, "dsas": {"peak_mb": 105.0, "growth_mb": 14.5}}
     assert memory_report(runs)["peak_ratio"] == {"dsas": 1.05}
     assert memory_report(runs)["growth_extra_mb"] == {"dsas": 4.5}
+
+
+def test_gpu_runs_keep_peak_memory_and_issuing_times_of_the_timed_rounds_only(monkeypatch):
+    from contextlib import nullcontext
+
+    from dsas_core import timing
+
+    now = {"t": 0.0, "runs": 0}
+
+    def run():  # the warm-up round (one run per configuration) takes 5 s to issue, later runs 1 s
+        now["runs"] += 1
+        now["t"] += 5.0 if now["runs"] <= 2 else 1.0
+
+    monkeypatch.setattr(timing, "_sync", lambda device: now.update(t=now["t"] + 1.0))  # the device works 1 s more
+    monkeypatch.setattr(timing.time, "perf_counter", lambda: now["t"])
+    monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", lambda device: None)
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda device: 3 * 2**20)
+    timings = timing.interleaved(run, {"a": nullcontext, "b": nullcontext}, repeats=1, device=torch.device("cuda"))
+    assert timings["a"].samples == [2.0] and timings["a"].host == 1.0  # the warm-up's 5 s left out
+    assert timings["b"].peak_mb == 3.0
