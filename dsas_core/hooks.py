@@ -12,12 +12,14 @@ Under ``torch.compile`` (attach first, then compile) λ is read only as a 0-d te
 recompiles; λ = 0 then adds an exact zero. Bookkeeping (step tracking, α records) runs eagerly between graphs.
 
 Inference (no gradients, no α records, no stored α, eager) takes a fast path with the same arithmetic: a plan per
-site cached until a strength or ``adaptive`` changes, and λ·α·Δ in one ``addcmul``.
+site cached until a strength or ``adaptive`` changes, and λ·α·Δ in one ``addcmul``; on a GPU with Triton, a site
+steered by one logistic-scaler concept runs its whole update as one kernel (:mod:`.fused`).
 """
 
 from __future__ import annotations
 
 import copy
+import warnings
 from collections.abc import Callable, Iterator, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, NamedTuple
@@ -27,6 +29,7 @@ from torch import Tensor, nn
 
 from .concept import Concept
 from .errors import DsasError
+from .fused import FusedFailed, fused_update
 from .scaler import Scaler
 from .transforms import Transform
 
@@ -237,6 +240,7 @@ class _Step(NamedTuple):
     delta: Callable[[Tensor], Tensor]
     lam: float
     lam_tensor: Tensor  # λ as the full path's 0-d tensor
+    fused: Callable[[Tensor, Tensor | None], Tensor | None] | None  # the whole update in one kernel, or None
 
 
 @dataclass
@@ -248,8 +252,8 @@ class _SiteHook:
     recorded: int = 0  # α records made at this site
     check: Callable[[Any], None] | None = None  # raises unless the module's output is the stream this site expects
     by_device: dict[tuple[torch.device, torch.dtype], list[_Entry]] = field(default_factory=dict)
-    # (strengths version, adaptive, device, activations' dtype) the cached plan was made for
-    plan_for: tuple[int, bool, torch.device, torch.dtype] | None = None
+    # (strengths version, adaptive, fused, device, activations' dtype) the cached plan was made for
+    plan_for: tuple[int, bool, bool, torch.device, torch.dtype] | None = None
     plan: list["_Step"] = field(default_factory=list)
 
     def on_device(self, device: torch.device, scaler_dtype: torch.dtype = torch.float32) -> list[_Entry]:
@@ -290,28 +294,37 @@ class _SiteHook:
         ``device``: one :class:`_Step` per concept that moves this site."""
         handle = self.handle
         adaptive = handle.adaptive
-        plan = []
-        for e in self.on_device(device, dtype):
+        plan, moving = [], []
+        for e, e32 in zip(self.on_device(device, dtype), self.on_device(device)):
             lam = handle.strengths[e.name]
             if lam == 0.0 or (adaptive and e.gated):
                 continue
             plan.append(_Step(e.scaler.column if adaptive else None, e.transform.delta, lam,
-                              handle.strengths.tensor(e.name, device)))
+                              handle.strengths.tensor(e.name, device), None))
+            moving.append(e32)
+        if len(plan) == 1 and adaptive and handle.fused:  # one adaptive concept: one kernel where the device allows
+            fused = fused_update(moving[0].transform, moving[0].scaler, plan[0].lam, self.site.layout, device)
+            plan[0] = plan[0]._replace(fused=fused)
         self.plan = plan
-        self.plan_for = (handle.strengths.version, adaptive, device, dtype)
+        self.plan_for = (handle.strengths.version, adaptive, handle.fused, device, dtype)
 
-    def read(self, output: Any) -> tuple[Tensor, Tensor]:
-        """The steered stream h of a module's output and its width-last view x, checked against the fitted width."""
+    def stream(self, output: Any) -> Tensor:
+        """The steered stream h of a module's output, checked against the fitted width."""
         if self.check is not None:
             self.check(output)
         h = read_output(self.site, output)
-        x = tokens_last(self.site, h)
-        if x.shape[-1] != self.width:
+        width = h.shape[1] if self.site.layout == "channels" else h.shape[-1]
+        if width != self.width:
             raise DsasError(
-                f"site {self.site.name!r} produced width {x.shape[-1]} but the concept was fitted on width "
+                f"site {self.site.name!r} produced width {width} but the concept was fitted on width "
                 f"{self.width}: the concept belongs to another model."
             )
-        return h, x
+        return h
+
+    def read(self, output: Any) -> tuple[Tensor, Tensor]:
+        """The checked stream h (:meth:`stream`) and its width-last view x."""
+        h = self.stream(output)
+        return h, tokens_last(self.site, h)
 
     def fast(self, output: Any) -> Any:
         """Inference without gradients, α records, stored α or compile: the same update in fewer kernels (on a GPU
@@ -321,21 +334,33 @@ class _SiteHook:
         (no float32 copy of the stream); float32 activations, and plain steering in any dtype, give exactly
         the full path's result."""
         handle = self.handle
-        current = self.plan_for is not None and self.plan_for[:2] == (handle.strengths.version, handle.adaptive)
+        current = self.plan_for is not None and self.plan_for[:3] == (handle.strengths.version, handle.adaptive,
+                                                                       handle.fused)
         if current and not self.plan:  # every concept here at λ = 0 or gated off, on any device: nothing to read
             return None
-        h, x = self.read(output)
-        half = x.dtype in HALF
-        x = x if half else x.float()  # float32 as it is; other dtypes computed in float32, as the full path does
-        if not current or self.plan_for[2:] != (x.device, x.dtype):
-            self.make_plan(x.device, x.dtype)
+        h = self.stream(output)
+        half = h.dtype in HALF
+        dtype = h.dtype if half else torch.float32  # other dtypes computed in float32, as the full path does
+        if not current or self.plan_for[3:] != (h.device, dtype):
+            self.make_plan(h.device, dtype)
             if not self.plan:
                 return None
+        if self.plan[0].fused is not None:
+            try:
+                new = self.plan[0].fused(h, handle.alpha_rows)
+            except FusedFailed as err:  # e.g. a GPU the kernel compiler does not support: torch ops from now on
+                warnings.warn(f"{err} Steering continues with torch ops (handle.fused = False).", stacklevel=2)
+                handle.fused = False
+                new = None
+            if new is not None:
+                return write_output(self.site, output, new)
+        x = tokens_last(self.site, h)
+        x = x if half else x.float()
         res = torch.empty_like(h) if half else None  # the steered stream in h's layout, written by the last step
         out = x
         rows = handle.alpha_rows
         last = len(self.plan) - 1
-        for i, (column, delta, lam, lam_t) in enumerate(self.plan):
+        for i, (column, delta, lam, lam_t, _) in enumerate(self.plan):
             d = delta(x)  # (..., d) or (d,), float32
             into = {"out": tokens_last(self.site, res)} if res is not None and i == last else {}
             if column is None:  # α ≡ 1: the full path's own op
@@ -413,9 +438,11 @@ class _SiteHook:
 
 
 class SteeringHandle(HookHandle):
-    """Steering attached to a model. Knobs: ``strengths[name]``, ``adaptive``, ``record_alpha``, ``enabled``.
+    """Steering attached to a model. Knobs: ``strengths[name]``, ``adaptive``, ``record_alpha``, ``enabled``,
+    ``fused``.
 
     ``adaptive=False`` forces α ≡ 1 at every fitted site (plain steering, gated sites included).
+    ``fused=False`` keeps inference on torch ops where the one-kernel update would run (:mod:`dsas_core.fused`).
     ``context`` is copied into every :class:`AlphaRecord` (adapters store the denoising step or decode position).
     ``alpha_rows`` (B,), when set, makes sample i use the α computed for sample ``alpha_rows[i]``.
     ``alpha_reuse``: ``"store"`` keeps each site's α of a call, ``"load"`` makes the next call reuse it (e.g. the
@@ -429,6 +456,7 @@ class SteeringHandle(HookHandle):
         self.adaptive = adaptive
         self.record_alpha = record_alpha
         self.enabled = True
+        self.fused = True  # one Triton kernel per site where possible (GPU, Triton installed); False: torch ops
         self.context: dict[str, Any] = {}
         self.alpha_rows: Tensor | None = None
         self.alpha_reuse: Literal["off", "store", "load"] = "off"

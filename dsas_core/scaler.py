@@ -65,6 +65,10 @@ class Scaler(nn.Module):
         out = self.forward(h, context) if self.reads_context else self.forward(h)
         return out.unsqueeze(-1)
 
+    def logistic(self) -> tuple[Tensor, Tensor] | None:
+        """(w (d,), b ()) with α = sigmoid(w·h + b) at every position; None for any other form."""
+        return None
+
 
 class ConstantScaler(Scaler):
     """α ≡ 1 everywhere: plain (non-adaptive) steering."""
@@ -96,6 +100,9 @@ class ProbeScaler(Scaler):
     def column(self, h: Tensor, context: dict[str, Any] | None = None) -> Tensor:
         # one fused matrix-vector product with bias, then the sigmoid: (..., d) -> (..., 1)
         return torch.sigmoid(torch.nn.functional.linear(h, self.weight_row, self.bias_row))
+
+    def logistic(self) -> tuple[Tensor, Tensor]:
+        return self.weight, self.bias
 
     @classmethod
     def expected_shapes(cls, width: int, n_components: int) -> dict[str, tuple[int, ...]]:
@@ -239,6 +246,9 @@ class E2EScaler(Scaler):
     def column(self, h: Tensor, context: dict[str, Any] | None = None) -> Tensor:
         z = torch.nn.functional.linear(h, self.weight[None], self.bias[None])  # (..., d) -> (..., 1)
         return z.clamp(0.0, 1.0) if self.use_relu else torch.sigmoid(z)
+
+    def logistic(self) -> tuple[Tensor, Tensor] | None:
+        return None if self.use_relu else (self.weight, self.bias)
 
     @classmethod
     def from_probe(cls, probe: ProbeScaler, relu: bool = False) -> "E2EScaler":

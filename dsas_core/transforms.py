@@ -35,6 +35,10 @@ class Transform(nn.Module):
         """(..., d) -> (..., d), or a tensor broadcastable to it."""
         raise NotImplementedError
 
+    def affine(self) -> tuple[Tensor | None, Tensor] | None:
+        """(a, d) with ``delta(h) = a ⊙ h + d`` (a None: 0), each (d,); None when the update is not affine."""
+        return None
+
     def tensors(self) -> dict[str, Tensor]:
         """The learned state, for safetensors."""
         return {k: getattr(self, k) for k in self.names}
@@ -71,6 +75,9 @@ class MeanShift(Transform):
     def delta(self, h: Tensor) -> Tensor:
         return self.shift  # (d,)
 
+    def affine(self) -> tuple[Tensor | None, Tensor]:
+        return None, self.shift
+
     @classmethod
     def fit(cls, source: Tensor, target: Tensor) -> "MeanShift":
         s, t = _checked(source, target)
@@ -90,6 +97,9 @@ class ITIc(Transform):
 
     def delta(self, h: Tensor) -> Tensor:
         return self.vector  # (d,)
+
+    def affine(self) -> tuple[Tensor | None, Tensor]:
+        return None, self.vector
 
     @classmethod
     def expected_shapes(cls, width: int) -> dict[str, tuple[int, ...]]:
@@ -168,6 +178,9 @@ class Lineas(Transform):
 
     def delta(self, h: Tensor) -> Tensor:
         return (self.omega - 1) * h + self.beta
+
+    def affine(self) -> tuple[Tensor | None, Tensor]:
+        return self.omega - 1, self.beta
 
     @classmethod
     def identity(cls, width: int) -> "Lineas":

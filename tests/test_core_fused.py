@@ -1,0 +1,80 @@
+"""The one-kernel update (dsas_core.fused): which concepts have a fused form, where it is not offered, the fallback
+to torch ops when the kernel cannot run, and its numbers (tests/fused_cases.py, run by Triton's interpreter)."""
+
+import os
+import re
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+
+from dsas_core import fused
+from dsas_core.hooks import Site, attach
+from dsas_core.scaler import ConstantScaler, E2EScaler, PromptScaler
+from dsas_core.transforms import LinearAct, MeanShift
+from fused_helpers import C, Source, concept, probe, transforms
+
+pytest.importorskip("triton")
+HERE = Path(__file__).parent
+
+
+def test_the_interpreted_kernel_cases_pass_in_a_fresh_process():
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(HERE / "fused_cases.py")],
+                         cwd=HERE.parent, env=env, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
+    # 12 kernel cases (3 transforms each), 3 hook cases: none skipped
+    assert re.search(r"^15 passed in", run.stdout, re.M), run.stdout[-600:]
+
+
+def test_only_logistic_scalers_and_affine_updates_have_a_fused_form():
+    g = torch.Generator().manual_seed(0)
+    p = probe(g)
+    assert [t.affine() is None for t in transforms(g).values()] == [False, False, False]
+    act = LinearAct(omega=torch.ones(C), beta=torch.zeros(C), low=-torch.ones(C), high=torch.ones(C))
+    assert act.affine() is None  # clamped to the source range: not affine
+    assert p.logistic() is not None and E2EScaler.from_probe(p).logistic() is not None
+    assert E2EScaler.from_probe(p, relu=True).logistic() is None
+    assert ConstantScaler().logistic() is None and PromptScaler.from_probe(p).logistic() is None
+
+
+def test_without_a_gpu_or_the_interpreter_the_fused_update_is_not_offered(monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    g = torch.Generator().manual_seed(0)
+    assert fused.fused_update(MeanShift(shift=torch.ones(C)), probe(g), 1.0, "tokens", torch.device("cpu")) is None
+    monkeypatch.setattr(fused, "_kernel", lambda interpret: None)  # Triton not installed
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    assert not fused.available(torch.device("cpu")) and not fused.available(torch.device("cuda"))
+
+
+def test_strides_the_kernel_cannot_walk_are_left_to_torch_ops(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    g = torch.Generator().manual_seed(0)
+    tokens = fused.fused_update(MeanShift(shift=torch.ones(C)), probe(g), 1.0, "tokens", torch.device("cpu"))
+    assert tokens(torch.randn(C, 6).t(), None) is None  # (6, C), the width not contiguous
+    channels = fused.fused_update(MeanShift(shift=torch.ones(C)), probe(g), 1.0, "channels", torch.device("cpu"))
+    assert channels(torch.randn(2, 5, C, 3).transpose(1, 2), None) is None  # (2, C, 5, 3), neither layout
+
+
+def test_a_kernel_that_fails_to_run_warns_once_and_steering_goes_on_with_torch_ops(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    model = Source(torch.randn(2, 6, C).half())
+
+    class Broken:
+        def __getitem__(self, grid):
+            raise RuntimeError("no kernel image is available for execution on the device")
+
+    with attach([Site("s", model, None, "tokens")], {concept(): 1.0}) as handle, torch.no_grad():
+        handle.fused = False
+        expected = model()
+        handle.fused = True
+        monkeypatch.setattr(fused, "_kernel", lambda interpret: Broken())
+        with pytest.warns(UserWarning, match="fused steering kernel failed.*torch ops"):
+            first = model()
+        assert handle.fused is False and torch.equal(first, expected)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # no second try, no second warning
+            assert torch.equal(model(), expected)
