@@ -61,7 +61,6 @@ def fused_update(transform: Transform, scaler: Scaler, lam: float, layout: str,
     offset = offset.detach().to(device, torch.float32).contiguous()  # (d,)
     scale = None if scale is None else scale.detach().to(device, torch.float32).contiguous()  # (d,)
     channels = weight.shape[0]
-    block_p, block_c = (64, 32) if layout == "channels" else (16, 128)  # coalesced along the contiguous axis
 
     def update(h: Tensor, rows: Tensor | None) -> Tensor | None:
         geometry = _geometry(h, layout, channels)
@@ -70,6 +69,7 @@ def fused_update(transform: Transform, scaler: Scaler, lam: float, layout: str,
         per_sample, stride_sample, stride_position, stride_channel = geometry
         out = torch.empty_like(h)  # same strides as h (contiguous or channels-last)
         n = h.numel() // channels
+        block_p, block_c = _blocks(layout, n, channels)
         grid = (-(-n // block_p),)
         try:
             kernel[grid](h, out, weight, bias, offset if scale is None else scale, offset,
@@ -81,6 +81,14 @@ def fused_update(transform: Transform, scaler: Scaler, lam: float, layout: str,
         return out
 
     return update
+
+
+def _blocks(layout: str, positions: int, channels: int) -> tuple[int, int]:
+    """(positions, channels) one program handles: the fastest of six shapes per layout timed on an H200 at the
+    SD 1.5 / SDXL / FLUX site sizes (GPU time per launch, e.g. 41 → 14 µs at 1280 channels on 8 × 8 maps)."""
+    if layout == "channels":  # positions contiguous
+        return (16, 64) if positions >= 4096 else (8, 64)
+    return (16, 128) if channels <= 512 else (2, 512)  # channels contiguous
 
 
 def _geometry(h: Tensor, layout: str, channels: int) -> tuple[int, int, int, int] | None:

@@ -82,6 +82,9 @@ def _machine(device: Any) -> dict[str, Any]:
             "cores": os.cpu_count(), "platform": platform.platform()}
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
+        from dsas_core.fused import available
+
+        info["fused_update"] = available(device)  # DSAS as one Triton kernel per site (else torch ops)
     return info
 
 

@@ -7,6 +7,7 @@ import torch
 
 from dsas_core import fused
 from dsas_core.hooks import Site, attach
+from dsas_core.transforms import MeanShift
 from fused_helpers import C, Source, concept, probe, reference, transforms
 
 pytest.importorskip("triton")
@@ -31,6 +32,17 @@ def test_the_fused_kernel_computes_the_update_in_float32_and_rounds_once(layout,
             # float32 arithmetic (a few float32 roundings), then one rounding to the stream's dtype
             tol = max(torch.finfo(dtype).eps, 8 * torch.finfo(torch.float32).eps) * ref.abs().clamp_min(1.0)
             assert ((out.double() - ref).abs() <= tol).all(), (name, rows)
+
+
+@pytest.mark.parametrize("layout,shape", [("tokens", (2, 3, 600)), ("channels", (1, 8, 64, 64))])
+def test_wide_and_large_streams_take_the_other_block_shapes(layout, shape):
+    g = torch.Generator().manual_seed(3)
+    width = shape[1] if layout == "channels" else shape[-1]
+    scaler, shift = probe(g, width), MeanShift(shift=torch.randn(width, generator=g))
+    h = torch.randn(*shape, generator=g)
+    out = fused.fused_update(shift, scaler, 1.2, layout, torch.device("cpu"))(h, None)
+    ref = reference(h, layout, scaler, shift, 1.2, None)
+    assert ((out.double() - ref).abs() <= 8 * torch.finfo(torch.float32).eps * ref.abs().clamp_min(1.0)).all()
 
 
 @pytest.mark.parametrize("layout,shape", [("channels", (2, C, 4, 4)), ("tokens", (2, 6, C))])

@@ -10,11 +10,11 @@ from dsas_core.transforms import ITIc, Lineas, MeanShift, Transform
 C = 40  # site width
 
 
-def probe(g: torch.Generator) -> ProbeScaler:
+def probe(g: torch.Generator, width: int = C) -> ProbeScaler:
     """A logistic scaler with random folded weights."""
     z = torch.zeros(2)
-    return ProbeScaler(weight=torch.randn(C, generator=g) / 5, bias=torch.tensor(0.3), mean=torch.zeros(C),
-                       components=torch.zeros(2, C), scale=torch.ones(2), coef=z, intercept=torch.tensor(0.0))
+    return ProbeScaler(weight=torch.randn(width, generator=g) / 5, bias=torch.tensor(0.3), mean=torch.zeros(width),
+                       components=torch.zeros(2, width), scale=torch.ones(2), coef=z, intercept=torch.tensor(0.0))
 
 
 def transforms(g: torch.Generator) -> dict[str, Transform]:

@@ -26,8 +26,8 @@ def test_the_interpreted_kernel_cases_pass_in_a_fresh_process():
     run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(HERE / "fused_cases.py")],
                          cwd=HERE.parent, env=env, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
-    # 12 kernel cases (3 transforms each), 3 hook cases: none skipped
-    assert re.search(r"^15 passed in", run.stdout, re.M), run.stdout[-600:]
+    # 12 kernel cases (3 transforms each), 2 block-shape cases, 3 hook cases: none skipped
+    assert re.search(r"^17 passed in", run.stdout, re.M), run.stdout[-600:]
 
 
 def test_only_logistic_scalers_and_affine_updates_have_a_fused_form():
