@@ -9,6 +9,7 @@ in float32 like the reference path.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import os
@@ -64,18 +65,23 @@ def fused_update(transform: Transform, scaler: Scaler, lam: float, layout: str,
 
     def update(h: Tensor, rows: Tensor | None) -> Tensor | None:
         geometry = _geometry(h, layout, channels)
-        if geometry is None or h.numel() >= 2**31:  # the kernel's offsets are 32-bit
-            return None
+        if geometry is None or h.numel() >= 2**31 or (rows is not None and rows.shape != h.shape[:1]):
+            return None  # the kernel's offsets are 32-bit; one α row per sample
         per_sample, stride_sample, stride_position, stride_channel = geometry
         out = torch.empty_like(h)  # same strides as h (contiguous or channels-last)
         n = h.numel() // channels
         block_p, block_c = _blocks(layout, n, channels)
         grid = (-(-n // block_p),)
+        if rows is not None and rows.device != h.device:
+            rows = rows.to(h.device)
+        # Triton launches on the current CUDA device: make it the stream's (a model on cuda:1, say)
+        here = torch.cuda.device(h.device) if h.is_cuda and h.device.index != torch.cuda.current_device() else None
         try:
-            kernel[grid](h, out, weight, bias, offset if scale is None else scale, offset,
-                         offset if rows is None else rows, lam, n, per_sample, channels,
-                         stride_sample, stride_position, stride_channel,
-                         HAS_SCALE=scale is not None, HAS_ROWS=rows is not None, BLOCK_P=block_p, BLOCK_C=block_c)
+            with here or contextlib.nullcontext():
+                kernel[grid](h, out, weight, bias, offset if scale is None else scale, offset,
+                             offset if rows is None else rows, lam, n, per_sample, channels,
+                             stride_sample, stride_position, stride_channel,
+                             HAS_SCALE=scale is not None, HAS_ROWS=rows is not None, BLOCK_P=block_p, BLOCK_C=block_c)
         except Exception as err:  # compiling or launching failed: Triton's own error types vary by version
             raise FusedFailed(f"the fused steering kernel failed on {h.device}: {type(err).__name__}: {err}.") from err
         return out

@@ -332,7 +332,8 @@ class _SiteHook:
         folded into the ``addcmul``, which reads the activations in their own dtype, computes in float32 and
         writes the output's dtype. Half-precision activations get α from a copy of the scaler in their dtype
         (no float32 copy of the stream); float32 activations, and plain steering in any dtype, give exactly
-        the full path's result."""
+        the full path's result. Where the plan's one step has a fused form (GPU, Triton), that one kernel runs
+        instead: float32 arithmetic like the full path, rounded once to the stream's dtype."""
         handle = self.handle
         current = self.plan_for is not None and self.plan_for[:3] == (handle.strengths.version, handle.adaptive,
                                                                        handle.fused)
