@@ -25,7 +25,7 @@ def _child(name: str, config: str, latent: int | None, threads: int) -> dict[str
 def overhead_memory(name: str, latent: int | None = None) -> dict[str, Any]:
     """Peak RSS (MiB) of two runs of workload ``name`` per configuration, its growth over the resident size before
     them (model, concept and libraries loaded), the peak as a ratio to unsteered's and the growth beyond it."""
-    from .bench import steering_configs
+    from .bench import LIMITS
 
-    configs = steering_configs(torch.nn.Identity(), None)  # type: ignore[arg-type]  # the names only
+    configs = ("unsteered", *LIMITS)  # every configuration but the baseline has a budget
     return memory_report(in_fresh_processes(_child, {c: (name, c, latent, torch.get_num_threads()) for c in configs}))
