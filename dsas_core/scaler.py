@@ -23,6 +23,18 @@ DEFAULT_GATE = 0.75
 DEFAULT_FOLDS = 5
 
 
+def logit_column(h: Tensor, weight_row: Tensor, bias_row: Tensor) -> Tensor:
+    """w·h + b per position as a column, (..., d) -> (..., 1), from ``weight_row`` (1, d) and ``bias_row`` (1,).
+
+    Eagerly: one matrix-vector product with its bias (one kernel). While ``torch.compile`` traces: a product and
+    a sum over the width, which inductor fuses with the ops around it; a matrix product stays a separate library
+    call on GPUs (inductor turns one with a single output column into a sum only on the CPU), reading a float32
+    copy of a half-precision stream that the fused form never writes."""
+    if torch.compiler.is_compiling():
+        return (h * weight_row).sum(-1, keepdim=True) + bias_row
+    return torch.nn.functional.linear(h, weight_row, bias_row)
+
+
 @dataclass
 class ProbeFit:
     """What fitting a probe measured, kept in the concept's diagnostics."""
@@ -98,8 +110,7 @@ class ProbeScaler(Scaler):
         return self.column(h).squeeze(-1)  # (..., d) -> (...)
 
     def column(self, h: Tensor, context: dict[str, Any] | None = None) -> Tensor:
-        # one fused matrix-vector product with bias, then the sigmoid: (..., d) -> (..., 1)
-        return torch.sigmoid(torch.nn.functional.linear(h, self.weight_row, self.bias_row))
+        return torch.sigmoid(logit_column(h, self.weight_row, self.bias_row))  # (..., d) -> (..., 1)
 
     def logistic(self) -> tuple[Tensor, Tensor]:
         return self.weight, self.bias
@@ -244,7 +255,7 @@ class E2EScaler(Scaler):
         return self.column(h).squeeze(-1)  # (..., d) -> (...)
 
     def column(self, h: Tensor, context: dict[str, Any] | None = None) -> Tensor:
-        z = torch.nn.functional.linear(h, self.weight[None], self.bias[None])  # (..., d) -> (..., 1)
+        z = logit_column(h, self.weight[None], self.bias[None])  # (..., d) -> (..., 1)
         return z.clamp(0.0, 1.0) if self.use_relu else torch.sigmoid(z)
 
     def logistic(self) -> tuple[Tensor, Tensor] | None:

@@ -33,6 +33,12 @@ def with_unet(pipe, unet):
     return type(pipe)(**{**pipe.components, "unet": unet})
 
 
+def close(got, want):
+    """Compiled α is a product and a sum (eagerly one matrix-vector product): float32 sums in another order,
+    within the bound the inductor test below uses."""
+    return (got - want).abs().max().item() < 1e-4
+
+
 def graphs():
     return counters["stats"]["unique_graphs"]
 
@@ -48,13 +54,13 @@ def test_a_compiled_unet_follows_every_strength_without_recompiling():
             eager[lam] = latents(pipe)
         pipe.unet.compile(backend="eager")
         handle.strengths["bench"] = 1.0
-        assert torch.equal(latents(pipe), eager[1.0])
+        assert close(latents(pipe), eager[1.0])
         assert graphs() == 1
         assert sum(counters["graph_break"].values()) == 2  # step tracker before, hooks-ran check after: eager
         with torch._dynamo.config.patch(error_on_recompile=True):
             for lam in (0.5, -0.7):
                 handle.strengths["bench"] = lam
-                assert torch.equal(latents(pipe), eager[lam])
+                assert close(latents(pipe), eager[lam])
             handle.strengths["bench"] = 0.0
             assert torch.equal(latents(pipe), unsteered)  # λ = 0 adds an exact zero
         assert graphs() == 1
@@ -68,10 +74,10 @@ def test_alpha_recorded_under_compile_matches_eager_recording():
         eager_maps = handle.alpha_maps()["bench"]
         handle.clear_records()
         pipe.unet.compile(backend="eager")
-        assert torch.equal(latents(pipe), eager_out)
+        assert close(latents(pipe), eager_out)
         maps = handle.alpha_maps()["bench"]
     assert maps.keys() == eager_maps.keys()
-    assert all(torch.equal(maps[s], eager_maps[s]) for s in maps)
+    assert all(close(maps[s], eager_maps[s]) for s in maps)
 
 
 def test_a_graph_compiled_for_an_unsteered_copy_is_caught_instead_of_silently_skipping_the_hooks():
@@ -97,7 +103,7 @@ def test_with_hook_guards_on_steered_and_unsteered_compiled_copies_coexist():
         latents(with_unet(pipe, twin))
         with steer(pipe, {concept: 1.0}):
             pipe.unet.compile(backend="eager")
-            assert torch.equal(latents(pipe), eager)
+            assert close(latents(pipe), eager)
 
 
 @pytest.mark.parametrize("how", ["module.compile()", "torch.compile(module)", "a compiled block"])
@@ -130,11 +136,11 @@ def test_a_compiled_language_model_follows_every_strength_without_recompiling():
             eager[lam] = logits()
         model.compile(backend="eager")
         handle.strengths["bench"] = 1.0
-        assert torch.equal(logits(), eager[1.0])
+        assert close(logits(), eager[1.0])
         with torch._dynamo.config.patch(error_on_recompile=True):
             for lam in (0.5, 0.0):
                 handle.strengths["bench"] = lam
-                assert torch.equal(logits(), eager[lam])
+                assert (torch.equal if lam == 0.0 else close)(logits(), eager[lam])  # λ = 0: an exact zero
         assert graphs() == 1
     with pytest.raises(DsasError, match="already compiled"):
         steer_lm(model, {concept: 1.0})

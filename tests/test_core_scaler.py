@@ -61,3 +61,29 @@ def test_capped_components_use_what_the_samples_support_and_record_it():
     assert {s.scaler.components.shape for s in concept.sites.values()} == {(6, 32), (6, 6)}
     with pytest.raises(DsasError, match="site 'a': n_components=16 is too large"):
         fit_from_activations("c", acts, acts, {s: a + 1 for s, a in acts.items()}, n_components=16, progress=False)
+
+
+@pytest.mark.parametrize("kind", ["probe", "e2e"])
+def test_under_compile_alpha_is_a_product_and_sum_that_matches_eager(kind):
+    """While torch.compile traces, w·h + b is written as a product and a sum (fusable with the ops around it), not a
+    matrix product: the traced graph has no linear/mm, and α agrees with the eager one."""
+    from dsas_core.scaler import E2EScaler
+
+    probe, _ = ProbeScaler.fit(cloud(N, 1.0, seed=21, shift=4 * unit(seed=20)), cloud(N, 1.0, seed=22))
+    scaler = probe if kind == "probe" else E2EScaler.from_probe(probe)
+    h = cloud(2 * 5 * 3, 1.0, seed=27).float().reshape(2, 5, 3, -1)  # (B, H, W, d)
+    graphs = []
+
+    def capture(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    with torch.no_grad():
+        eager = scaler.column(h)
+        torch._dynamo.reset()
+        compiled = torch.compile(scaler.column, backend=capture, fullgraph=True)(h)
+    torch._dynamo.reset()
+    targets = {str(n.target) for g in graphs for n in g.graph.nodes if n.op == "call_function"}
+    assert graphs and not [t for t in targets if "linear" in t or "mm" in t or "matmul" in t], targets
+    assert eager.shape == compiled.shape == (2, 5, 3, 1)
+    assert torch.allclose(compiled, eager, atol=1e-6, rtol=0)
