@@ -192,6 +192,23 @@ def paired_verdict(ratios: dict[str, float], limit: float) -> str:
     return "fail" if ratios["ci_low"] > limit else "inconclusive"
 
 
+def drift(timings: dict[str, Timing], base: str = "unsteered") -> dict[str, float]:
+    """How the machine's speed moved during an interleaved run, read from every configuration's rounds.
+
+    ``drift``: the change of the rounds' common time (each round's median over the configurations) from the first
+    third of the rounds to the last; every configuration shares it, so the per-round ratios cancel it while the
+    base's spread counts it. ``round_noise``: the spread ((max − min) / median) of the base's rounds once each is
+    divided by its round's common time: what is left for the per-round ratios. A spread far above the round noise
+    means a drifting machine (the paired verdict is the one to read), not an unsteady measurement."""
+    rounds = min(len(t.samples) for t in timings.values())
+    common = [statistics.median(t.samples[i] for t in timings.values()) for i in range(rounds)]
+    k = max(1, rounds // 3)
+    relative = [timings[base].samples[i] / common[i] for i in range(rounds)]
+    mid = statistics.median(relative)
+    return {"drift": statistics.median(common[-k:]) / statistics.median(common[:k]) - 1,
+            "round_noise": (max(relative) - min(relative)) / mid}
+
+
 def verdict(ratio: float, limit: float, baseline: Timing) -> str:
     """'pass' / 'fail', or 'inconclusive' when the baseline's own spread exceeds the margin being judged."""
     margin = limit - 1.0

@@ -14,8 +14,8 @@ import torch
 from torch import nn
 
 from dsas_core import Concept, DsasError, fit_from_activations
-from dsas_core.timing import (Timing, clock_name, cpu_clock, interleaved, interleaved_jobs, no_context, paired_ratios,
-                              paired_verdict, verdict)
+from dsas_core.timing import (Timing, clock_name, cpu_clock, drift, interleaved, interleaved_jobs, no_context,
+                              paired_ratios, paired_verdict, verdict)
 
 from .pipeline import attach
 from .sites import candidates
@@ -148,6 +148,8 @@ def report(timings: dict[str, Timing], limits: dict[str, float], bases: dict[str
             paired = out["per_round_ratios"][name] = paired_ratios(timings[name], base)
             out["verdicts"][name] = {"limit": limit, "verdict": verdict(ratio, limit, base),
                                      "paired_verdict": paired_verdict(paired, limit)}
+    if "unsteered" in timings and len(timings) > 1 and timings["unsteered"].repeats >= 3:
+        out["drift"] = drift(timings)
     return out
 
 

@@ -156,5 +156,8 @@ def _print(name: str, result: dict[str, Any]) -> None:
             for config, r in value.items():
                 print(f"  per-round {config:<12} median {r['median']:.3f}  {r['ci_coverage']:.0%} CI "
                       f"{r['ci_low']:.3f}–{r['ci_high']:.3f}  min {r['low']:.3f}  max {r['high']:.3f}")
+        elif key == "drift":  # the machine's speed during the run, common to every configuration
+            print(f"  machine drift {value['drift']:+.1%} (first to last third of the rounds, every configuration "
+                  f"alike: the per-round ratios cancel it); round noise {value['round_noise']:.1%}")
         elif key not in ("timings", "ratios", "verdicts", "samples"):
             print(f"  {key}: {value}")

@@ -14,8 +14,8 @@ import torch
 from torch import nn
 
 from dsas_core import Concept, fit_from_activations
-from dsas_core.timing import (Timing, clock_name, cpu_clock, in_fresh_processes, interleaved, memory_report, no_context,
-                              paired_ratios, paired_verdict, rss_of_runs, verdict)
+from dsas_core.timing import (Timing, clock_name, cpu_clock, drift, in_fresh_processes, interleaved, memory_report,
+                              no_context, paired_ratios, paired_verdict, rss_of_runs, verdict)
 
 from .sites import lm_sites
 from .steer import attach
@@ -116,4 +116,5 @@ def report(timings: dict[str, Timing], new_tokens: int) -> dict[str, Any]:
             "per_round_ratios": paired,
             "verdicts": {"dsas": {"limit": limit, "criterion": f"tokens/s >= {MIN_TOKENS_PER_SECOND_RATIO} x unsteered",
                                   "verdict": verdict(ratios["dsas"], limit, base),
-                                  "paired_verdict": paired_verdict(paired["dsas"], limit)}}}
+                                  "paired_verdict": paired_verdict(paired["dsas"], limit)}},
+            **({"drift": drift(timings)} if base.repeats >= 3 else {})}

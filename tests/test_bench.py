@@ -3,7 +3,7 @@ and a compile benchmark that moves λ without recompiling. (Speed goals live in 
 
 import torch
 
-from dsas_core.timing import Timing, paired_ratios, rotate
+from dsas_core.timing import Timing, drift, paired_ratios, rotate
 from dsas_diffusion.bench import compile_overhead, unet_runner
 from dsas_diffusion.bench_fit import _jobs
 from tiny_diffusion import tiny_sd
@@ -21,6 +21,18 @@ def test_paired_ratios_divide_round_by_round():
     bare = Timing.of("bare", [2.0, 3.0, 1.0])
     r = paired_ratios(fit, bare)
     assert [round(r[k], 6) for k in ("median", "low", "high", "spread")] == [1.1, 1.0, 1.1, round(0.1 / 1.1, 6)]
+
+
+def test_drift_is_the_common_slowdown_and_round_noise_what_the_rounds_leave_of_the_base():
+    """Six rounds slowing 1.0 → 1.5 for every configuration alike; the base 2 % off its round's common time once."""
+    common = [1.0, 1.1, 1.2, 1.3, 1.4, 1.5]
+    base = [c * (1.02 if i == 3 else 1.0) for i, c in enumerate(common)]
+    timings = {"unsteered": Timing.of("unsteered", base), "a": Timing.of("a", common),
+               "b": Timing.of("b", [c * 1.01 for c in common])}
+    d = drift(timings)
+    assert round(d["drift"], 12) == round(1.45 / 1.05 - 1, 12)  # last two rounds' median over the first two's
+    assert round(d["round_noise"], 12) == round((1.02 / 1.01 - 1.0) / 1.0, 12)
+    assert round(timings["unsteered"].spread, 9) == round(0.5 / 1.263, 9)  # the base's own spread counts the drift
 
 
 def test_fitting_and_its_bare_baseline_make_the_same_denoiser_calls_at_the_same_batch_size():
