@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from dsas_core import DsasError, ProbeScaler
-from dsas_core.scaler import scaler_class
+from dsas_core.scaler import E2EScaler, scaler_class
 from helpers import N, SCALES, cloud, unit
 
 
@@ -67,8 +67,6 @@ def test_capped_components_use_what_the_samples_support_and_record_it():
 def test_under_compile_alpha_is_a_product_and_sum_that_matches_eager(kind):
     """While torch.compile traces, w·h + b is written as a product and a sum (fusable with the ops around it), not a
     matrix product: the traced graph has no linear/mm, and α agrees with the eager one."""
-    from dsas_core.scaler import E2EScaler
-
     probe, _ = ProbeScaler.fit(cloud(N, 1.0, seed=21, shift=4 * unit(seed=20)), cloud(N, 1.0, seed=22))
     scaler = probe if kind == "probe" else E2EScaler.from_probe(probe)
     h = cloud(2 * 5 * 3, 1.0, seed=27).float().reshape(2, 5, 3, -1)  # (B, H, W, d)
