@@ -11,9 +11,10 @@ and no α recorded the hook returns ``None`` and the output is untouched, bit fo
 Under ``torch.compile`` (attach first, then compile) λ is read only as a 0-d tensor, so moving a slider never
 recompiles; λ = 0 then adds an exact zero. Bookkeeping (step tracking, α records) runs eagerly between graphs.
 
-Inference (no gradients, no α records, no stored α, eager) takes a fast path with the same arithmetic: a plan per
-site cached until a strength or ``adaptive`` changes, and λ·α·Δ in one ``addcmul``; on a GPU with Triton, a site
-steered by one logistic-scaler concept runs its whole update as one kernel (:mod:`.fused`).
+Inference (no gradients, eager) takes a fast path with the same arithmetic: a plan per site cached until a
+strength or ``adaptive`` changes (made when attaching), and λ·α·Δ in one ``addcmul``; on a GPU with Triton, a site
+steered by one logistic-scaler concept runs its whole update, α records and stored α included, as one kernel
+(:mod:`.fused`).
 """
 
 from __future__ import annotations
@@ -236,11 +237,12 @@ class _Entry:
 class _Step(NamedTuple):
     """One concept's update in the inference fast path (see :meth:`_SiteHook.make_plan`)."""
 
+    name: str  # the concept's
     column: Callable[..., Tensor] | None  # α as a column, from activations of the plan's dtype; None: α ≡ 1
     delta: Callable[[Tensor], Tensor]
     lam: float
     lam_tensor: Tensor  # λ as the full path's 0-d tensor
-    fused: Callable[[Tensor, Tensor | None], Tensor | None] | None  # the whole update in one kernel, or None
+    fused: Callable[..., Tensor | None] | None  # the whole update in one kernel, or None
 
 
 @dataclass
@@ -252,9 +254,11 @@ class _SiteHook:
     recorded: int = 0  # α records made at this site
     check: Callable[[Any], None] | None = None  # raises unless the module's output is the stream this site expects
     by_device: dict[tuple[torch.device, torch.dtype], list[_Entry]] = field(default_factory=dict)
-    # (strengths version, adaptive, fused, device, activations' dtype) the cached plan was made for
-    plan_for: tuple[int, bool, bool, torch.device, torch.dtype] | None = None
+    # (strengths version, adaptive, fused) and (device, activations' dtype) the cached plan was made for
+    plan_for: tuple[int, bool, bool] | None = None
+    plan_on: tuple[torch.device, torch.dtype] | None = None
     plan: list["_Step"] = field(default_factory=list)
+    plan_records: bool = False  # the plan computes every concept's α here, so α recording can use it
 
     def on_device(self, device: torch.device, scaler_dtype: torch.dtype = torch.float32) -> list[_Entry]:
         """The entries with their tensors on ``device`` (copied once per device, shared when already there), the
@@ -274,19 +278,18 @@ class _SiteHook:
             self.by_device[key] = moved
         return self.by_device[key]
 
-    def alpha(self, e: _Entry, x32: Tensor) -> Tensor:
-        """α of one concept at this site as a column (..., 1); a scaler that ``reads_context`` also gets
-        ``handle.context``. ``handle.alpha_reuse``: ``"store"`` keeps this call's α, ``"load"`` reuses the stored
-        one (same shape)."""
+    def alpha(self, name: str, column: Callable[..., Tensor], x: Tensor) -> Tensor:
+        """α of one concept at this site as a column (..., 1), from ``column(x, handle.context)``.
+        ``handle.alpha_reuse``: ``"store"`` keeps this call's α, ``"load"`` reuses the stored one (same shape)."""
         handle = self.handle
         reuse = handle.alpha_reuse
         if reuse == "load":
-            stored = handle.alpha_memory.get((e.name, self.site.name))
-            if stored is not None and stored.shape[:-1] == x32.shape[:-1]:
+            stored = handle.alpha_memory.get((name, self.site.name))
+            if stored is not None and stored.shape[:-1] == x.shape[:-1]:
                 return stored
-        alpha = e.scaler.column(x32, handle.context)
+        alpha = column(x, handle.context)
         if reuse == "store":
-            handle.alpha_memory[(e.name, self.site.name)] = alpha
+            handle.alpha_memory[(name, self.site.name)] = alpha
         return alpha
 
     def make_plan(self, device: torch.device, dtype: torch.dtype) -> None:
@@ -299,14 +302,16 @@ class _SiteHook:
             lam = handle.strengths[e.name]
             if lam == 0.0 or (adaptive and e.gated):
                 continue
-            plan.append(_Step(e.scaler.column if adaptive else None, e.transform.delta, lam,
+            plan.append(_Step(e.name, e.scaler.column if adaptive else None, e.transform.delta, lam,
                               handle.strengths.tensor(e.name, device), None))
             moving.append(e32)
         if len(plan) == 1 and adaptive and handle.fused:  # one adaptive concept: one kernel where the device allows
             fused = fused_update(moving[0].transform, moving[0].scaler, plan[0].lam, self.site.layout, device)
             plan[0] = plan[0]._replace(fused=fused)
         self.plan = plan
-        self.plan_for = (handle.strengths.version, adaptive, handle.fused, device, dtype)
+        self.plan_records = adaptive and len(plan) == len(self.entries)
+        self.plan_for = (handle.strengths.version, adaptive, handle.fused)
+        self.plan_on = (device, dtype)
 
     def stream(self, output: Any) -> Tensor:
         """The steered stream h of a module's output, checked against the fitted width."""
@@ -327,32 +332,30 @@ class _SiteHook:
         return h, tokens_last(self.site, h)
 
     def fast(self, output: Any) -> Any:
-        """Inference without gradients, α records, stored α or compile: the same update in fewer kernels (on a GPU
-        each costs a launch). The plan is cached per strengths version, ``adaptive``, device and dtype; λ is
-        folded into the ``addcmul``, which reads the activations in their own dtype, computes in float32 and
-        writes the output's dtype. Half-precision activations get α from a copy of the scaler in their dtype
-        (no float32 copy of the stream); float32 activations, and plain steering in any dtype, give exactly
-        the full path's result. Where the plan's one step has a fused form (GPU, Triton), that one kernel runs
-        instead: float32 arithmetic like the full path, rounded once to the stream's dtype."""
+        """Inference without gradients or compile: the same update in fewer kernels (on a GPU each costs a launch).
+        The plan is cached per strengths version, ``adaptive``, device and dtype; λ is folded into the
+        ``addcmul``, which reads the activations in their own dtype, computes in float32 and writes the output's
+        dtype. Half-precision activations get α from a copy of the scaler in their dtype (no float32 copy of the
+        stream); float32 activations, and plain steering in any dtype, give exactly the full path's result. Where
+        the plan's one step has a fused form (GPU, Triton), that one kernel runs instead: float32 arithmetic like
+        the full path, rounded once to the stream's dtype. Stored α (``alpha_reuse``) works as on the full path;
+        α recording too where the plan computes every concept's α at this site (else the full path runs)."""
         handle = self.handle
-        current = self.plan_for is not None and self.plan_for[:3] == (handle.strengths.version, handle.adaptive,
-                                                                       handle.fused)
-        if current and not self.plan:  # every concept here at λ = 0 or gated off, on any device: nothing to read
+        record = handle.record_alpha
+        current = self.plan_for == (handle.strengths.version, handle.adaptive, handle.fused)
+        if current and not self.plan and not record:  # every concept here at λ = 0 or gated off: nothing to read
             return None
         h = self.stream(output)
         half = h.dtype in HALF
         dtype = h.dtype if half else torch.float32  # other dtypes computed in float32, as the full path does
-        if not current or self.plan_for[3:] != (h.device, dtype):
+        if not current or self.plan_on != (h.device, dtype):
             self.make_plan(h.device, dtype)
-            if not self.plan:
-                return None
+        if record and not self.plan_records:
+            return self.full(output)
+        if not self.plan:
+            return None
         if self.plan[0].fused is not None:
-            try:
-                new = self.plan[0].fused(h, handle.alpha_rows)
-            except FusedFailed as err:  # e.g. a GPU the kernel compiler does not support: torch ops from now on
-                warnings.warn(f"{err} Steering continues with torch ops (handle.fused = False).", stacklevel=2)
-                handle.fused = False
-                new = None
+            new = self.fused(self.plan[0], h)
             if new is not None:
                 return write_output(self.site, output, new)
         x = tokens_last(self.site, h)
@@ -361,19 +364,52 @@ class _SiteHook:
         out = x
         rows = handle.alpha_rows
         last = len(self.plan) - 1
-        for i, (column, delta, lam, lam_t, _) in enumerate(self.plan):
+        kept: list[tuple[str, Tensor | None, bool]] = []
+        for i, (name, column, delta, lam, lam_t, _) in enumerate(self.plan):
             d = delta(x)  # (..., d) or (d,), float32
             into = {"out": tokens_last(self.site, res)} if res is not None and i == last else {}
             if column is None:  # α ≡ 1: the full path's own op
                 out = torch.addcmul(out, lam_t, d, **into)
                 continue
-            alpha = column(x, handle.context)  # (..., 1)
+            alpha = self.alpha(name, column, x)  # (..., 1)
             if rows is not None:
                 alpha = alpha[rows]
+            if record:
+                kept.append((name, alpha.float(), False))
             out = torch.addcmul(out, alpha, d, value=lam, **into)  # λ·α·Δ in one kernel, Python λ
+        if kept:
+            self.keep(kept, x.shape[:-1], x.device)
         if res is not None:
             return write_output(self.site, output, res)
         return self.written(output, h, out)
+
+    def fused(self, step: _Step, h: Tensor) -> Tensor | None:
+        """The steered stream from the step's one kernel, or None where it cannot run here (torch ops then do):
+        α comes from the kernel, or from memory for an ``alpha_reuse="load"`` call, and is kept for a ``"store"``
+        call and for α recording."""
+        handle = self.handle
+        reuse, rows, record = handle.alpha_reuse, handle.alpha_rows, handle.record_alpha
+        if reuse != "off" and rows is not None:  # stored α is the unpaired one: the torch ops handle the pairing
+            return None
+        key = (step.name, self.site.name)
+        positions = (h.shape[0], *h.shape[2:]) if self.site.layout == "channels" else h.shape[:-1]
+        alpha = handle.alpha_memory.get(key) if reuse == "load" else None
+        load = alpha is not None and alpha.shape[:-1] == positions
+        if not load:
+            alpha = h.new_empty((*positions, 1), dtype=torch.float32) if reuse == "store" or record else None
+        try:
+            new = step.fused(h, rows, alpha, load)
+        except FusedFailed as err:  # e.g. a GPU the kernel compiler does not support: torch ops from now on
+            warnings.warn(f"{err} Steering continues with torch ops (handle.fused = False).", stacklevel=3)
+            handle.fused = False
+            return None
+        if new is None:
+            return None
+        if reuse == "store":
+            handle.alpha_memory[key] = alpha
+        if record:
+            self.keep([(step.name, alpha, False)], positions, h.device)
+        return new
 
     def written(self, output: Any, h: Tensor, out: Tensor) -> Any:
         """The module's output with the steered stream replaced by ``out`` (width last, float32)."""
@@ -387,9 +423,14 @@ class _SiteHook:
         handle.hooks_ran = True  # read by the root model's check (a store only: nothing to guard under compile)
         if not handle.enabled:
             return None
-        if not (handle.record_alpha or handle.alpha_reuse != "off" or torch.is_grad_enabled()
-                or torch.compiler.is_compiling()):
-            return self.fast(output)
+        if torch.is_grad_enabled() or torch.compiler.is_compiling():
+            return self.full(output)
+        return self.fast(output)
+
+    def full(self, output: Any) -> Any:
+        """Every concept's update in float32 torch ops, α recorded where asked: the path gradients and
+        ``torch.compile`` trace."""
+        handle = self.handle
         strengths = handle.strengths
         record = handle.record_alpha
         # Under torch.compile λ is read only as its 0-d tensor (λ = 0 then adds an exact zero): reading its Python
@@ -407,7 +448,7 @@ class _SiteHook:
             if not (steer or record):
                 continue
             off = adaptive and e.gated  # α ≡ 0
-            alpha = self.alpha(e, x32) if adaptive and not e.gated else None  # (..., 1); None: constant 0 or 1
+            alpha = self.alpha(e.name, e.scaler.column, x32) if adaptive and not e.gated else None  # (..., 1)
             if alpha is not None and handle.alpha_rows is not None:
                 alpha = alpha[handle.alpha_rows]  # e.g. the unconditional half of a CFG batch reuses its pair's α
             if record:
@@ -551,6 +592,7 @@ def attach(
                     hook.on_device(device, param.dtype)
                 for e in entries:
                     handle.strengths.tensor(e.name, device)
+                hook.make_plan(device, param.dtype if param.dtype in HALF else torch.float32)  # the fast path's
             handle._register(site.module, hook)
         if root is not None:
             handle.after_calls(root, torch.compiler.disable(handle.check_hooks_ran))

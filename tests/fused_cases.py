@@ -34,6 +34,66 @@ def test_the_fused_kernel_computes_the_update_in_float32_and_rounds_once(layout,
             assert ((out.double() - ref).abs() <= tol).all(), (name, rows)
 
 
+@pytest.mark.parametrize("layout,shape,memory", CASES)
+def test_the_kernel_writes_alpha_where_asked_and_steers_with_a_given_alpha(layout, shape, memory):
+    g = torch.Generator().manual_seed(4)
+    scaler, shift = probe(g), MeanShift(shift=torch.randn(C, generator=g))
+    update = fused.fused_update(shift, scaler, 0.7, layout, torch.device("cpu"))
+    h = torch.randn(*shape, generator=g).half().contiguous(memory_format=memory)
+    x = (h.movedim(1, -1) if layout == "channels" else h).double()  # width last
+    for rows in [None, torch.tensor([2, 3, 2, 3])] if len(shape) > 2 else [None]:
+        alpha = torch.full((*x.shape[:-1], 1), -1.0)
+        out = update(h, rows, alpha)
+        expected = torch.sigmoid(x @ scaler.weight.double() + scaler.bias.double())[..., None]
+        expected = expected if rows is None else expected[rows]
+        assert (alpha.double() - expected).abs().max() < 1e-6
+        assert torch.equal(out, update(h, rows))  # the same update as without writing α
+    given = torch.rand(*x.shape[:-1], 1, generator=g)  # α from an earlier call
+    out = update(h, None, given, True)
+    y = x + 0.7 * given.double() * shift.shift.double()
+    ref = y.movedim(-1, 1) if layout == "channels" else y
+    assert ((out.double() - ref).abs() <= torch.finfo(torch.float16).eps * ref.abs().clamp_min(1.0)).all()
+    assert update(h, torch.arange(shape[0]), given, True) is None  # stored α with CFG rows: left to torch ops
+
+
+def test_each_alignment_and_shape_of_the_stream_is_its_own_kernel_specialisation(monkeypatch):
+    keys = []
+    monkeypatch.setattr(fused._Launcher, "__call__", lambda self, key, *rest: keys.append(key))
+    g = torch.Generator().manual_seed(5)
+    update = fused.fused_update(MeanShift(shift=torch.ones(C)), probe(g), 1.0, "tokens", torch.device("cpu"))
+    flat = torch.randn(4 * 6 * C + 8, generator=g).half()
+    for h in (flat[:4 * 6 * C].view(4, 6, C), flat[8:8 + 4 * 6 * C].view(4, 6, C), flat[1:1 + 4 * 6 * C].view(4, 6, C),
+              flat[:3 * 6 * C].view(3, 6, C)):
+        update(h, None)
+    assert keys[0] == keys[1] and len({keys[0], keys[2], keys[3]}) == 3  # 16-byte aligned twice, 2-byte, fewer rows
+
+
+@pytest.mark.parametrize("layout,shape", [("channels", (2, C, 4, 4)), ("tokens", (2, 6, C))])
+def test_stored_alpha_and_records_run_in_the_kernel_and_match_torch_ops(layout, shape, monkeypatch):
+    from dsas_core.hooks import _SiteHook
+
+    base = torch.randn(*shape, generator=torch.Generator().manual_seed(2)).half()
+    model = Source(base)
+    full_calls = []
+    monkeypatch.setattr(_SiteHook, "full", lambda self, output: full_calls.append(1))
+    results = {}
+    for fused_on in (True, False):
+        with attach([Site("s", model, None, layout)], {concept(): 1.5}, record_alpha=True) as handle, torch.no_grad():
+            handle.fused = fused_on
+            outs = []
+            for reuse, t in (("store", base), ("load", base.flip(0))):
+                handle.alpha_reuse = reuse
+                model.t = t
+                outs.append(model())
+            assert (next(iter(model._forward_hooks.values())).plan[0].fused is not None) == fused_on
+            results[fused_on] = outs, [r.alpha for r in handle.records]
+    assert full_calls == []
+    (kernel, kernel_alpha), (ops, ops_alpha) = results[True], results[False]
+    assert all(torch.allclose(a.float(), b.float(), atol=4e-3, rtol=2e-3) for a, b in zip(kernel, ops))
+    assert all(a.dtype == torch.float32 and torch.allclose(a, b, atol=2e-3) for a, b in zip(kernel_alpha, ops_alpha))
+    assert torch.equal(kernel_alpha[1], kernel_alpha[0])  # the "load" call steered with the stored α
+
+
 @pytest.mark.parametrize("layout,shape", [("tokens", (2, 3, 600)), ("channels", (1, 8, 64, 64))])
 def test_wide_and_large_streams_take_the_other_block_shapes(layout, shape):
     g = torch.Generator().manual_seed(3)

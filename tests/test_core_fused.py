@@ -7,6 +7,7 @@ import subprocess
 import sys
 import warnings
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -27,7 +28,7 @@ def test_the_interpreted_kernel_cases_pass_in_a_fresh_process():
                          cwd=HERE.parent, env=env, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
     # 12 kernel cases (3 transforms each), 2 block-shape cases, 3 hook cases: none skipped
-    assert re.search(r"^17 passed in", run.stdout, re.M), run.stdout[-600:]
+    assert re.search(r"^24 passed in", run.stdout, re.M), run.stdout[-600:]
 
 
 def test_only_logistic_scalers_and_affine_updates_have_a_fused_form():
@@ -78,3 +79,62 @@ def test_a_kernel_that_fails_to_run_warns_once_and_steering_goes_on_with_torch_o
         with warnings.catch_warnings():
             warnings.simplefilter("error")  # no second try, no second warning
             assert torch.equal(model(), expected)
+
+
+def test_after_its_first_launch_a_specialisation_goes_straight_to_the_compiled_kernel(monkeypatch):
+    import triton.runtime
+    from triton import knobs
+
+    launches = []
+
+    class Compiled:
+        function, packed_metadata = "function", "metadata"
+
+        def run(self, *args):
+            launches.append(("direct", args))
+
+    class Kernel:
+        def __getitem__(self, grid):
+            def go(*args, **constants):
+                launches.append(("jit", grid, args, constants))
+                return Compiled()
+            return go
+
+    stream = SimpleNamespace(get_current_stream=lambda device: 1000 + device)
+    monkeypatch.setattr(triton.runtime, "driver", SimpleNamespace(active=stream))
+    launch, constants = fused._Launcher(Kernel()), (True, False, 0, 16, 64)
+    named = dict(zip(("HAS_SCALE", "HAS_ROWS", "ALPHA", "BLOCK_P", "BLOCK_C"), constants))
+    launch("a", 3, ["h", "out"], [10, 20], [0.5], constants, 1)  # tensors, their pointers, the other arguments
+    launch("a", 5, ["h2", "out2"], [11, 21], [0.5], constants, 1)
+    launch("b", 3, ["h", "out"], [10, 20], [0.5], constants, 1)
+    launch("c", 3, ["h", "out"], [10, 20], [0.5], constants, -1)  # the interpreter: no compiled kernel to keep
+    launch("c", 3, ["h", "out"], [10, 20], [0.5], constants, -1)
+    jit = ("jit", (3,), ("h", "out", 0.5), named)
+    assert launches == [jit, ("direct", (5, 1, 1, 1001, "function", "metadata", None, None, None, 11, 21, 0.5, *constants)),
+                        jit, jit, jit]
+    launches.clear()
+    monkeypatch.setattr(knobs.runtime, "launch_enter_hook", lambda *args: None)  # a profiler listens
+    launch("a", 5, ["h2", "out2"], [11, 21], [0.5], constants, 1)
+    assert launches == [("jit", (5,), ("h2", "out2", 0.5), named)]
+
+
+def test_a_direct_launch_that_raises_falls_back_to_the_entry_point_for_good(monkeypatch):
+    import triton.runtime
+
+    launches = []
+
+    class Compiled:
+        function, packed_metadata = "function", "metadata"
+
+        def run(self, *args):
+            raise TypeError("this launcher takes its arguments otherwise")
+
+    class Kernel:
+        def __getitem__(self, grid):
+            return lambda *args, **constants: launches.append(args) or Compiled()
+
+    monkeypatch.setattr(triton.runtime, "driver", SimpleNamespace(active=SimpleNamespace(get_current_stream=id)))
+    launch = fused._Launcher(Kernel())
+    for _ in range(3):
+        launch("a", 3, ["h"], [10], [0.5], (True, False, 0, 16, 64), 0)
+    assert launches == [("h", 0.5)] * 3 and launch.direct == {} and not launch.direct_works

@@ -255,3 +255,31 @@ def test_the_fast_path_takes_alpha_of_half_activations_in_their_dtype_and_update
     assert not torch.equal(fast, full)  # the full path's α is float32 ...
     assert (fast.float() - full.float()).abs().max() <= 2 * (full.float().abs().max() * torch.finfo(dtype).eps)  # ... a rounding apart
 
+
+
+@pytest.mark.parametrize("rows", [None, [1, 1]])
+def test_stored_alpha_and_alpha_records_take_the_fast_path_and_equal_the_full_path(rows, monkeypatch):
+    from dsas_core.hooks import _SiteHook
+
+    model, x = Toy(), inputs()
+    concept = make_concept("a", sites=("inner", "outer"))
+    full_calls = []
+    full = _SiteHook.full
+    monkeypatch.setattr(_SiteHook, "full", lambda self, output: full_calls.append(1) or full(self, output))
+    results = {}
+    for grad in (False, True):
+        with attach(toy_sites(model), {concept: 0.7}, record_alpha=True) as handle, torch.set_grad_enabled(grad):
+            handle.alpha_rows = None if rows is None else torch.tensor(rows)
+            outs = []
+            for reuse, inp in (("store", x), ("load", x.flip(0)), ("off", x.flip(0))):
+                handle.alpha_reuse = reuse
+                outs.append(model(inp).detach())
+            results[grad] = outs, [(r.site, r.call, r.alpha) for r in handle.records]
+        if not grad:
+            assert full_calls == []  # no_grad: every call took the fast path
+    (fast, fast_records), (slow, slow_records) = results[False], results[True]
+    assert all(torch.equal(a, b) for a, b in zip(fast, slow))
+    assert [(s, c) for s, c, _ in fast_records] == [(s, c) for s, c, _ in slow_records] and len(fast_records) == 6
+    assert all(torch.equal(a, b) for (_, _, a), (_, _, b) in zip(fast_records, slow_records))
+    assert not torch.equal(fast[1], fast[2])  # "load" reused the first call's α instead of computing its own
+    assert torch.equal(fast_records[2][2], fast_records[0][2])  # the record of the "load" call is the stored α
