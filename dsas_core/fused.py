@@ -59,7 +59,7 @@ def fused_update(transform: Transform, scaler: Scaler, lam: float, layout: str, 
     gate, affine = scaler.logistic(), transform.affine()
     if gate is None or affine is None or not available(device):
         return None
-    launch = _Launcher(_kernel(device.type == "cpu"))
+    launch = _launcher(_kernel(device.type == "cpu"))
     weight, bias = (t.detach().to(device, torch.float32).contiguous() for t in gate)  # (d,), ()
     scale, offset = affine
     offset = offset.detach().to(device, torch.float32).contiguous()  # (d,)
@@ -68,37 +68,41 @@ def fused_update(transform: Transform, scaler: Scaler, lam: float, layout: str, 
     fixed_pointers = [t.data_ptr() for t in fixed]
     has_scale = affine[0] is not None
     channels = weight.shape[0]
-    shapes: dict[tuple[object, ...], tuple[tuple[int, ...], int, int, int] | None] = {}
+    shapes: dict[tuple[object, ...], _Spec | None] = {}
 
     def update(h: Tensor, rows: Tensor | None, alpha: Tensor | None = None, reuse: bool = False) -> Tensor | None:
         where = (h.shape, h.stride(), h.dtype)
-        if where not in shapes:
+        spec = shapes.get(where, False)
+        if spec is False:
             if len(shapes) >= _Launcher.KEEP:
                 shapes.clear()
-            shapes[where] = _shape(h, layout, channels)
-        shape = shapes[where]
-        if shape is None or (rows is not None and (reuse or rows.shape != h.shape[:1])):
+            spec = shapes[where] = _spec(h, layout, channels, lam, has_scale)
+        if spec is None or (rows is not None and (reuse or rows.shape != h.shape[:1])):
             return None  # a layout the kernel cannot walk; one α row per sample, and stored α unpaired
-        integers, n, block_p, block_c = shape  # (positions, per sample, channels, 3 strides), ...
-        if alpha is not None and (alpha.numel() != n or alpha.dtype != torch.float32 or not alpha.is_contiguous()
-                                  or alpha.device != h.device):
-            return None
-        if rows is not None and rows.device != h.device:
-            rows = rows.to(h.device)
+        base, grid, scalars, constants = spec
         out = torch.empty_like(h)  # same strides as h (contiguous or channels-last)
-        tensors = [h, out, *fixed, offset if rows is None else rows, offset if alpha is None else alpha]
-        pointers = [h.data_ptr(), out.data_ptr(), *fixed_pointers, tensors[6].data_ptr(), tensors[7].data_ptr()]
-        constants = (has_scale, rows is not None, 0 if alpha is None else 2 if reuse else 1, block_p, block_c)
-        # what Triton specialises a compiled kernel on: the integers, the dtypes, 16-byte alignment of the pointers
-        key = (integers, h.dtype, constants, pointers[0] % 16, pointers[1] % 16, pointers[6] % 16, pointers[7] % 16,
-               tensors[6].dtype)
-        device_index = h.get_device()  # -1: a CPU tensor (the interpreter)
+        if rows is None and alpha is None:  # the common call
+            tensors = [h, out, *fixed, offset, offset]
+            pointers = [h.data_ptr(), out.data_ptr(), *fixed_pointers, fixed_pointers[3], fixed_pointers[3]]
+            key: tuple[object, ...] = (base, pointers[0] % 16, pointers[1] % 16)
+        else:
+            if alpha is not None and (alpha.numel() != scalars[1] or alpha.dtype != torch.float32
+                                      or not alpha.is_contiguous() or alpha.device != h.device):
+                return None
+            if rows is not None and rows.device != h.device:
+                rows = rows.to(h.device)
+            tensors = [h, out, *fixed, offset if rows is None else rows, offset if alpha is None else alpha]
+            pointers = [h.data_ptr(), out.data_ptr(), *fixed_pointers, tensors[6].data_ptr(), tensors[7].data_ptr()]
+            constants = (has_scale, rows is not None, 0 if alpha is None else 2 if reuse else 1, *constants[3:])
+            key = (base, pointers[0] % 16, pointers[1] % 16, constants, pointers[6] % 16, pointers[7] % 16,
+                   tensors[6].dtype)
+        device_index = base[2]
         try:
             if device_index < 0 or device_index == torch.cuda.current_device():
-                launch(key, -(-n // block_p), tensors, pointers, [lam, *integers], constants, device_index)
+                launch(key, grid, tensors, pointers, scalars, constants, device_index)
             else:  # Triton launches on the current CUDA device: make it the stream's (a model on cuda:1, say)
                 with torch.cuda.device(device_index):
-                    launch(key, -(-n // block_p), tensors, pointers, [lam, *integers], constants, device_index)
+                    launch(key, grid, tensors, pointers, scalars, constants, device_index)
         except Exception as err:  # compiling or launching failed: Triton's own error types vary by version
             raise FusedFailed(f"the fused steering kernel failed on {h.device}: {type(err).__name__}: {err}.") from err
         return out
@@ -106,23 +110,37 @@ def fused_update(transform: Transform, scaler: Scaler, lam: float, layout: str, 
     return update
 
 
-def _shape(h: Tensor, layout: str, channels: int) -> tuple[tuple[int, ...], int, int, int] | None:
-    """What the kernel needs of a stream's shape: ((positions, positions per sample, channels, sample stride,
-    position stride, channel stride), positions, block of positions, block of channels), or None for a layout it
-    cannot walk or a stream too large for its 32-bit offsets."""
+# (specialisation: (integers, dtype, device index, HAS_SCALE, blocks), grid, (λ, *integers), the common call's
+# constants: (HAS_SCALE, HAS_ROWS, ALPHA, BLOCK_P, BLOCK_C))
+_Spec = tuple[tuple[object, ...], int, tuple[object, ...], tuple[object, ...]]
+
+
+def _spec(h: Tensor, layout: str, channels: int, lam: float, has_scale: bool) -> _Spec | None:
+    """What a launch needs of a stream's shape, strides, dtype and device (the integers: positions, positions per
+    sample, channels, sample, position and channel strides), or None for a layout the kernel cannot walk or a
+    stream too large for its 32-bit offsets. Triton specialises a compiled kernel on every one of these."""
     geometry = _geometry(h, layout, channels)
     if geometry is None or h.numel() >= 2**31:
         return None
     per_sample, stride_sample, stride_position, stride_channel = geometry
     n = h.numel() // channels
     block_p, block_c = _blocks(layout, n, channels)
-    return (n, per_sample, channels, stride_sample, stride_position, stride_channel), n, block_p, block_c
+    integers = (n, per_sample, channels, stride_sample, stride_position, stride_channel)
+    base = (integers, h.dtype, h.get_device(), has_scale, block_p, block_c)
+    return base, -(-n // block_p), (lam, *integers), (has_scale, False, 0, block_p, block_c)
+
+
+@functools.cache
+def _launcher(kernel: object) -> "_Launcher":
+    """One launcher per kernel, shared by every site and attach: a specialisation compiled once launches directly
+    from then on."""
+    return _Launcher(kernel)
 
 
 class _Launcher:
     """Launches the kernel: the first time for each specialisation through Triton's entry point, which binds and
     specialises every argument on every call (≈ 16 µs of host time on an H100 machine), later straight through
-    the compiled kernel that call returned (≈ 5 µs, pointers passed as integers), unless a launch hook listens
+    the compiled kernel that call returned (pointers passed as integers), unless a launch hook listens
     (profilers) or this Triton version's compiled kernels do not expose their launcher."""
 
     NAMES = ("HAS_SCALE", "HAS_ROWS", "ALPHA", "BLOCK_P", "BLOCK_C")
@@ -130,30 +148,39 @@ class _Launcher:
 
     def __init__(self, kernel: object) -> None:
         self.kernel = kernel
-        self.direct: dict[tuple[object, ...], Callable[[int, list[object]], bool] | None] = {}
+        self.direct: dict[tuple[object, ...], _Direct | None] = {}
         self.direct_works = True  # False once a direct launch raised: Triton's entry point from then on
 
     def __call__(self, key: tuple[object, ...], grid: int, tensors: list[Tensor], pointers: list[int],
-                 scalars: list[object], constants: tuple[object, ...], device: int) -> None:
+                 scalars: tuple[object, ...], constants: tuple[object, ...], device: int) -> None:
         """Launch ``grid`` programs on (``tensors`` or their ``pointers``, then ``scalars``, ``constants``);
         ``key`` holds everything Triton specialises on; ``device``: CUDA index, or -1 (the interpreter)."""
         direct = self.direct.get(key)
         if direct is not None:
-            try:
-                if direct(grid, [*pointers, *scalars, *constants]):
+            run, function, metadata, stream_of, hooks = direct
+            enter, leave = hooks.launch_enter_hook, hooks.launch_exit_hook  # None or a hook chain, by version
+            if not ((enter is not None and getattr(enter, "calls", True))
+                    or (leave is not None and getattr(leave, "calls", True))):  # else a profiler listens
+                try:
+                    run(grid, 1, 1, stream_of(device), function, metadata, None, None, None, *pointers, *scalars,
+                        *constants)
                     return
-            except Exception:  # this Triton's launcher wants its arguments otherwise: its entry point from now on
-                self.direct_works = False
-                self.direct.clear()
+                except Exception:  # this Triton's launcher wants its arguments otherwise: its entry point from now on
+                    self.direct_works = False
+                    self.direct.clear()
         compiled = self.kernel[(grid,)](*tensors, *scalars, **dict(zip(self.NAMES, constants)))
         if key not in self.direct and self.direct_works:
             if len(self.direct) >= self.KEEP:
                 self.direct.clear()
-            self.direct[key] = _direct_launch(compiled, device) if device >= 0 else None
+            self.direct[key] = _direct_launch(compiled) if device >= 0 else None
 
 
-def _direct_launch(compiled: object, device: int) -> Callable[[int, list[object]], bool] | None:
-    """``launch(grid, args) -> launched`` straight through a compiled kernel's launcher (Triton 3.x), or None."""
+# a compiled kernel's (launcher, function, packed metadata), Triton's stream getter and its runtime knobs
+_Direct = tuple[Callable[..., object], object, object, Callable[[int], int], object]
+
+
+def _direct_launch(compiled: object) -> _Direct | None:
+    """What launching straight through a compiled kernel's launcher needs (Triton 3.x), or None."""
     try:
         from triton import knobs
         from triton.runtime import driver
@@ -164,19 +191,7 @@ def _direct_launch(compiled: object, device: int) -> Callable[[int, list[object]
         return None
     if function is None or not callable(run):
         return None
-
-    def launch(grid: int, args: list[object]) -> bool:
-        if _listening(hooks.launch_enter_hook) or _listening(hooks.launch_exit_hook):
-            return False
-        run(grid, 1, 1, stream_of(device), function, metadata, None, None, None, *args)
-        return True
-
-    return launch
-
-
-def _listening(hook: object) -> bool:
-    """Whether a Triton launch hook is set (a plain callable, or a hook chain with calls in it)."""
-    return hook is not None and bool(getattr(hook, "calls", True))
+    return run, function, metadata, stream_of, hooks
 
 
 def _blocks(layout: str, positions: int, channels: int) -> tuple[int, int]:

@@ -256,7 +256,7 @@ class _SiteHook:
     by_device: dict[tuple[torch.device, torch.dtype], list[_Entry]] = field(default_factory=dict)
     # (strengths version, adaptive, fused) and (device, activations' dtype) the cached plan was made for
     plan_for: tuple[int, bool, bool] | None = None
-    plan_on: tuple[torch.device, torch.dtype] | None = None
+    plan_on: tuple[int | None, torch.dtype] | None = None  # device index (as Tensor.get_device), dtype
     plan: list["_Step"] = field(default_factory=list)
     plan_records: bool = False  # the plan computes every concept's α here, so α recording can use it
 
@@ -292,10 +292,11 @@ class _SiteHook:
             handle.alpha_memory[(name, self.site.name)] = alpha
         return alpha
 
-    def make_plan(self, device: torch.device, dtype: torch.dtype) -> None:
+    def make_plan(self, like: Tensor, dtype: torch.dtype) -> None:
         """The eager fast path's steps for the current strengths and ``adaptive``, for activations of ``dtype`` on
-        ``device``: one :class:`_Step` per concept that moves this site."""
+        the device of ``like`` (a tensor there): one :class:`_Step` per concept that moves this site."""
         handle = self.handle
+        device = like.device
         adaptive = handle.adaptive
         plan, moving = [], []
         for e, e32 in zip(self.on_device(device, dtype), self.on_device(device)):
@@ -311,7 +312,7 @@ class _SiteHook:
         self.plan = plan
         self.plan_records = adaptive and len(plan) == len(self.entries)
         self.plan_for = (handle.strengths.version, adaptive, handle.fused)
-        self.plan_on = (device, dtype)
+        self.plan_on = (like.get_device(), dtype)
 
     def stream(self, output: Any) -> Tensor:
         """The steered stream h of a module's output, checked against the fitted width."""
@@ -348,14 +349,23 @@ class _SiteHook:
         h = self.stream(output)
         half = h.dtype in HALF
         dtype = h.dtype if half else torch.float32  # other dtypes computed in float32, as the full path does
-        if not current or self.plan_on != (h.device, dtype):
-            self.make_plan(h.device, dtype)
+        if not current or self.plan_on != (h.get_device(), dtype):
+            self.make_plan(h, dtype)
         if record and not self.plan_records:
             return self.full(output)
         if not self.plan:
             return None
-        if self.plan[0].fused is not None:
-            new = self.fused(self.plan[0], h)
+        step = self.plan[0]
+        if step.fused is not None:
+            try:
+                if handle.alpha_reuse == "off" and not record:  # the common call: α from the kernel, kept nowhere
+                    new = step.fused(h, handle.alpha_rows)
+                else:
+                    new = self.fused(step, h)
+            except FusedFailed as err:  # e.g. a GPU the kernel compiler does not support: torch ops from now on
+                warnings.warn(f"{err} Steering continues with torch ops (handle.fused = False).", stacklevel=3)
+                handle.fused = False
+                new = None
             if new is not None:
                 return write_output(self.site, output, new)
         x = tokens_last(self.site, h)
@@ -384,9 +394,9 @@ class _SiteHook:
         return self.written(output, h, out)
 
     def fused(self, step: _Step, h: Tensor) -> Tensor | None:
-        """The steered stream from the step's one kernel, or None where it cannot run here (torch ops then do):
-        α comes from the kernel, or from memory for an ``alpha_reuse="load"`` call, and is kept for a ``"store"``
-        call and for α recording."""
+        """The steered stream from the step's one kernel where α is stored, reused or recorded, or None where it
+        cannot run here (torch ops then do): α comes from the kernel, or from memory for an ``alpha_reuse="load"``
+        call, and is kept for a ``"store"`` call and for α recording."""
         handle = self.handle
         reuse, rows, record = handle.alpha_reuse, handle.alpha_rows, handle.record_alpha
         if reuse != "off" and rows is not None:  # stored α is the unpaired one: the torch ops handle the pairing
@@ -397,12 +407,7 @@ class _SiteHook:
         load = alpha is not None and alpha.shape[:-1] == positions
         if not load:
             alpha = h.new_empty((*positions, 1), dtype=torch.float32) if reuse == "store" or record else None
-        try:
-            new = step.fused(h, rows, alpha, load)
-        except FusedFailed as err:  # e.g. a GPU the kernel compiler does not support: torch ops from now on
-            warnings.warn(f"{err} Steering continues with torch ops (handle.fused = False).", stacklevel=3)
-            handle.fused = False
-            return None
+        new = step.fused(h, rows, alpha, load)
         if new is None:
             return None
         if reuse == "store":
@@ -464,12 +469,11 @@ class _SiteHook:
                 else:
                     out.addcmul_(coef, delta)
         if kept:
-            self.keep(kept, x32.shape[:-1], x.device)
+            self.keep_eagerly(kept, x32.shape[:-1], x.device)
         if out is None:
             return None
         return self.written(output, h, out)
 
-    @torch.compiler.disable  # Python bookkeeping: under torch.compile it runs eagerly (a graph break per site)
     def keep(self, kept: list[tuple[str, Tensor | None, bool]], shape: torch.Size, device: torch.device) -> None:
         """Append one :class:`AlphaRecord` per (concept, α, off) of this call; α None is the constant 0 (off) or 1."""
         handle = self.handle
@@ -477,6 +481,9 @@ class _SiteHook:
             a = alpha.squeeze(-1) if alpha is not None else (torch.zeros if off else torch.ones)(shape, device=device)
             handle.records.append(AlphaRecord(name, self.site.name, self.recorded, dict(handle.context), a.detach()))
         self.recorded += 1
+
+    # Python bookkeeping: under torch.compile it runs eagerly (a graph break per site); eager calls skip the wrapper
+    keep_eagerly = torch.compiler.disable(keep)
 
 
 class SteeringHandle(HookHandle):
@@ -592,7 +599,7 @@ def attach(
                     hook.on_device(device, param.dtype)
                 for e in entries:
                     handle.strengths.tensor(e.name, device)
-                hook.make_plan(device, param.dtype if param.dtype in HALF else torch.float32)  # the fast path's
+                hook.make_plan(param, param.dtype if param.dtype in HALF else torch.float32)  # the fast path's
             handle._register(site.module, hook)
         if root is not None:
             handle.after_calls(root, torch.compiler.disable(handle.check_hooks_ran))
