@@ -4,6 +4,7 @@ import csv
 import json
 import math
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -109,7 +110,10 @@ def _run_eval(root, out, launcher):
 
 def test_two_processes_split_the_prompts_and_merge_to_the_single_process_result(tiny_eval, tmp_path):
     root = tiny_eval[0]
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517"]
+    with socket.socket() as free:  # a port nothing else listens on (a fixed one may still be held by another run)
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port)]
     two = _run_eval(root, tmp_path / "two", torchrun)
     one = _run_eval(root, tmp_path / "one", [sys.executable])
     assert two["processes"] == 2 and one["processes"] == 1
