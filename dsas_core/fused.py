@@ -80,15 +80,15 @@ def fused_update(transform: Transform, scaler: Scaler, lam: float, layout: str, 
         if spec is None or (rows is not None and (reuse or rows.shape != h.shape[:1])):
             return None  # a layout the kernel cannot walk; one α row per sample, and stored α unpaired
         base, grid, scalars, constants = spec
+        if alpha is not None and (alpha.numel() != scalars[1] or alpha.dtype != torch.float32
+                                  or not alpha.is_contiguous() or alpha.device != h.device):
+            return None  # α must be one float32 per position, contiguous, beside the stream
         out = torch.empty_like(h)  # same strides as h (contiguous or channels-last)
         if rows is None and alpha is None:  # the common call
             tensors = [h, out, *fixed, offset, offset]
             pointers = [h.data_ptr(), out.data_ptr(), *fixed_pointers, fixed_pointers[3], fixed_pointers[3]]
             key: tuple[object, ...] = (base, pointers[0] % 16, pointers[1] % 16)
         else:
-            if alpha is not None and (alpha.numel() != scalars[1] or alpha.dtype != torch.float32
-                                      or not alpha.is_contiguous() or alpha.device != h.device):
-                return None
             if rows is not None and rows.device != h.device:
                 rows = rows.to(h.device)
             tensors = [h, out, *fixed, offset if rows is None else rows, offset if alpha is None else alpha]

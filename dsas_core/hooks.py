@@ -361,7 +361,7 @@ class _SiteHook:
                 if handle.alpha_reuse == "off" and not record:  # the common call: α from the kernel, kept nowhere
                     new = step.fused(h, handle.alpha_rows)
                 else:
-                    new = self.fused(step, h)
+                    new = self.fused_keeping_alpha(step, h)
             except FusedFailed as err:  # e.g. a GPU the kernel compiler does not support: torch ops from now on
                 warnings.warn(f"{err} Steering continues with torch ops (handle.fused = False).", stacklevel=3)
                 handle.fused = False
@@ -393,7 +393,7 @@ class _SiteHook:
             return write_output(self.site, output, res)
         return self.written(output, h, out)
 
-    def fused(self, step: _Step, h: Tensor) -> Tensor | None:
+    def fused_keeping_alpha(self, step: _Step, h: Tensor) -> Tensor | None:
         """The steered stream from the step's one kernel where α is stored, reused or recorded, or None where it
         cannot run here (torch ops then do): α comes from the kernel, or from memory for an ``alpha_reuse="load"``
         call, and is kept for a ``"store"`` call and for α recording."""

@@ -54,6 +54,7 @@ def test_the_kernel_writes_alpha_where_asked_and_steers_with_a_given_alpha(layou
     ref = y.movedim(-1, 1) if layout == "channels" else y
     assert ((out.double() - ref).abs() <= torch.finfo(torch.float16).eps * ref.abs().clamp_min(1.0)).all()
     assert update(h, torch.arange(shape[0]), given, True) is None  # stored α with CFG rows: left to torch ops
+    assert update(h, None, given.half(), True) is None  # α stored by the half-precision torch ops: left to them too
 
 
 def test_each_alignment_and_shape_of_the_stream_is_its_own_kernel_specialisation(monkeypatch):
