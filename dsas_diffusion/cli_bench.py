@@ -14,9 +14,10 @@ EXAMPLE = """examples:
   dsas bench                                 # every benchmark this machine can run, results printed
   dsas bench --only sd15 --repeats 9 --json bench.json
   dsas bench --only demo,fit --device cpu
-  dsas bench --only compile --compile-mode reduce-overhead   # torch.compile: unsteered vs DSAS, both compiled"""
+  dsas bench --only compile --compile-mode reduce-overhead   # torch.compile: unsteered vs DSAS, both compiled
+  dsas bench --only hooks --device cuda      # µs per steering hook in place, kernels and GPU time per run"""
 
-BENCHES = ("demo", "sd15", "sdxl", "flux", "llm", "fit", "compile")
+BENCHES = ("demo", "sd15", "sdxl", "flux", "llm", "fit", "compile", "hooks")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -30,7 +31,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "median (rounds run side by side, so slow drift cancels). 'fit' "
                                    "times fit_concept against the bare denoising passes it needs and measures its "
                                    "peak memory; 'compile' compares the torch.compile'd denoiser unsteered and with "
-                                   "DSAS.",
+                                   "DSAS; 'hooks' times each steering hook's call inside the SD 1.5-sized UNet (and "
+                                   "counts kernels and their GPU time on a GPU).",
                        epilog=EXAMPLE, formatter_class=HelpFormatter)
     p.add_argument("--only", default=",".join(BENCHES), help=f"comma-separated subset of {','.join(BENCHES)}")
     p.add_argument("--repeats", type=int, default=15,
@@ -135,8 +137,16 @@ def _fit(device: Any, args: argparse.Namespace) -> dict[str, Any]:
     return cost | {"memory": fit_memory(device)}
 
 
+def _hooks(device: Any, args: argparse.Namespace) -> dict[str, Any]:
+    from .bench import workload
+    from .bench_hooks import hook_times
+
+    model, run, info = workload("sd15", device, args.latent)
+    return hook_times(model, run, repeats=args.repeats, device=device) | info
+
+
 _RUNNERS = {"demo": _overhead("demo"), "sd15": _overhead("sd15"), "sdxl": _overhead("sdxl"), "flux": _overhead("flux"),
-            "llm": _llm, "fit": _fit, "compile": _compile}
+            "llm": _llm, "fit": _fit, "compile": _compile, "hooks": _hooks}
 
 
 def _print(name: str, result: dict[str, Any]) -> None:
@@ -156,6 +166,13 @@ def _print(name: str, result: dict[str, Any]) -> None:
             for config, r in value.items():
                 print(f"  per-round {config:<12} median {r['median']:.3f}  {r['ci_coverage']:.0%} CI "
                       f"{r['ci_low']:.3f}–{r['ci_high']:.3f}  min {r['low']:.3f}  max {r['high']:.3f}")
+        elif key == "per_hook":  # µs of one steering hook in place, per configuration
+            for config, h in value.items():
+                hooks = (f"{h['calls_per_run']} hook calls a run, {h['us_per_call']:.1f} µs each (a site's first "
+                         f"call {h['us_first_call']:.1f} µs), {h['hooks_ms_per_run']:.2f} ms of {h['run_ms']:.2f} ms"
+                         if "calls_per_run" in h else "")
+                gpu = f"  {h['kernels']} kernels, {h['gpu_ms']:.2f} ms of GPU time" if "kernels" in h else ""
+                print(f"  {config:<16} {hooks}{gpu}")
         elif key == "drift":  # the machine's speed during the run, common to every configuration
             print(f"  machine drift {value['drift']:+.1%} (first to last third of the rounds, every configuration "
                   f"alike: the per-round ratios cancel it); round noise {value['round_noise']:.1%}")

@@ -6,6 +6,7 @@ import torch
 from dsas_core.timing import Timing, drift, paired_ratios, rotate
 from dsas_diffusion.bench import compile_overhead, unet_runner
 from dsas_diffusion.bench_fit import _jobs
+from dsas_diffusion.bench_hooks import hook_times
 from tiny_diffusion import tiny_sd
 
 
@@ -173,3 +174,13 @@ def test_gpu_runs_keep_peak_memory_and_issuing_times_of_the_timed_rounds_only(mo
     timings = timing.interleaved(run, {"a": nullcontext, "b": nullcontext}, repeats=1, device=torch.device("cuda"))
     assert timings["a"].samples == [2.0] and timings["a"].host == 1.0  # the warm-up's 5 s left out
     assert timings["b"].peak_mb == 3.0
+
+
+def test_hook_times_count_every_site_call_in_place_and_leave_no_hook_behind():
+    unet = tiny_sd().unet
+    out = hook_times(unet, unet_runner(unet, latent=8, batch=2, steps=2, text_tokens=16), repeats=2)
+    per = out["per_hook"]
+    assert sorted(per) == ["dsas", "dsas_record", "lambda0", "plain"]  # on a GPU also dsas_torch_ops, unsteered
+    assert out["sites"] > 0 and {h["calls_per_run"] for h in per.values()} == {2 * out["sites"]}
+    assert all(0 < h["us_per_call"] and 0 < h["hooks_ms_per_run"] < h["run_ms"] for h in per.values())
+    assert all(not m._forward_hooks and not m._forward_pre_hooks for m in unet.modules())
