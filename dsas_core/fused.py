@@ -50,16 +50,29 @@ def available(device: torch.device) -> bool:
 Update = Callable[..., "Tensor | None"]
 
 
-def fused_update(transform: Transform, scaler: Scaler, lam: float, layout: str, device: torch.device) -> Update | None:
+class Launches:
+    """The compiled kernels a steering handle launches directly, by specialisation (kept on the handle: every
+    site and every re-plan after a strength change shares them)."""
+
+    KEEP = 256  # specialisations remembered: stream shapes differ with prompt lengths, say
+
+    def __init__(self) -> None:
+        self.direct: dict[tuple[object, ...], _Direct | None] = {}
+        self.works = True  # False once a direct launch raised: Triton's entry point from then on
+
+
+def fused_update(transform: Transform, scaler: Scaler, lam: float, layout: str, device: torch.device,
+                 launches: Launches | None = None) -> Update | None:
     """``update(h, rows, alpha=None, reuse=False) -> h'`` (the steered stream, h's shape, dtype and memory format)
     for one concept, or None where the concept or the device does not allow it; ``update`` itself returns None for
     a stream whose memory layout it does not handle (the torch ops then run). ``alpha``, a float32 tensor with one
     element per position (``tokens_last(h).shape[:-1]``, contiguous): the kernel writes each position's α there,
-    or, with ``reuse=True``, reads α from there instead of computing it (``rows`` must then be None)."""
+    or, with ``reuse=True``, reads α from there instead of computing it (``rows`` must then be None). ``launches``:
+    where compiled kernels are kept for direct launches (a fresh store when None)."""
     gate, affine = scaler.logistic(), transform.affine()
     if gate is None or affine is None or not available(device):
         return None
-    launch = _launcher(_kernel(device.type == "cpu"))
+    launch = _Launcher(_kernel(device.type == "cpu"), launches or Launches())
     weight, bias = (t.detach().to(device, torch.float32).contiguous() for t in gate)  # (d,), ()
     scale, offset = affine
     offset = offset.detach().to(device, torch.float32).contiguous()  # (d,)
@@ -74,7 +87,7 @@ def fused_update(transform: Transform, scaler: Scaler, lam: float, layout: str, 
         where = (h.shape, h.stride(), h.dtype)
         spec = shapes.get(where, False)
         if spec is False:
-            if len(shapes) >= _Launcher.KEEP:
+            if len(shapes) >= Launches.KEEP:
                 shapes.clear()
             spec = shapes[where] = _spec(h, layout, channels, lam, has_scale)
         if spec is None or (rows is not None and (reuse or rows.shape != h.shape[:1])):
@@ -130,32 +143,23 @@ def _spec(h: Tensor, layout: str, channels: int, lam: float, has_scale: bool) ->
     return base, -(-n // block_p), (lam, *integers), (has_scale, False, 0, block_p, block_c)
 
 
-@functools.cache
-def _launcher(kernel: object) -> "_Launcher":
-    """One launcher per kernel, shared by every site and attach: a specialisation compiled once launches directly
-    from then on."""
-    return _Launcher(kernel)
-
-
 class _Launcher:
     """Launches the kernel: the first time for each specialisation through Triton's entry point, which binds and
-    specialises every argument on every call (≈ 16 µs of host time on an H100 machine), later straight through
-    the compiled kernel that call returned (pointers passed as integers), unless a launch hook listens
-    (profilers) or this Triton version's compiled kernels do not expose their launcher."""
+    specialises every argument on every call (≈ 18 µs of host time on an H100 machine), later straight through
+    the compiled kernel that call returned (pointers passed as integers; kept in ``launches``), unless a launch
+    hook listens (profilers) or this Triton version's compiled kernels do not expose their launcher."""
 
     NAMES = ("HAS_SCALE", "HAS_ROWS", "ALPHA", "BLOCK_P", "BLOCK_C")
-    KEEP = 256  # specialisations (and stream shapes) remembered: shapes differ with prompt lengths, say
 
-    def __init__(self, kernel: object) -> None:
-        self.kernel = kernel
-        self.direct: dict[tuple[object, ...], _Direct | None] = {}
-        self.direct_works = True  # False once a direct launch raised: Triton's entry point from then on
+    def __init__(self, kernel: object, launches: Launches) -> None:
+        self.kernel, self.launches = kernel, launches
 
     def __call__(self, key: tuple[object, ...], grid: int, tensors: list[Tensor], pointers: list[int],
                  scalars: tuple[object, ...], constants: tuple[object, ...], device: int) -> None:
         """Launch ``grid`` programs on (``tensors`` or their ``pointers``, then ``scalars``, ``constants``);
         ``key`` holds everything Triton specialises on; ``device``: CUDA index, or -1 (the interpreter)."""
-        direct = self.direct.get(key)
+        launches = self.launches
+        direct = launches.direct.get(key)
         if direct is not None:
             run, function, metadata, stream_of, hooks = direct
             enter, leave = hooks.launch_enter_hook, hooks.launch_exit_hook  # None or a hook chain, by version
@@ -166,13 +170,13 @@ class _Launcher:
                         *constants)
                     return
                 except Exception:  # this Triton's launcher wants its arguments otherwise: its entry point from now on
-                    self.direct_works = False
-                    self.direct.clear()
+                    launches.works = False
+                    launches.direct.clear()
         compiled = self.kernel[(grid,)](*tensors, *scalars, **dict(zip(self.NAMES, constants)))
-        if key not in self.direct and self.direct_works:
-            if len(self.direct) >= self.KEEP:
-                self.direct.clear()
-            self.direct[key] = _direct_launch(compiled) if device >= 0 else None
+        if key not in launches.direct and launches.works:
+            if len(launches.direct) >= launches.KEEP:
+                launches.direct.clear()
+            launches.direct[key] = _direct_launch(compiled) if device >= 0 else None
 
 
 # a compiled kernel's (launcher, function, packed metadata), Triton's stream getter and its runtime knobs

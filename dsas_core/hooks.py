@@ -30,7 +30,7 @@ from torch import Tensor, nn
 
 from .concept import Concept
 from .errors import DsasError
-from .fused import FusedFailed, fused_update
+from .fused import FusedFailed, Launches, fused_update
 from .scaler import Scaler
 from .transforms import Transform
 
@@ -307,7 +307,8 @@ class _SiteHook:
                               handle.strengths.tensor(e.name, device), None))
             moving.append(e32)
         if len(plan) == 1 and adaptive and handle.fused:  # one adaptive concept: one kernel where the device allows
-            fused = fused_update(moving[0].transform, moving[0].scaler, plan[0].lam, self.site.layout, device)
+            fused = fused_update(moving[0].transform, moving[0].scaler, plan[0].lam, self.site.layout, device,
+                                 handle.launches)
             plan[0] = plan[0]._replace(fused=fused)
         self.plan = plan
         self.plan_records = adaptive and len(plan) == len(self.entries)
@@ -506,6 +507,7 @@ class SteeringHandle(HookHandle):
         self.record_alpha = record_alpha
         self.enabled = True
         self.fused = True  # one Triton kernel per site where possible (GPU, Triton installed); False: torch ops
+        self.launches = Launches()  # the kernels' compiled specialisations, launched directly (GPU)
         self.context: dict[str, Any] = {}
         self.alpha_rows: Tensor | None = None
         self.alpha_reuse: Literal["off", "store", "load"] = "off"

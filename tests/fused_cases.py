@@ -130,3 +130,16 @@ def test_plain_steering_and_two_concepts_keep_the_torch_ops():
             model()
             hook = next(iter(model._forward_hooks.values()))
             assert len(hook.plan) == len(concepts) and all(step.fused is None for step in hook.plan)
+
+
+def test_every_plan_of_a_handle_keeps_its_compiled_kernels_in_the_handles_store(monkeypatch):
+    import dsas_core.hooks as hooks
+
+    stores, real = [], hooks.fused_update
+    monkeypatch.setattr(hooks, "fused_update", lambda *args: stores.append(args[-1]) or real(*args))
+    model = Source(torch.randn(2, 6, C).half())
+    with attach([Site("s", model, None, "tokens")], {concept(): 1.0}) as handle, torch.no_grad():
+        model()
+        handle.strengths[next(iter(handle.strengths))] = 0.5  # a slider move: a new plan, the same store
+        model()
+    assert len(stores) == 2 and all(s is handle.launches for s in stores)

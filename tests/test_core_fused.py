@@ -28,7 +28,7 @@ def test_the_interpreted_kernel_cases_pass_in_a_fresh_process():
                          cwd=HERE.parent, env=env, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
     # 12 kernel cases (3 transforms each), 2 block-shape cases, 3 hook cases: none skipped
-    assert re.search(r"^24 passed in", run.stdout, re.M), run.stdout[-600:]
+    assert re.search(r"^25 passed in", run.stdout, re.M), run.stdout[-600:]
 
 
 def test_only_logistic_scalers_and_affine_updates_have_a_fused_form():
@@ -102,7 +102,7 @@ def test_after_its_first_launch_a_specialisation_goes_straight_to_the_compiled_k
 
     stream = SimpleNamespace(get_current_stream=lambda device: 1000 + device)
     monkeypatch.setattr(triton.runtime, "driver", SimpleNamespace(active=stream))
-    launch, constants = fused._Launcher(Kernel()), (True, False, 0, 16, 64)
+    launch, constants = fused._Launcher(Kernel(), fused.Launches()), (True, False, 0, 16, 64)
     named = dict(zip(("HAS_SCALE", "HAS_ROWS", "ALPHA", "BLOCK_P", "BLOCK_C"), constants))
     launch("a", 3, ["h", "out"], [10, 20], [0.5], constants, 1)  # tensors, their pointers, the other arguments
     launch("a", 5, ["h2", "out2"], [11, 21], [0.5], constants, 1)
@@ -134,7 +134,7 @@ def test_a_direct_launch_that_raises_falls_back_to_the_entry_point_for_good(monk
             return lambda *args, **constants: launches.append(args) or Compiled()
 
     monkeypatch.setattr(triton.runtime, "driver", SimpleNamespace(active=SimpleNamespace(get_current_stream=id)))
-    launch = fused._Launcher(Kernel())
+    launch = fused._Launcher(Kernel(), fused.Launches())
     for _ in range(3):
         launch("a", 3, ["h"], [10], [0.5], (True, False, 0, 16, 64), 0)
-    assert launches == [("h", 0.5)] * 3 and launch.direct == {} and not launch.direct_works
+    assert launches == [("h", 0.5)] * 3 and launch.launches.direct == {} and not launch.launches.works
