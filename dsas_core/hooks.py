@@ -595,13 +595,10 @@ def attach(
             hook = _SiteHook(site, width, entries, handle, check=(checks or {}).get(site.name))
             param = next(site.module.parameters(), None)
             if param is not None:  # copies made now, so a compiled graph finds them instead of recompiling
-                device = param.device
-                hook.on_device(device)
-                if param.dtype in HALF:  # and the fast path's, so the first call costs what the others do
-                    hook.on_device(device, param.dtype)
                 for e in entries:
-                    handle.strengths.tensor(e.name, device)
-                hook.make_plan(param, param.dtype if param.dtype in HALF else torch.float32)  # the fast path's
+                    handle.strengths.tensor(e.name, param.device)
+                # the fast path's plan, and with it the entries' copies on the device (float32 and the plan's dtype)
+                hook.make_plan(param, param.dtype if param.dtype in HALF else torch.float32)
             handle._register(site.module, hook)
         if root is not None:
             handle.after_calls(root, torch.compiler.disable(handle.check_hooks_ran))

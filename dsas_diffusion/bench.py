@@ -23,14 +23,20 @@ from .sites import candidates
 LIMITS = {"lambda0": 1.01, "plain": 1.03, "dsas": 1.03, "dsas_record": 1.10}
 
 
-def bench_concept(denoiser: nn.Module, transform: str = "mean_shift", seed: int = 0) -> Concept:
-    """A concept on every default site of ``denoiser``, fitted on random activations, with no site gated."""
+def bench_concept(denoiser: nn.Module, transform: str = "mean_shift", seed: int = 0,
+                  device: torch.device | None = None) -> Concept:
+    """A concept on every default site of ``denoiser``, fitted on random activations, with no site gated; its
+    tensors moved to ``device`` when given (α's parameters follow the activations anyway; copying them once keeps
+    the first call fair)."""
     g = torch.Generator().manual_seed(seed)
     widths = {c.site.name: c.width for c in candidates(denoiser) if c.default}
     acts = {k: {s: torch.randn(16, w, generator=g) + (i == 0) for s, w in widths.items()} for i, k in
             enumerate(("source", "target", "control"))}
     concept = fit_from_activations("bench", acts["source"], acts["target"], acts["control"], transform=transform,
                                    scaler="probe", gate=0.0, progress=False, model_class=type(denoiser).__name__)
+    for steer in concept.sites.values() if device is not None else ():
+        steer.transform.to(device)
+        steer.scaler.to(device)
     return concept
 
 
@@ -120,12 +126,7 @@ def overhead(denoiser: nn.Module, run: Callable[[], None], repeats: int = 7, dev
              transform: str = "mean_shift", best_of: int = 1) -> dict[str, Any]:
     """Unsteered vs attached-at-λ=0 vs plain vs DSAS vs DSAS with α recording, with ratios and verdicts; each
     repeat is the fastest of ``best_of`` runs."""
-    concept = bench_concept(denoiser, transform)
-    if device is not None:
-        concept_device = device  # α parameters follow the activations anyway; copying once keeps the first call fair
-        for steer in concept.sites.values():
-            steer.transform.to(concept_device)
-            steer.scaler.to(concept_device)
+    concept = bench_concept(denoiser, transform, device=device)
     cpu = cpu_clock(device)
     clear = lambda ctx: ctx.clear_records() if hasattr(ctx, "clear_records") else None  # noqa: E731
     timings = interleaved(run, steering_configs(denoiser, concept), repeats=repeats, device=device, cpu_time=cpu,

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from dsas_core.hooks import SteeringHandle, _SiteHook
+from dsas_core.timing import _timed
 
 from .bench import bench_concept, steering_configs
 
@@ -58,10 +59,7 @@ def hook_times(denoiser: nn.Module, run: Callable[[], None], repeats: int = 7,
     one-kernel update): hook calls per run, the median µs of a call (a site's first call of each run apart: it
     may plan), the hooks' ms per run and the run's ms (medians over ``repeats`` runs after a warm-up run); on a GPU,
     the kernels one run launches and their GPU ms, unsteered included."""
-    concept = bench_concept(denoiser)
-    for steer in concept.sites.values() if device is not None else ():
-        steer.transform.to(device)
-        steer.scaler.to(device)
+    concept = bench_concept(denoiser, device=device)
     configs = {n: f for n, f in steering_configs(denoiser, concept).items() if n != "unsteered"}
     cuda = device is not None and device.type == "cuda"
     if cuda:
@@ -78,15 +76,10 @@ def hook_times(denoiser: nn.Module, run: Callable[[], None], repeats: int = 7,
         for rep in range(repeats + 1):
             into: list[float] = []
             with make() as handle, timed_hooks(denoiser, handle, into):
-                if cuda:
-                    torch.cuda.synchronize(device)
-                start = time.perf_counter()
-                run()
-                if cuda:
-                    torch.cuda.synchronize(device)
-                if rep > 0:
-                    runs.append((time.perf_counter() - start) * 1e3)
-                    calls.append(into)
+                seconds = _timed(run, time.perf_counter, device)
+            if rep > 0:
+                runs.append(seconds * 1e3)
+                calls.append(into)
         first = [t for c in calls for t in c[:sites]]
         later = [t for c in calls for t in c[sites:]]
         out[name] = {"calls_per_run": len(calls[0]), "us_per_call": statistics.median(later or first),
