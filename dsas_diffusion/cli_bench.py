@@ -15,9 +15,10 @@ EXAMPLE = """examples:
   dsas bench --only sd15 --repeats 9 --json bench.json
   dsas bench --only demo,fit --device cpu
   dsas bench --only compile --compile-mode reduce-overhead   # torch.compile: unsteered vs DSAS, both compiled
+  dsas bench --only llm-compile              # LLM decoding compiled by generate (static KV cache), ± DSAS
   dsas bench --only hooks --device cuda      # µs per steering hook in place, kernels and GPU time per run"""
 
-BENCHES = ("demo", "sd15", "sdxl", "flux", "llm", "fit", "compile", "hooks")
+BENCHES = ("demo", "sd15", "sdxl", "flux", "llm", "fit", "compile", "llm-compile", "hooks")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -31,8 +32,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "median (rounds run side by side, so slow drift cancels). 'fit' "
                                    "times fit_concept against the bare denoising passes it needs and measures its "
                                    "peak memory; 'compile' compares the torch.compile'd denoiser unsteered and with "
-                                   "DSAS; 'hooks' times each steering hook's call inside the SD 1.5-sized UNet (and "
-                                   "counts kernels and their GPU time on a GPU).",
+                                   "DSAS; 'llm-compile' the LLM's generation with its decoding forward compiled "
+                                   "by generate (static KV cache), unsteered and with DSAS; 'hooks' times each "
+                                   "steering hook's call inside the SD 1.5-sized UNet (and counts kernels and their "
+                                   "GPU time on a GPU).",
                        epilog=EXAMPLE, formatter_class=HelpFormatter)
     p.add_argument("--only", default=",".join(BENCHES), help=f"comma-separated subset of {','.join(BENCHES)}")
     p.add_argument("--repeats", type=int, default=15,
@@ -45,7 +48,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--latent", type=int, default=None,
                    help="latent side for sd15 and sdxl (default: 16 on CPU; 64 for sd15, 128 for sdxl on a GPU)")
     p.add_argument("--compile-mode", default=None,
-                   help="torch.compile mode for the compile benchmark (default, reduce-overhead, max-autotune)")
+                   help="torch.compile mode for the compile and llm-compile benchmarks (default, reduce-overhead, "
+                        "max-autotune; default: reduce-overhead for llm-compile on a GPU, else default)")
     p.add_argument("--json", default=None, help="also write the results to this file")
     p.set_defaults(func=bench_command)
 
@@ -129,6 +133,12 @@ def _llm(device: Any, args: argparse.Namespace) -> dict[str, Any]:
     return out | ({"memory": generation_memory()} if device.type == "cpu" else {})
 
 
+def _llm_compile(device: Any, args: argparse.Namespace) -> dict[str, Any]:
+    from dsas_transformers.bench import compiled_tokens_per_second
+
+    return compiled_tokens_per_second(device, repeats=args.repeats, mode=args.compile_mode)
+
+
 def _fit(device: Any, args: argparse.Namespace) -> dict[str, Any]:
     from .bench_fit import fit_cost, fit_memory, fit_prompts
     from .demo import load_demo_pipeline
@@ -146,7 +156,7 @@ def _hooks(device: Any, args: argparse.Namespace) -> dict[str, Any]:
 
 
 _RUNNERS = {"demo": _overhead("demo"), "sd15": _overhead("sd15"), "sdxl": _overhead("sdxl"), "flux": _overhead("flux"),
-            "llm": _llm, "fit": _fit, "compile": _compile, "hooks": _hooks}
+            "llm": _llm, "fit": _fit, "compile": _compile, "llm-compile": _llm_compile, "hooks": _hooks}
 
 
 def _print(name: str, result: dict[str, Any]) -> None:

@@ -14,8 +14,9 @@ import torch
 from torch import nn
 
 from dsas_core import Concept, fit_from_activations
-from dsas_core.timing import (Timing, clock_name, cpu_clock, drift, in_fresh_processes, interleaved, memory_report,
-                              no_context, paired_ratios, paired_verdict, rss_of_runs, verdict)
+from dsas_core.timing import (Timing, clock_name, cpu_clock, drift, in_fresh_processes, interleaved,
+                              interleaved_jobs, memory_report, no_context, paired_ratios, paired_verdict, rss_of_runs,
+                              verdict)
 
 from .sites import lm_sites
 from .steer import attach
@@ -49,17 +50,21 @@ def bench_concept(model: nn.Module, seed: int = 0) -> Concept:
                                 fitted_on={"site_outputs": {s.site.name: s.output for s in sites}})
 
 
-def generate_runner(model: nn.Module, new_tokens: int = 32, prompt_tokens: int = 16) -> Callable[[], None]:
-    """Greedy generation of exactly ``new_tokens`` tokens from a fixed random prompt (batch 1, KV cache on)."""
+def generate_runner(model: nn.Module, new_tokens: int = 32, prompt_tokens: int = 16,
+                    compiled: Any = None) -> Callable[[], None]:
+    """Greedy generation of exactly ``new_tokens`` tokens from a fixed random prompt (batch 1, KV cache on).
+    ``compiled``, a ``transformers.CompileConfig``: decode with a static KV cache through the forward that
+    ``generate`` compiles with it (see :func:`compile_config`)."""
     device = next(model.parameters()).device
     g = torch.Generator().manual_seed(1)
     ids = torch.randint(3, model.config.vocab_size, (1, prompt_tokens), generator=g).to(device)  # (1, P)
     mask = torch.ones_like(ids)
+    extra = {"cache_implementation": "static", "compile_config": compiled} if compiled is not None else {}
 
     @torch.no_grad()
     def run() -> None:
         model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
-                       do_sample=False, use_cache=True, pad_token_id=0)
+                       do_sample=False, use_cache=True, pad_token_id=0, **extra)
 
     return run
 
@@ -104,17 +109,81 @@ def tokens_per_second(device: torch.device | str = "cpu", repeats: int = 7, new_
         "sites": len(concept.config.sites)}
 
 
-def report(timings: dict[str, Timing], new_tokens: int) -> dict[str, Any]:
-    """Timings, time ratios to unsteered, tokens/s from the medians, and the DSAS verdict."""
-    base = timings["unsteered"]
+def report(timings: dict[str, Timing], new_tokens: int, bases: dict[str, str] | None = None) -> dict[str, Any]:
+    """Timings, time ratios to unsteered (or to ``bases[name]``), tokens/s from the medians, and a verdict for
+    every steered configuration (those whose name contains 'dsas')."""
+    bases = {n: (bases or {}).get(n, "unsteered") for n in timings if n != "unsteered"}
     limit = 1.0 / MIN_TOKENS_PER_SECOND_RATIO  # on time: tokens/s ≥ 0.97× ⇔ time ≤ 1.031×
-    ratios = {n: t.median / base.median for n, t in timings.items() if n != "unsteered"}
-    paired = {n: paired_ratios(t, base) for n, t in timings.items() if n != "unsteered"}
+    ratios = {n: timings[n].median / timings[b].median for n, b in bases.items()}
+    paired = {n: paired_ratios(timings[n], timings[b]) for n, b in bases.items()}
+    criterion = f"tokens/s >= {MIN_TOKENS_PER_SECOND_RATIO} x " + "{}"
     return {"timings": {n: t.as_dict() for n, t in timings.items()}, "ratios": ratios,
             "tokens_per_second": {n: new_tokens / t.median for n, t in timings.items()},
-            "tokens_per_second_ratio": {n: base.median / t.median for n, t in timings.items() if n != "unsteered"},
+            "tokens_per_second_ratio": {n: 1.0 / r for n, r in ratios.items()},
             "per_round_ratios": paired,
-            "verdicts": {"dsas": {"limit": limit, "criterion": f"tokens/s >= {MIN_TOKENS_PER_SECOND_RATIO} x unsteered",
-                                  "verdict": verdict(ratios["dsas"], limit, base),
-                                  "paired_verdict": paired_verdict(paired["dsas"], limit)}},
-            **({"drift": drift(timings)} if base.repeats >= 3 else {})}
+            "verdicts": {n: {"limit": limit, "criterion": criterion.format(bases[n]),
+                             "verdict": verdict(ratios[n], limit, timings[bases[n]]),
+                             "paired_verdict": paired_verdict(paired[n], limit)} for n in bases if "dsas" in n},
+            **({"drift": drift(timings)} if timings["unsteered"].repeats >= 3 else {})}
+
+
+def compile_config(device: torch.device, mode: str | None = None, backend: str = "inductor") -> Any:
+    """The ``transformers.CompileConfig`` that makes ``generate`` compile the decoding forward (static KV cache):
+    ``mode`` or, by default, CUDA graphs (``reduce-overhead``) on a GPU and inductor's default elsewhere."""
+    from transformers import CompileConfig
+
+    config = CompileConfig(backend=backend, mode=mode or ("reduce-overhead" if device.type == "cuda" else "default"))
+    if device.type != "cuda":
+        config._compile_all_devices = True  # generate compiles only on accelerators unless told otherwise
+    return config
+
+
+def compiled_tokens_per_second(device: torch.device | str = "cpu", repeats: int = 7, new_tokens: int = 32,
+                               mode: str | None = None, model: nn.Module | None = None,
+                               backend: str = "inductor") -> dict[str, Any]:
+    """Generation with the decoding forward compiled by ``generate`` (static KV cache): compiled unsteered vs
+    compiled DSAS (attached, then compiled), beside both eagerly, on two copies of ``model`` (the benchmark's
+    110M model by default); λ moves before every steered run. ``recompiles``: graphs compiled after each compiled
+    copy's first two generations (0 expected); ``compile_s``: seconds of each compiled copy's first generation,
+    compiling included."""
+    import copy
+    import time
+
+    from torch._dynamo.utils import counters
+
+    device = torch.device(device)
+    model = model if model is not None else bench_model(device)
+    steered = copy.deepcopy(model)
+    concept = bench_concept(model)
+    handle = attach(steered, {concept: 1.0})
+    config = compile_config(device, mode, backend)
+    models = {"unsteered": model, "dsas": steered, "compiled": model, "compiled_dsas": steered}
+    runs = {n: generate_runner(m, new_tokens, compiled=config if n.startswith("compiled") else None)
+            for n, m in models.items()}
+    lams = iter(torch.linspace(0.5, 1.5, 4 * (repeats + 3)).tolist())
+
+    def job(name: str) -> Callable[[], None]:
+        def go() -> None:
+            if models[name] is steered:
+                handle.strengths["bench"] = next(lams)  # a slider move before every steered run
+            runs[name]()
+        return go
+
+    jobs = {n: job(n) for n in models}
+    compile_s = {}
+    # steered and unsteered copies of one class compiled side by side: graphs must check the hook lists
+    with torch._dynamo.config.patch(skip_nnmodule_hook_guards=False):
+        for name in ("compiled", "compiled_dsas"):
+            start = time.perf_counter()
+            jobs[name]()
+            compile_s[name] = time.perf_counter() - start
+            jobs[name]()  # a second strength: must not recompile
+        graphs = counters["stats"]["unique_graphs"]
+        cpu = cpu_clock(device)
+        timings = interleaved_jobs(jobs, repeats=repeats, device=device, cpu_time=cpu)
+    handle.remove()
+    return report(timings, new_tokens, bases={"compiled_dsas": "compiled"}) | {
+        "clock": clock_name(cpu), "compiled_speedup": timings["unsteered"].median / timings["compiled"].median,
+        "compile_s": compile_s, "recompiles": counters["stats"]["unique_graphs"] - graphs, "graphs": graphs,
+        "mode": config.mode, "workload": f"{new_tokens} greedy tokens from a 16-token prompt, batch 1; compiled: "
+        "static KV cache, decoding compiled by generate", "sites": len(concept.config.sites)}

@@ -160,3 +160,32 @@ def test_an_inductor_compiled_unet_matches_eager_steering_at_every_strength():
             handle.strengths["bench"] = lam
             assert (latents(pipe) - eager[lam]).abs().max().item() < 1e-4
             assert graphs() == 1
+
+
+def test_generation_compiled_by_transformers_follows_every_strength_without_recompiling():
+    from dsas_transformers.bench import compile_config
+
+    model = tiny_model("llama", 64)
+    concept = lm_bench_concept(model)
+    ids = torch.randint(3, 64, (1, 7), generator=torch.Generator().manual_seed(0))
+    config = compile_config(torch.device("cpu"), backend="eager")
+
+    def generate(**kwargs):
+        with torch.no_grad():
+            out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=4, min_new_tokens=4,
+                                 do_sample=False, pad_token_id=0, return_dict_in_generate=True, output_logits=True,
+                                 **kwargs)
+        return out.sequences, torch.stack(out.logits)
+
+    with steer_lm(model, {concept: 1.0}) as handle:
+        runs = []
+        for lam in (3.0, 0.0, 1.5):
+            handle.strengths["bench"] = lam
+            runs.append((generate(), generate(cache_implementation="static", compile_config=config)))
+            if lam == 3.0:
+                first = graphs()
+                assert first >= 1  # the decoding forward compiled, hooks traced in
+        assert graphs() == first  # later strengths ran the same graph
+    for (eager_ids, eager_logits), (static_ids, static_logits) in runs:
+        assert torch.equal(static_ids, eager_ids) and close(static_logits, eager_logits)
+    assert not torch.equal(runs[0][0][0], runs[1][0][0])  # the strengths steer: λ = 3 and λ = 0 differ

@@ -3,7 +3,7 @@
 import pytest
 
 from dsas_core.timing import Timing
-from dsas_transformers.bench import bench_concept, generate_runner, report
+from dsas_transformers.bench import bench_concept, compiled_tokens_per_second, generate_runner, report
 from dsas_transformers.testing import tiny_model
 
 
@@ -31,3 +31,17 @@ def test_the_bench_concept_steers_every_layer_with_no_site_gated_off():
     assert concept.config.sites == ["model.layers.0", "model.layers.1", "model.layers.2"]
     assert sum(s.scaler.gated for s in concept.sites.values()) == 0
     generate_runner(model, new_tokens=4)()  # runs: 4 greedy tokens, KV cache on
+
+
+def test_the_compiled_generation_benchmark_moves_strengths_without_recompiling():
+    import torch
+
+    torch._dynamo.reset()
+    out = compiled_tokens_per_second(repeats=1, new_tokens=3, model=tiny_model("llama", 64, hidden=32, layers=2),
+                                     backend="eager")
+    torch._dynamo.reset()
+    assert out["graphs"] >= 2 and out["recompiles"] == 0  # both copies' decoding compiled, λ moved every run
+    assert sorted(out["timings"]) == ["compiled", "compiled_dsas", "dsas", "unsteered"]
+    assert sorted(out["verdicts"]) == ["compiled_dsas", "dsas"]
+    assert out["verdicts"]["compiled_dsas"]["criterion"] == "tokens/s >= 0.97 x compiled"
+    assert out["mode"] == "default"
