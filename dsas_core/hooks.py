@@ -20,6 +20,7 @@ steered by one logistic-scaler concept runs its whole update, α records and sto
 from __future__ import annotations
 
 import copy
+import functools
 import warnings
 from collections.abc import Callable, Iterator, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
@@ -243,6 +244,7 @@ class _Step(NamedTuple):
     lam: float
     lam_tensor: Tensor  # λ as the full path's 0-d tensor
     fused: Callable[..., Tensor | None] | None  # the whole update in one kernel, or None
+    per_input: Callable[[Tensor, Tensor | None], Tensor] | None  # α once per call for a per-input scaler, or None
 
 
 @dataclass
@@ -303,8 +305,12 @@ class _SiteHook:
             lam = handle.strengths[e.name]
             if lam == 0.0 or (adaptive and e.gated):
                 continue
-            plan.append(_Step(e.name, e.scaler.column if adaptive else None, e.transform.delta, lam,
-                              handle.strengths.tensor(e.name, device), None))
+            column, per_input = e.scaler.column if adaptive else None, None
+            if adaptive and e.scaler.per_input:  # one α per input: computed once per call, shared by the sites
+                per_input = self.input_column(e.name, e.scaler)
+                column = functools.partial(_expanded, per_input)
+            plan.append(_Step(e.name, column, e.transform.delta, lam, handle.strengths.tensor(e.name, device), None,
+                              per_input))
             moving.append(e32)
         if len(plan) == 1 and adaptive and handle.fused:  # one adaptive concept: one kernel where the device allows
             fused = fused_update(moving[0].transform, moving[0].scaler, plan[0].lam, self.site.layout, device,
@@ -314,6 +320,29 @@ class _SiteHook:
         self.plan_records = adaptive and len(plan) == len(self.entries)
         self.plan_for = (handle.strengths.version, adaptive, handle.fused)
         self.plan_on = (like.get_device(), dtype)
+
+    def input_column(self, name: str, scaler: Scaler) -> Callable[[Tensor, Tensor | None], Tensor]:
+        """``column(x, rows)``: α of a per-input scaler (one value per input, e.g. the prompt scaler) as a column
+        (B, 1, ..., 1) that broadcasts over x's positions, paired by ``rows``. Computed once per call, from the first
+        site that asks, for every site of the concept where all of them hold the same scaler (else once per site and
+        call)."""
+        handle = self.handle
+        memos = handle.input_alphas
+        key = name if name in handle.shared_input_alpha else (name, self.site.name)
+        source = scaler.context_key
+
+        def column(x: Tensor, rows: Tensor | None) -> Tensor:
+            context = handle.context
+            given = context.get(source) if source is not None else None
+            memo = memos.get(key)
+            if memo is None or memo[0] is not given or memo[1] is not rows:
+                alpha = scaler.input_alpha(context, x.shape[0])  # (B,) or (1,)
+                if rows is not None:
+                    alpha = alpha.expand(x.shape[0])[rows]
+                memo = memos[key] = (given, rows, alpha)
+            return memo[2].view(-1, *([1] * (x.ndim - 1)))
+
+        return column
 
     def stream(self, output: Any) -> Tensor:
         """The steered stream h of a module's output, checked against the fitted width."""
@@ -376,15 +405,20 @@ class _SiteHook:
         rows = handle.alpha_rows
         last = len(self.plan) - 1
         kept: list[tuple[str, Tensor | None, bool]] = []
-        for i, (name, column, delta, lam, lam_t, _) in enumerate(self.plan):
+        for i, (name, column, delta, lam, lam_t, _, per_input) in enumerate(self.plan):
             d = delta(x)  # (..., d) or (d,), float32
             into = {"out": tokens_last(self.site, res)} if res is not None and i == last else {}
             if column is None:  # α ≡ 1: the full path's own op
                 out = torch.addcmul(out, lam_t, d, **into)
                 continue
-            alpha = self.alpha(name, column, x)  # (..., 1)
-            if rows is not None:
-                alpha = alpha[rows]
+            if per_input is not None and handle.alpha_reuse == "off":
+                alpha = per_input(x, rows)  # (B, 1, ..., 1), paired
+                if record:
+                    alpha = alpha.expand(*x.shape[:-1], 1)
+            else:
+                alpha = self.alpha(name, column, x)  # (..., 1)
+                if rows is not None:
+                    alpha = alpha[rows]
             if record:
                 kept.append((name, alpha.float(), False))
             out = torch.addcmul(out, alpha, d, value=lam, **into)  # λ·α·Δ in one kernel, Python λ
@@ -512,6 +546,9 @@ class SteeringHandle(HookHandle):
         self.alpha_rows: Tensor | None = None
         self.alpha_reuse: Literal["off", "store", "load"] = "off"
         self.alpha_memory: dict[tuple[str, str], Tensor] = {}  # (concept, site) -> α of the last "store" call
+        # per-input α (the prompt scaler) of the current call: key -> (context input, alpha_rows, α (B,))
+        self.input_alphas: dict[object, tuple[Tensor | None, Tensor | None, Tensor]] = {}
+        self.shared_input_alpha: set[str] = set()  # concepts whose sites all hold one per-input scaler
         self.records: list[AlphaRecord] = []
         self.hooks_ran = False  # set by every site hook; checked and cleared after each call of the root model
 
@@ -573,6 +610,7 @@ def attach(
             raise DsasError(f"concept {concept.name!r} steers sites the model does not offer: {unknown[:3]}; "
                             "fit the concept on this model.")
     handle = handle_class([c for c, _ in pairs], {c.name: lam for c, lam in pairs}, adaptive, record_alpha)
+    handle.shared_input_alpha = {c.name for c, _ in pairs if _one_input_scaler(c)}
     used = [s for s in sites if any(s.name in c.sites for c, _ in pairs)]
     for site in used:
         for hook in site.module._forward_hooks.values():
@@ -606,3 +644,18 @@ def attach(
         handle.remove()
         raise
     return handle
+
+
+def _expanded(per_input: Callable[[Tensor, Tensor | None], Tensor], x: Tensor, context: Any = None) -> Tensor:
+    """A per-input α column (:meth:`_SiteHook.input_column`, unpaired) expanded over x's positions: (..., 1)."""
+    return per_input(x, None).expand(*x.shape[:-1], 1)
+
+
+def _one_input_scaler(concept: Concept) -> bool:
+    """Whether every site of ``concept`` holds the same per-input scaler (same kind and tensors), so that one α
+    per call serves them all."""
+    scalers = [steer.scaler for steer in concept.sites.values()]
+    first = scalers[0] if scalers else None
+    return first is not None and first.per_input and all(
+        type(s) is type(first) and s.tensors().keys() == first.tensors().keys()
+        and all(torch.equal(t, first.tensors()[k]) for k, t in s.tensors().items()) for s in scalers[1:])

@@ -51,6 +51,8 @@ class Scaler(nn.Module):
     kind: ClassVar[str]
     names: ClassVar[tuple[str, ...]] = ()
     reads_context: ClassVar[bool] = False  # True: called as ``forward(h, context)`` with the handle's context
+    per_input: ClassVar[bool] = False  # True: one α per input, from ``context[context_key]`` alone (input_alpha)
+    context_key: ClassVar[str | None] = None
     gated: bool = False
 
     def __init__(self, **tensors: Tensor) -> None:
@@ -80,6 +82,10 @@ class Scaler(nn.Module):
     def logistic(self) -> tuple[Tensor, Tensor] | None:
         """(w (d,), b ()) with α = sigmoid(w·h + b) at every position; None for any other form."""
         return None
+
+    def input_alpha(self, context: dict[str, Any] | None, batch: int) -> Tensor:
+        """α per input, (batch,) or (1,) for one input shared by the batch, where ``per_input`` is True."""
+        raise NotImplementedError(f"the {self.kind!r} scaler reads the activations: its α is not one per input.")
 
 
 class ConstantScaler(Scaler):
@@ -166,19 +172,23 @@ class PromptScaler(Scaler):
     kind = "prompt"
     names = ("weight", "bias")
     reads_context = True
+    per_input = True
     context_key: ClassVar[str] = "prompt_pooled"
 
     def forward(self, h: Tensor, context: dict[str, Any] | None = None) -> Tensor:
+        alpha = self.input_alpha(context, h.shape[0])  # (B,), or (1,): one prompt for the whole batch
+        return alpha.view(-1, *([1] * (h.ndim - 2))).expand(h.shape[:-1])  # (B, ...) every position alike
+
+    def input_alpha(self, context: dict[str, Any] | None, batch: int) -> Tensor:
         e = (context or {}).get(self.context_key)  # (B, D)
         if e is None:
             raise DsasError("the 'prompt' scaler needs the pooled prompt embedding in the handle's context "
                             f"(context[{self.context_key!r}]); steer through an adapter's steer()/attach().")
-        if e.ndim != 2 or e.shape[-1] != self.weight.shape[0] or e.shape[0] not in (1, h.shape[0]):
+        if e.ndim != 2 or e.shape[-1] != self.weight.shape[0] or e.shape[0] not in (1, batch):
             raise DsasError(
-                f"the 'prompt' scaler expected a pooled prompt embedding of shape ({h.shape[0]}, "
+                f"the 'prompt' scaler expected a pooled prompt embedding of shape ({batch}, "
                 f"{self.weight.shape[0]}), got {tuple(e.shape)}: the concept was fitted with another text encoder.")
-        alpha = torch.sigmoid(e.float() @ self.weight + self.bias)  # (B,), or (1,): one prompt for the whole batch
-        return alpha.view(-1, *([1] * (h.ndim - 2))).expand(h.shape[:-1])  # (B, ...) every position alike
+        return torch.sigmoid(e.float() @ self.weight + self.bias)  # (B,) or (1,)
 
     @classmethod
     def expected_shapes(cls, width: int, n_components: int) -> dict[str, tuple[int, ...]]:

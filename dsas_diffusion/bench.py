@@ -20,7 +20,7 @@ from dsas_core.timing import (Timing, clock_name, cpu_clock, drift, interleaved,
 from .pipeline import attach
 from .sites import candidates
 
-LIMITS = {"lambda0": 1.01, "plain": 1.03, "dsas": 1.03, "dsas_record": 1.10}
+LIMITS = {"lambda0": 1.01, "plain": 1.03, "dsas": 1.03, "dsas_record": 1.10, "dsas_prompt": 1.03}
 
 
 def bench_concept(denoiser: nn.Module, transform: str = "mean_shift", seed: int = 0,
@@ -38,6 +38,21 @@ def bench_concept(denoiser: nn.Module, transform: str = "mean_shift", seed: int 
         steer.transform.to(device)
         steer.scaler.to(device)
     return concept
+
+
+def prompt_bench_concept(denoiser: nn.Module, concept: Concept, seed: int = 0) -> Concept:
+    """``concept`` with the prompt scaler instead (the default of fitted diffusion concepts: one α per prompt, from
+    its pooled text embedding), fitted on random pooled embeddings of the denoiser's text width, gate 0."""
+    from .prompt_scaler import with_prompt_scaler
+
+    cfg = denoiser.config
+    width = cfg.get("cross_attention_dim") or cfg.get("joint_attention_dim")
+    if not isinstance(width, int):
+        raise DsasError(f"cannot tell the text width of {type(denoiser).__name__} (cross_attention_dim "
+                        f"{cfg.get('cross_attention_dim')!r}): the prompt-scaler configuration needs one integer width.")
+    g = torch.Generator().manual_seed(seed + 1)
+    source, control = torch.randn(16, width, generator=g) + 1, torch.randn(16, width, generator=g)
+    return with_prompt_scaler(concept, source, control, gate=0.0, cap_components=True)
 
 
 def sd15_unet() -> nn.Module:
@@ -87,14 +102,18 @@ def unet_runner(unet: nn.Module, latent: int, batch: int, steps: int, text_token
     return run
 
 
-def steering_configs(denoiser: nn.Module, concept: Concept) -> dict[str, Callable[[], Any]]:
-    """The configurations every overhead benchmark compares, each a context manager factory."""
+def steering_configs(denoiser: nn.Module, concept: Concept | None) -> dict[str, Callable[[], Any]]:
+    """The configurations every overhead benchmark compares, each a context manager factory: unsteered, every
+    λ = 0, plain steering, DSAS (the concept's probe: α per position), DSAS recording α, and DSAS with the prompt
+    scaler (one α per prompt)."""
+    prompt = prompt_bench_concept(denoiser, concept) if concept is not None else None
     return {
         "unsteered": no_context,
         "lambda0": lambda: attach(denoiser, {concept: 0.0}),
         "plain": lambda: attach(denoiser, {concept: 1.0}, adaptive=False),
         "dsas": lambda: attach(denoiser, {concept: 1.0}),
         "dsas_record": lambda: attach(denoiser, {concept: 1.0}, record_alpha=True),
+        "dsas_prompt": lambda: attach(denoiser, {prompt: 1.0}),
     }
 
 

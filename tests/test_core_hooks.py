@@ -283,3 +283,48 @@ def test_stored_alpha_and_alpha_records_take_the_fast_path_and_equal_the_full_pa
     assert all(torch.equal(a, b) for (_, _, a), (_, _, b) in zip(fast_records, slow_records))
     assert not torch.equal(fast[1], fast[2])  # "load" reused the first call's α instead of computing its own
     assert torch.equal(fast_records[2][2], fast_records[0][2])  # the record of the "load" call is the stored α
+
+
+def prompt_concept(shared=True, width_in=6):
+    """A prompt-scaler concept on the toy's inner and outer sites: one scaler for both, or two different ones."""
+    from dsas_core import Concept, ConceptConfig, PromptScaler, SiteSteer
+    from dsas_core.transforms import MeanShift
+
+    g = torch.Generator().manual_seed(3)
+    scalers = [PromptScaler(weight=torch.randn(width_in, generator=g), bias=torch.tensor(0.1))]
+    scalers.append(scalers[0] if shared else PromptScaler(weight=torch.randn(width_in, generator=g), bias=torch.tensor(-0.2)))
+    sites = {s: SiteSteer(MeanShift(shift=torch.randn(D, generator=g)), sc) for s, sc in zip(("inner", "outer"), scalers)}
+    cfg = ConceptConfig(name="p", transform="mean_shift", scaler="prompt", sites=list(sites),
+                        site_widths={s: D for s in sites}, scaler_input_width=width_in)
+    return Concept(cfg, sites)
+
+
+@pytest.mark.parametrize("shared", [True, False])
+@pytest.mark.parametrize("rows", [None, [1, 1]])
+def test_a_prompt_scaler_computes_alpha_once_per_call_on_the_fast_path_and_equals_the_full_path(shared, rows, monkeypatch):
+    from dsas_core import PromptScaler
+
+    model, x = Toy(), inputs()
+    concept = prompt_concept(shared)
+    pooled = torch.randn(2, 6, generator=torch.Generator().manual_seed(4))  # (B, D_text)
+    computed = []
+    alpha_of = PromptScaler.input_alpha
+    monkeypatch.setattr(PromptScaler, "input_alpha", lambda self, *a: computed.append(1) or alpha_of(self, *a))
+    results = {}
+    for grad in (False, True):
+        with attach(toy_sites(model), {concept: 0.9}, record_alpha=True) as handle, torch.set_grad_enabled(grad):
+            handle.alpha_rows = None if rows is None else torch.tensor(rows)
+            outs = []
+            calls = (("off", pooled), ("off", pooled.flip(0)), ("off", pooled.flip(0).clone()), ("store", pooled),
+                     ("load", pooled.flip(0)))  # a new context each call: α computed again, except when loaded
+            for reuse, prompts in calls:
+                handle.context, handle.alpha_reuse = {"prompt_pooled": prompts}, reuse
+                outs.append(model(x).detach())
+            results[grad] = outs, [r.alpha for r in handle.records], len(computed)
+        computed.clear()
+    (fast, fast_alpha, fast_computed), (full, full_alpha, full_computed) = results[False], results[True]
+    assert all(torch.equal(a, b) for a, b in zip(fast, full)) and all(torch.equal(a, b) for a, b in zip(fast_alpha, full_alpha))
+    assert not torch.equal(fast[0], fast[1]) and torch.equal(fast[1], fast[2])  # α follows the prompts
+    assert torch.equal(fast[4], fast[0])  # "load" reused the stored α of the first prompts
+    assert full_computed == 8 and fast_computed == (4 if shared else 8)  # 4 computing calls × 2 sites on the full path
+    assert fast_alpha[0].shape == (2, 7) and torch.equal(fast_alpha[0][:, :1].expand(2, 7), fast_alpha[0])
