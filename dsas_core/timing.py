@@ -7,7 +7,7 @@ import math
 import statistics
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, MutableMapping
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -138,6 +138,43 @@ def interleaved_jobs(jobs: dict[str, Callable[[], Any]], repeats: int = 5, devic
     clock = time.process_time if cpu_time else time.perf_counter
     samples = rotate(lambda name: _timed(jobs[name], clock, device), list(jobs), repeats)
     return {n: Timing.of(n, v) for n, v in samples.items()}
+
+
+def compiled_beside_eager(runs: dict[str, Callable[[], Any]], strengths: dict[str, MutableMapping[str, float]],
+                          repeats: int = 7, device: torch.device | None = None,
+                          concept: str = "bench") -> tuple[dict[str, Timing], dict[str, Any]]:
+    """Time eager and compiled runs side by side (those named 'compiled…' are compiled): ``strengths[name]``, for
+    steered runs, gets a new λ for ``concept`` before every run (a slider move). Each compiled run goes twice
+    first — the first compiles (its seconds kept), the second at another strength — then every run is timed
+    interleaved (:func:`interleaved_jobs`), with ``torch._dynamo.config.skip_nnmodule_hook_guards`` off so steered
+    and unsteered copies of one class keep their own graphs. Returns the timings and what describes the run:
+    clock, compiled speed-up over eager unsteered, compile seconds, graphs before timing, recompiles (0 expected)."""
+    from torch._dynamo.utils import counters
+
+    lams = iter(torch.linspace(0.5, 1.5, len(runs) * (repeats + 3)).tolist())
+
+    def job(name: str) -> Callable[[], None]:
+        def go() -> None:
+            if name in strengths:
+                strengths[name][concept] = next(lams)
+            runs[name]()
+        return go
+
+    jobs = {n: job(n) for n in runs}
+    compile_s = {}
+    with torch._dynamo.config.patch(skip_nnmodule_hook_guards=False):
+        for name in [n for n in runs if n.startswith("compiled")]:
+            start = time.perf_counter()
+            jobs[name]()
+            compile_s[name] = time.perf_counter() - start
+            jobs[name]()  # a second strength: must not recompile
+        graphs = counters["stats"]["unique_graphs"]
+        cpu = cpu_clock(device)
+        timings = interleaved_jobs(jobs, repeats=repeats, device=device, cpu_time=cpu)
+    return timings, {"clock": clock_name(cpu),
+                     "compiled_speedup": timings["unsteered"].median / timings["compiled"].median,
+                     "compile_s": compile_s, "graphs": graphs,
+                     "recompiles": counters["stats"]["unique_graphs"] - graphs}
 
 
 def heap_malloc() -> str | None:

@@ -6,7 +6,6 @@ over the unsteered median. A concept with every site active (gate 0) is the wors
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -14,7 +13,7 @@ import torch
 from torch import nn
 
 from dsas_core import Concept, DsasError, fit_from_activations
-from dsas_core.timing import (Timing, clock_name, cpu_clock, drift, interleaved, interleaved_jobs, no_context,
+from dsas_core.timing import (Timing, clock_name, compiled_beside_eager, cpu_clock, drift, interleaved, no_context,
                               paired_ratios, paired_verdict, verdict)
 
 from .pipeline import attach
@@ -180,12 +179,10 @@ def compile_overhead(denoiser: nn.Module, make_run: Callable[[nn.Module], Callab
     eagerly; every configuration on its own copy of ``denoiser``. (α recording under compile breaks the graph at
     every site and recompiles when switched: not timed here.)
 
-    λ moves before every compiled DSAS run; ``recompiles`` counts the graphs compiled after the first calls
-    (0 expected). ``compile_s``: seconds of each compiled copy's first call (compiling included). Compiled with
-    ``torch._dynamo.config.skip_nnmodule_hook_guards = False``, so that the copies' graphs stay apart."""
+    λ moves before every steered run; ``recompiles`` counts the graphs compiled after the first calls (0 expected);
+    ``compile_s``: seconds of each compiled copy's first call, compiling included
+    (:func:`dsas_core.timing.compiled_beside_eager`)."""
     import copy
-
-    from torch._dynamo.utils import counters
 
     concept = bench_concept(denoiser)
     models = {n: copy.deepcopy(denoiser) for n in ("unsteered", "dsas", "compiled", "compiled_dsas")}
@@ -195,35 +192,12 @@ def compile_overhead(denoiser: nn.Module, make_run: Callable[[nn.Module], Callab
         if name.startswith("compiled"):
             model.compile(mode=mode, backend=backend)
         runs[name] = make_run(model)
-    lams = iter(torch.linspace(0.5, 1.5, 4 * (repeats + 2)).tolist())
-
-    def job(name: str) -> Callable[[], None]:
-        def go() -> None:
-            if name in handles:
-                handles[name].strengths["bench"] = next(lams)  # a slider move before every run
-            runs[name]()
-        return go
-
-    jobs = {n: job(n) for n in models}
-    compile_s = {}
-    # steered and unsteered copies of one class compiled side by side: graphs must check the hook lists
-    with torch._dynamo.config.patch(skip_nnmodule_hook_guards=False):
-        for name in [n for n in models if n.startswith("compiled")]:
-            start = time.perf_counter()
-            jobs[name]()
-            compile_s[name] = time.perf_counter() - start
-            jobs[name]()  # a second strength: must not recompile
-        graphs = counters["stats"]["unique_graphs"]
-        cpu = cpu_clock(device)
-        timings = interleaved_jobs(jobs, repeats=repeats, device=device, cpu_time=cpu)
+    timings, run_info = compiled_beside_eager(runs, {n: h.strengths for n, h in handles.items()}, repeats, device)
     for h in handles.values():
         h.remove()
     limits = {"dsas": LIMITS["dsas"], "compiled_dsas": LIMITS["dsas"]}
     out = report(timings, limits, bases={"compiled_dsas": "compiled"})
-    return out | {"clock": clock_name(cpu),
-                  "compiled_speedup": timings["unsteered"].median / timings["compiled"].median,
-                  "compile_s": compile_s, "recompiles": counters["stats"]["unique_graphs"] - graphs,
-                  "mode": mode or "default", "backend": backend, "sites": len(concept.config.sites)}
+    return out | run_info | {"mode": mode or "default", "backend": backend, "sites": len(concept.config.sites)}
 
 
 def flux_transformer(device: torch.device | None = None, double: int = 1, single: int = 2) -> nn.Module:

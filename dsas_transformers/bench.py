@@ -14,8 +14,8 @@ import torch
 from torch import nn
 
 from dsas_core import Concept, fit_from_activations
-from dsas_core.timing import (Timing, clock_name, cpu_clock, drift, in_fresh_processes, interleaved,
-                              interleaved_jobs, memory_report, no_context, paired_ratios, paired_verdict, rss_of_runs,
+from dsas_core.timing import (Timing, clock_name, compiled_beside_eager, cpu_clock, drift, in_fresh_processes,
+                              interleaved, memory_report, no_context, paired_ratios, paired_verdict, rss_of_runs,
                               verdict)
 
 from .sites import lm_sites
@@ -147,9 +147,6 @@ def compiled_tokens_per_second(device: torch.device | str = "cpu", repeats: int 
     copy's first two generations (0 expected); ``compile_s``: seconds of each compiled copy's first generation,
     compiling included."""
     import copy
-    import time
-
-    from torch._dynamo.utils import counters
 
     device = torch.device(device)
     model = model if model is not None else bench_model(device)
@@ -160,30 +157,9 @@ def compiled_tokens_per_second(device: torch.device | str = "cpu", repeats: int 
     models = {"unsteered": model, "dsas": steered, "compiled": model, "compiled_dsas": steered}
     runs = {n: generate_runner(m, new_tokens, compiled=config if n.startswith("compiled") else None)
             for n, m in models.items()}
-    lams = iter(torch.linspace(0.5, 1.5, 4 * (repeats + 3)).tolist())
-
-    def job(name: str) -> Callable[[], None]:
-        def go() -> None:
-            if models[name] is steered:
-                handle.strengths["bench"] = next(lams)  # a slider move before every steered run
-            runs[name]()
-        return go
-
-    jobs = {n: job(n) for n in models}
-    compile_s = {}
-    # steered and unsteered copies of one class compiled side by side: graphs must check the hook lists
-    with torch._dynamo.config.patch(skip_nnmodule_hook_guards=False):
-        for name in ("compiled", "compiled_dsas"):
-            start = time.perf_counter()
-            jobs[name]()
-            compile_s[name] = time.perf_counter() - start
-            jobs[name]()  # a second strength: must not recompile
-        graphs = counters["stats"]["unique_graphs"]
-        cpu = cpu_clock(device)
-        timings = interleaved_jobs(jobs, repeats=repeats, device=device, cpu_time=cpu)
+    timings, run_info = compiled_beside_eager(runs, {"dsas": handle.strengths, "compiled_dsas": handle.strengths},
+                                              repeats, device)
     handle.remove()
-    return report(timings, new_tokens, bases={"compiled_dsas": "compiled"}) | {
-        "clock": clock_name(cpu), "compiled_speedup": timings["unsteered"].median / timings["compiled"].median,
-        "compile_s": compile_s, "recompiles": counters["stats"]["unique_graphs"] - graphs, "graphs": graphs,
+    return report(timings, new_tokens, bases={"compiled_dsas": "compiled"}) | run_info | {
         "mode": config.mode, "workload": f"{new_tokens} greedy tokens from a 16-token prompt, batch 1; compiled: "
         "static KV cache, decoding compiled by generate", "sites": len(concept.config.sites)}
