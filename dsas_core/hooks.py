@@ -655,7 +655,8 @@ def _one_input_scaler(concept: Concept) -> bool:
     """Whether every site of ``concept`` holds the same per-input scaler (same kind and tensors), so that one α
     per call serves them all."""
     scalers = [steer.scaler for steer in concept.sites.values()]
-    first = scalers[0] if scalers else None
-    return first is not None and first.per_input and all(
-        type(s) is type(first) and s.tensors().keys() == first.tensors().keys()
-        and all(torch.equal(t, first.tensors()[k]) for k, t in s.tensors().items()) for s in scalers[1:])
+    if not scalers or not scalers[0].per_input:
+        return False
+    first = scalers[0].tensors()
+    return all(type(s) is type(scalers[0]) and s.tensors().keys() == first.keys()
+               and all(torch.equal(t, first[k]) for k, t in s.tensors().items()) for s in scalers[1:])

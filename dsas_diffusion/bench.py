@@ -48,7 +48,8 @@ def prompt_bench_concept(denoiser: nn.Module, concept: Concept, seed: int = 0) -
     width = cfg.get("cross_attention_dim") or cfg.get("joint_attention_dim")
     if not isinstance(width, int):
         raise DsasError(f"cannot tell the text width of {type(denoiser).__name__} (cross_attention_dim "
-                        f"{cfg.get('cross_attention_dim')!r}): the prompt-scaler configuration needs one integer width.")
+                        f"{cfg.get('cross_attention_dim')!r}): the prompt-scaler configuration needs one integer "
+                        "width.")
     g = torch.Generator().manual_seed(seed + 1)
     source, control = torch.randn(16, width, generator=g) + 1, torch.randn(16, width, generator=g)
     return with_prompt_scaler(concept, source, control, gate=0.0, cap_components=True)

@@ -181,7 +181,7 @@ def test_hook_times_count_every_site_call_in_place_and_leave_no_hook_behind():
     unet = tiny_sd().unet
     out = hook_times(unet, unet_runner(unet, latent=8, batch=2, steps=2, text_tokens=16), repeats=2)
     per = out["per_hook"]
-    assert sorted(per) == ["dsas", "dsas_prompt", "dsas_record", "lambda0", "plain"]  # GPU: dsas_torch_ops, unsteered too
+    assert sorted(per) == ["dsas", "dsas_prompt", "dsas_record", "lambda0", "plain"]  # GPU: also dsas_torch_ops
     assert out["sites"] > 0 and {h["calls_per_run"] for h in per.values()} == {2 * out["sites"]}
     assert all(0 < h["us_per_call"] and 0 < h["hooks_ms_per_run"] < h["run_ms"] for h in per.values())
     assert all(not m._forward_hooks and not m._forward_pre_hooks for m in unet.modules())
