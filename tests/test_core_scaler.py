@@ -85,3 +85,20 @@ def test_under_compile_alpha_is_a_product_and_sum_that_matches_eager(kind):
     assert graphs and not [t for t in targets if "linear" in t or "mm" in t or "matmul" in t], targets
     assert eager.shape == compiled.shape == (2, 5, 3, 1)
     assert torch.allclose(compiled, eager, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_the_logit_of_a_feature_map_seen_width_last_reads_the_map_in_place_and_equals_the_plain_product(dtype):
+    from dsas_core.scaler import logit_column
+
+    g = torch.Generator().manual_seed(0)
+    maps = torch.randn(2, 8, 3, 5, generator=g).to(dtype)  # (B, d, H, W), contiguous
+    w, b = torch.randn(1, 8, generator=g).to(dtype), torch.randn(1, generator=g).to(dtype)
+    x = maps.movedim(1, -1)  # (B, H, W, d): width not contiguous
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        z = logit_column(x, w, b)
+    assert "aten::clone" not in {e.name for e in prof.events()}  # no copy of the map (a plain product clones it)
+    assert z.shape == (2, 3, 5, 1)
+    tol = {torch.float32: 1e-5, torch.float16: 1e-2, torch.bfloat16: 1e-1}[dtype]  # |z| up to ≈ 8
+    assert torch.allclose(z.float(), torch.nn.functional.linear(x.contiguous(), w, b).float(), atol=tol)
+    assert torch.allclose(z.float(), (x.float() * w.float()).sum(-1, keepdim=True) + b.float(), atol=tol)
