@@ -12,9 +12,10 @@ Under ``torch.compile`` (attach first, then compile) λ is read only as a 0-d te
 recompiles; λ = 0 then adds an exact zero. Bookkeeping (step tracking, α records) runs eagerly between graphs.
 
 Inference (no gradients, eager) takes a fast path with the same arithmetic: a plan per site cached until a
-strength or ``adaptive`` changes (made when attaching), and λ·α·Δ in one ``addcmul``; on a GPU with Triton, a site
-steered by one logistic-scaler concept runs its whole update, α records and stored α included, as one kernel
-(:mod:`.fused`).
+strength or ``adaptive`` changes (made when attaching), λ·α·Δ in one ``addcmul``, and a per-input scaler's α (the
+prompt scaler's: one value per input) computed once per call for every site of its concept; on a GPU with Triton,
+a site steered by one logistic-scaler concept runs its whole update, α records and stored α included, as one
+kernel (:mod:`.fused`).
 """
 
 from __future__ import annotations
