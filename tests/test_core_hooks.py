@@ -331,3 +331,20 @@ def test_a_prompt_scaler_computes_alpha_once_per_call_on_the_fast_path_like_the_
     assert torch.equal(fast[4], fast[0])  # "load" reused the stored α of the first prompts
     assert full_computed == 8 and fast_computed == (4 if shared else 8)  # 4 computing calls × 2 sites on the full path
     assert fast_alpha[0].shape == (2, 7) and torch.equal(fast_alpha[0][:, :1].expand(2, 7), fast_alpha[0])
+
+
+def test_recording_alpha_on_the_fast_path_adds_no_tensor_op():
+    from torch.profiler import ProfilerActivity, profile
+
+    model, x = Toy(), inputs()
+    concept = make_concept("a", sites=("inner", "outer"))
+    ops = {}
+    for record in (False, True):
+        with attach(toy_sites(model), {concept: 0.7}, record_alpha=record) as handle, torch.no_grad():
+            model(x)  # the plan is made; then one call profiled
+            with profile(activities=[ProfilerActivity.CPU]) as prof:
+                model(x)
+            ops[record] = sorted(e.name for e in prof.events() if e.name.startswith("aten::"))
+            records = handle.records
+    assert ops[True] == ops[False]  # α kept as the hook computed it: no view, no detach, no copy
+    assert [r.alpha.shape for r in records] == [(2, 7)] * 4 and records[-1].column.shape == (2, 7, 1)
