@@ -346,8 +346,11 @@ class _SiteHook:
                 alpha = scaler.input_alpha(context, x.shape[0])  # (B,) or (1,)
                 if rows is not None:
                     alpha = alpha.expand(x.shape[0])[rows]
-                memo = memos[key] = (given, rows, alpha)
-            return memo[2].view(-1, *([1] * (x.ndim - 1)))
+                memo = memos[key] = (given, rows, alpha, {})
+            views = memo[3]  # one view per rank, made once per call: each is a dispatch
+            if x.ndim not in views:
+                views[x.ndim] = memo[2].view(-1, *([1] * (x.ndim - 1)))
+            return views[x.ndim]
 
         return column
 
@@ -406,7 +409,7 @@ class _SiteHook:
             if new is not None:
                 return write_output(self.site, output, new)
         x = tokens_last(self.site, h)
-        x = x if half else x.float()
+        x = x if half or x.dtype == torch.float32 else x.float()  # .float() of a float32 tensor is still a dispatch
         res = torch.empty_like(h) if half else None  # the steered stream in h's layout, written by the last step
         out = x
         rows = handle.alpha_rows
@@ -558,8 +561,8 @@ class SteeringHandle(HookHandle):
         self.alpha_rows: Tensor | None = None
         self.alpha_reuse: Literal["off", "store", "load"] = "off"
         self.alpha_memory: dict[tuple[str, str], Tensor] = {}  # (concept, site) -> α of the last "store" call
-        # per-input α (the prompt scaler) of the current call: key -> (context input, alpha_rows, α (B,))
-        self.input_alphas: dict[object, tuple[Tensor | None, Tensor | None, Tensor]] = {}
+        # per-input α (the prompt scaler) of the current call: key -> (context input, alpha_rows, α (B,), its views)
+        self.input_alphas: dict[object, tuple[Tensor | None, Tensor | None, Tensor, dict[int, Tensor]]] = {}
         self.shared_input_alpha: set[str] = set()  # concepts whose sites all hold one per-input scaler
         self.records: list[AlphaRecord] = []
         self.hooks_ran = False  # set by every site hook; checked and cleared after each call of the root model
