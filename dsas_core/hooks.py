@@ -340,7 +340,7 @@ class _SiteHook:
 
         def column(x: Tensor, rows: Tensor | None) -> Tensor:
             context = handle.context
-            given = context.get(source) if source is not None else None
+            given = context.get(source)
             memo = memos.get(key)
             if memo is None or memo[0] is not given or memo[1] is not rows:
                 alpha = scaler.input_alpha(context, x.shape[0])  # (B,) or (1,)

@@ -254,6 +254,15 @@ def verdict(ratio: float, limit: float, baseline: Timing) -> str:
     return "pass" if ratio <= limit else "fail"
 
 
+def judged(timing: Timing, base: Timing, limit: float) -> tuple[float, dict[str, float], dict[str, Any]]:
+    """``timing`` against ``base``: the ratio of medians, the per-round ratios (:func:`paired_ratios`) and both
+    verdicts against ``limit`` (:func:`verdict`, :func:`paired_verdict`)."""
+    ratio = timing.median / base.median
+    paired = paired_ratios(timing, base)
+    return ratio, paired, {"limit": limit, "verdict": verdict(ratio, limit, base),
+                           "paired_verdict": paired_verdict(paired, limit)}
+
+
 class PeakRSS:
     """Peak resident memory (MiB) of this process while the context is open, sampled every 5 ms (CPU runs)."""
 

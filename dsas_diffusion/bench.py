@@ -13,8 +13,8 @@ import torch
 from torch import nn
 
 from dsas_core import Concept, DsasError, fit_from_activations
-from dsas_core.timing import (Timing, clock_name, compiled_beside_eager, cpu_clock, drift, interleaved, no_context,
-                              paired_ratios, paired_verdict, verdict)
+from dsas_core.timing import (Timing, clock_name, compiled_beside_eager, cpu_clock, drift, interleaved, judged,
+                              no_context)
 
 from .pipeline import attach
 from .sites import candidates
@@ -163,11 +163,8 @@ def report(timings: dict[str, Timing], limits: dict[str, float], bases: dict[str
     for name, limit in limits.items():
         if name in timings:
             base = timings[(bases or {}).get(name, "unsteered")]
-            ratio = timings[name].median / base.median
-            out["ratios"][name] = ratio
-            paired = out["per_round_ratios"][name] = paired_ratios(timings[name], base)
-            out["verdicts"][name] = {"limit": limit, "verdict": verdict(ratio, limit, base),
-                                     "paired_verdict": paired_verdict(paired, limit)}
+            out["ratios"][name], out["per_round_ratios"][name], out["verdicts"][name] = judged(timings[name], base,
+                                                                                              limit)
     if "unsteered" in timings and len(timings) > 1 and timings["unsteered"].repeats >= 3:
         out["drift"] = drift(timings)
     return out

@@ -15,8 +15,7 @@ from torch import nn
 
 from dsas_core import Concept, fit_from_activations
 from dsas_core.timing import (Timing, clock_name, compiled_beside_eager, cpu_clock, drift, in_fresh_processes,
-                              interleaved, memory_report, no_context, paired_ratios, paired_verdict, rss_of_runs,
-                              verdict)
+                              interleaved, judged, memory_report, no_context, rss_of_runs)
 
 from .sites import lm_sites
 from .steer import attach
@@ -114,16 +113,14 @@ def report(timings: dict[str, Timing], new_tokens: int, bases: dict[str, str] | 
     every steered configuration (those whose name contains 'dsas')."""
     bases = {n: (bases or {}).get(n, "unsteered") for n in timings if n != "unsteered"}
     limit = 1.0 / MIN_TOKENS_PER_SECOND_RATIO  # on time: tokens/s ≥ 0.97× ⇔ time ≤ 1.031×
-    ratios = {n: timings[n].median / timings[b].median for n, b in bases.items()}
-    paired = {n: paired_ratios(timings[n], timings[b]) for n, b in bases.items()}
-    criterion = f"tokens/s >= {MIN_TOKENS_PER_SECOND_RATIO} x " + "{}"
+    judgements = {n: judged(timings[n], timings[b], limit) for n, b in bases.items()}
+    ratios = {n: j[0] for n, j in judgements.items()}
     return {"timings": {n: t.as_dict() for n, t in timings.items()}, "ratios": ratios,
             "tokens_per_second": {n: new_tokens / t.median for n, t in timings.items()},
             "tokens_per_second_ratio": {n: 1.0 / r for n, r in ratios.items()},
-            "per_round_ratios": paired,
-            "verdicts": {n: {"limit": limit, "criterion": criterion.format(bases[n]),
-                             "verdict": verdict(ratios[n], limit, timings[bases[n]]),
-                             "paired_verdict": paired_verdict(paired[n], limit)} for n in bases if "dsas" in n},
+            "per_round_ratios": {n: j[1] for n, j in judgements.items()},
+            "verdicts": {n: {"criterion": f"tokens/s >= {MIN_TOKENS_PER_SECOND_RATIO} x {bases[n]}", **j[2]}
+                         for n, j in judgements.items() if "dsas" in n},
             **({"drift": drift(timings)} if timings["unsteered"].repeats >= 3 else {})}
 
 
