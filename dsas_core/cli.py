@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import textwrap
 from collections.abc import Sequence
 from importlib.metadata import entry_points
 
@@ -13,8 +14,8 @@ from .errors import DsasError
 
 EPILOG = """examples:
   dsas inspect assets/concepts/circles-on-black
-  dsas fit --model demo --source assets/prompts/circles-on-black/source.txt \
-      --target assets/prompts/circles-on-black/target.txt --control assets/prompts/circles-on-black/control.txt \
+  dsas fit --model demo --source assets/prompts/circles-on-black/source.txt \\
+      --target assets/prompts/circles-on-black/target.txt --control assets/prompts/circles-on-black/control.txt \\
       --scaler prompt --out concepts/mine
   dsas generate --model demo --prompt "a red circle on a white background" --concept concepts/mine=1.5
 
@@ -22,7 +23,20 @@ run `dsas COMMAND --help` for each command's options and an example."""
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
-    """Keeps example blocks as written and shows defaults."""
+    """Keeps example blocks as written, wraps prose paragraphs, and shows defaults: once, and only where there is
+    one to show."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        # a line that starts at the margin is prose and gets wrapped; indented lines (examples) stay as written
+        return "\n".join(textwrap.fill(line, width, initial_indent=indent, subsequent_indent=indent)
+                         if line and not line[0].isspace() and len(indent + line) > width else indent + line
+                         for line in text.splitlines())
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if any(action.default is v for v in (None, False, argparse.SUPPRESS)) or "default" in text:
+            return action.help
+        return super()._get_help_string(action)
 
 
 def build_parser() -> argparse.ArgumentParser:

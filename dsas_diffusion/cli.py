@@ -26,7 +26,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--source", required=True, help="prompts where the concept should act")
     p.add_argument("--target", required=True, help="the source prompts with the wanted change")
     p.add_argument("--control", help="prompts to leave alone (needed by the probe and prompt scalers)")
-    p.add_argument("--transform", default="mean_shift", choices=["mean_shift", "itic", "linear_act", "lineas"])
+    p.add_argument("--transform", default="mean_shift", choices=["mean_shift", "itic", "linear_act", "lineas"],
+                   help="how activations move from source to target ('lineas' goes with --scaler e2e)")
     p.add_argument("--scaler", default="prompt", choices=["prompt", "probe", "constant", "e2e"],
                    help="prompt (default, measured best): one α per prompt from the text encoder, at every "
                         "position; probe: α per site and position (the paper's); constant: α = 1 (plain "
@@ -43,8 +44,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--incremental", type=int, default=0, help="fit sites in K groups, earlier groups steered")
     p.add_argument("--components", type=int, default=None,
                    help="principal components of the probe and prompt scalers (default: 16)")
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=8, help="prompts per denoising run")
+    p.add_argument("--seed", type=int, default=0, help="seed of the fitting runs' latents")
     add_e2e_arguments(p)
     p.add_argument("--out", required=True, help="output concept folder")
     p.set_defaults(func=fit_command)
@@ -55,15 +56,15 @@ def register(sub: argparse._SubParsersAction) -> None:
         epilog="example:\n  dsas generate --model demo --prompt 'a red circle on a white background' \\\n"
                "    --concept assets/concepts/circles-on-black=1.5 --out steered.png --alpha-map alpha.png")
     p.add_argument("--model", default="demo", help=MODEL_HELP)
-    p.add_argument("--prompt", required=True)
-    p.add_argument("--negative-prompt", default=None)
+    p.add_argument("--prompt", required=True, help="the prompt text")
+    p.add_argument("--negative-prompt", default=None, help="the negative prompt (with classifier-free guidance)")
     p.add_argument("--concept", action="append", default=[], metavar="DIR[=STRENGTH]", help="repeatable")
     p.add_argument("--constant", action="store_true", help="plain steering: α = 1 everywhere (the baseline)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--seed", type=int, default=0, help="seed of the initial latents (same seed: same unsteered image)")
+    p.add_argument("--steps", type=int, default=20, help="inference steps")
     p.add_argument("--guidance", type=float, default=None, help="guidance scale (default: the pipeline's)")
-    p.add_argument("--height", type=int, default=None)
-    p.add_argument("--width", type=int, default=None)
+    p.add_argument("--height", type=int, default=None, help="image height (default: the pipeline's)")
+    p.add_argument("--width", type=int, default=None, help="image width (default: the pipeline's)")
     p.add_argument("--out", default="dsas.png", help="PNG path of the image")
     p.add_argument("--compare", default=None, help="also write unsteered | steered side by side to this PNG")
     p.add_argument("--alpha-map", default=None, help="write the α heat map over the image to this PNG")

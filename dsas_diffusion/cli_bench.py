@@ -28,7 +28,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "every strength 0, with plain steering, with DSAS, and with DSAS recording α; "
                                    "reports medians, min/max, ratios to unsteered and a verdict per budget "
                                    "('inconclusive' when the unsteered spread exceeds the margin judged), and a "
-                                   "second verdict from the 95%% confidence interval of the per-round ratios' "
+                                   "second verdict from the 95% confidence interval of the per-round ratios' "
                                    "median (rounds run side by side, so slow drift cancels). 'fit' "
                                    "times fit_concept against the bare denoising passes it needs and measures its "
                                    "peak memory; 'compile' compares the torch.compile'd denoiser unsteered and with "

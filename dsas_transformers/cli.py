@@ -51,16 +51,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     fit.add_argument("--out", required=True, type=Path, help="concept directory to write")
     fit.add_argument("--transform", default="mean_shift", choices=["mean_shift", "itic", "linear_act", "lineas"],
                      help="'lineas' goes with --scaler e2e (trained end to end)")
-    fit.add_argument("--scaler", default="probe", choices=["probe", "constant", "e2e"])
+    fit.add_argument("--scaler", default="probe", choices=["probe", "constant", "e2e"],
+                     help="probe: α per position from a logistic probe; constant: α = 1 (plain steering); "
+                          "e2e: with --transform lineas, map and scaler trained end to end")
     fit.add_argument("--name", default=None, help="concept name (default: the --out folder's name)")
     fit.add_argument("--role", default="residual", choices=["residual", "mlp_input", "attention"],
                      help="which site of each decoder layer to steer")
     fit.add_argument("--layers", default=None, help="decoder layers: '-16:-4', '3,5,7' or one index (default: all)")
     fit.add_argument("--sites", default=None, help="regex over module names, overriding --role")
-    fit.add_argument("--batch-size", type=int, default=8)
+    fit.add_argument("--batch-size", type=int, default=8, help="texts per forward pass")
     fit.add_argument("--max-length", type=int, default=None, help="truncate texts to this many tokens")
     fit.add_argument("--chat-template", action="store_true", help="wrap each text as a user message")
-    fit.add_argument("--seed", type=int, default=0)
+    fit.add_argument("--seed", type=int, default=0, help="seed of the scaler's fitting")
     add_e2e_arguments(fit)
     fit.set_defaults(func=fit_command)
 
@@ -75,11 +77,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     gen.add_argument("--constant", action="store_true", help="plain steering: α ≡ 1 at every fitted site")
     gen.add_argument("--show-alpha", action="store_true", help="print each token coloured by its mean α")
     gen.add_argument("--html", type=Path, default=None, help="also write the α map as HTML to this file")
-    gen.add_argument("--max-new-tokens", type=int, default=32)
+    gen.add_argument("--max-new-tokens", type=int, default=32, help="tokens to generate")
     gen.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
-    gen.add_argument("--temperature", type=float, default=1.0)
-    gen.add_argument("--top-p", type=float, default=1.0)
-    gen.add_argument("--seed", type=int, default=0)
+    gen.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (with --sample)")
+    gen.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (with --sample)")
+    gen.add_argument("--seed", type=int, default=0, help="sampling seed (with --sample)")
     gen.add_argument("--chat-template", action="store_true", help="wrap the prompt as a user message")
     gen.set_defaults(func=generate_command)
 
@@ -87,7 +89,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                             description="List every site by role (residual, mlp_input, attention) and layer, with "
                                         "its module name, output format and width.", epilog=SITES_EXAMPLE)
     sites.add_argument("model", metavar="MODEL", help="hub id or local folder")
-    sites.add_argument("--dtype", default="auto", choices=DTYPES)
+    sites.add_argument("--dtype", default="auto", choices=DTYPES, help="weights dtype ('auto': as saved)")
     sites.add_argument("--json", action="store_true", help="print the table as JSON")
     sites.set_defaults(func=sites_command, device="cpu")
 

@@ -26,7 +26,8 @@ def add_parser(cmds: argparse._SubParsersAction) -> None:
     p = cmds.add_parser("eval", help="toxicity and perplexity of DSAS vs plain steering over a strength sweep",
                         description=__doc__, epilog=EXAMPLE, formatter_class=HelpFormatter)
     p.add_argument("--model", required=True, metavar="MODEL", help="'demo', a hub id or a local folder")
-    p.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"))
+    p.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"),
+                   help="weights dtype ('auto': as saved)")
     p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if available)")
     p.add_argument("--concept", required=True, help="concept folder (e.g. assets/concepts/detox)")
     p.add_argument("--prompts", required=True,
@@ -39,11 +40,11 @@ def add_parser(cmds: argparse._SubParsersAction) -> None:
     p.add_argument("--toxicity", default=None,
                    help="'demo' (the bundled world's lexicon oracle) or a text-classification model "
                         "(default: demo for --model demo, else s-nlp/roberta_toxicity_classifier)")
-    p.add_argument("--max-new-tokens", type=int, default=32)
-    p.add_argument("--temperature", type=float, default=1.0)
-    p.add_argument("--top-p", type=float, default=0.3)
-    p.add_argument("--repetition-penalty", type=float, default=1.2)
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--max-new-tokens", type=int, default=32, help="tokens per continuation")
+    p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature")
+    p.add_argument("--top-p", type=float, default=0.3, help="nucleus sampling mass")
+    p.add_argument("--repetition-penalty", type=float, default=1.2, help="transformers' repetition penalty")
+    p.add_argument("--batch-size", type=int, default=64, help="prompts per generate call")
     p.add_argument("--out", default="runs/llm-eval", help="output folder")
     p.set_defaults(func=eval_command)
 
