@@ -127,6 +127,14 @@ class Concept:
         """The concept's unique name (the key of its strength)."""
         return self.config.name
 
+    def to(self, device: torch.device | str) -> "Concept":
+        """Move every site's tensors to ``device``, in place; returns the concept. Optional: steering copies them
+        to each site's device on first use; moving them first keeps that copy out of the first call."""
+        for steer in self.sites.values():
+            steer.transform.to(device)
+            steer.scaler.to(device)
+        return self
+
     def __repr__(self) -> str:
         on = sum(not s.scaler.gated for s in self.sites.values())
         return (f"Concept({self.name!r}, transform={self.config.transform!r}, scaler={self.config.scaler!r}, "

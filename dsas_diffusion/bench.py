@@ -33,10 +33,7 @@ def bench_concept(denoiser: nn.Module, transform: str = "mean_shift", seed: int 
             enumerate(("source", "target", "control"))}
     concept = fit_from_activations("bench", acts["source"], acts["target"], acts["control"], transform=transform,
                                    scaler="probe", gate=0.0, progress=False, model_class=type(denoiser).__name__)
-    for steer in concept.sites.values() if device is not None else ():
-        steer.transform.to(device)
-        steer.scaler.to(device)
-    return concept
+    return concept if device is None else concept.to(device)
 
 
 def prompt_bench_concept(denoiser: nn.Module, concept: Concept, seed: int = 0) -> Concept:

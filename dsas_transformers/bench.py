@@ -94,10 +94,7 @@ def tokens_per_second(device: torch.device | str = "cpu", repeats: int = 7, new_
     ``best_of`` generations."""
     device = torch.device(device)
     model = bench_model(device)
-    concept = bench_concept(model)
-    for steer in concept.sites.values():  # copy once, so the first timed call is not a transfer
-        steer.transform.to(device)
-        steer.scaler.to(device)
+    concept = bench_concept(model).to(device)  # copied once, so the first timed call is not a transfer
     cpu = cpu_clock(device)
     timings = interleaved(generate_runner(model, new_tokens), steering_configs(model, concept), repeats=repeats,
                           device=device, cpu_time=cpu, best_of=best_of)

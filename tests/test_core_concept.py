@@ -127,3 +127,16 @@ def test_dsas_inspect_on_a_corrupt_concept_exits_2_with_the_reason(tmp_path, cap
     with warnings.catch_warnings():
         assert main(["inspect", str(tmp_path)]) == 2
     assert "expected a JSON object" in capsys.readouterr().err
+
+
+def test_to_moves_every_tensor_in_place_and_returns_the_concept():
+    concept = make_concept("mean_shift", "probe")
+    def held() -> dict[str, torch.Tensor]:
+        return {f"{site}.{part}.{k}": t for site, steer in concept.sites.items()
+                for part, module in (("transform", steer.transform), ("scaler", steer.scaler))
+                for k, t in [*module.named_parameters(), *module.named_buffers()]}
+
+    shapes = {k: t.shape for k, t in held().items()}
+    assert concept.to("meta") is concept  # a device every machine has (the values stay behind)
+    assert {t.device.type for t in held().values()} == {"meta"}
+    assert {k: t.shape for k, t in held().items()} == shapes and len(shapes) >= 4
