@@ -122,6 +122,7 @@ def generate_command(args: argparse.Namespace) -> int:
     from .alpha import overlay
     from .loading import load_pipeline, parse_concept_arg
     from .pipeline import load_concept, steer
+    from .sites import image_size
 
     pipe = load_pipeline(args.model)
     concepts = {}
@@ -129,7 +130,8 @@ def generate_command(args: argparse.Namespace) -> int:
         path, strength = parse_concept_arg(spec)
         concepts[load_concept(path)] = strength
     kwargs = {"num_inference_steps": args.steps, "negative_prompt": args.negative_prompt}
-    kwargs |= {k: v for k, v in (("guidance_scale", args.guidance), ("height", args.height), ("width", args.width)) if v is not None}
+    kwargs |= {"guidance_scale": args.guidance} if args.guidance is not None else {}
+    kwargs |= image_size(pipe, args.height, args.width)  # a side the pipeline cannot make is refused here
 
     def generate() -> Image.Image:
         gen = torch.Generator(device="cpu").manual_seed(args.seed)

@@ -26,20 +26,25 @@ def load_pipeline(model: str, device: str | torch.device | None = None, dtype: t
         return load_demo_pipeline(device=device, dtype=dtype)
     from diffusers import DiffusionPipeline
 
-    import diffusers
-
     local = Path(model).exists()
     if not local and (model.startswith((".", "/")) or model.count("/") != 1):
         raise DsasError(f"no pipeline at {model!r}: give 'demo', a local diffusers folder (with model_index.json), "
                         "or a hub id like 'stable-diffusion-v1-5/stable-diffusion-v1-5'.")
     try:
-        new_api = tuple(int(x) for x in diffusers.__version__.split(".")[:2]) >= (0, 42)
-        dtype_kw = {"dtype" if new_api else "torch_dtype": dtype}
-        pipe = DiffusionPipeline.from_pretrained(model, local_files_only=local, **dtype_kw)
+        pipe = DiffusionPipeline.from_pretrained(model, local_files_only=local, **dtype_kwargs(dtype))
     except (OSError, ValueError) as err:
         raise DsasError(f"could not load the pipeline {model!r}: {err}") from None
     pipe.set_progress_bar_config(leave=False)
     return pipe.to(device)
+
+
+def dtype_kwargs(dtype: torch.dtype | None) -> dict[str, torch.dtype | None]:
+    """The dtype keyword of diffusers' ``from_pretrained``: ``dtype`` from diffusers 0.42 on (``torch_dtype``, the
+    older name, then warns), ``torch_dtype`` before."""
+    import diffusers
+
+    new_api = tuple(int(x) for x in diffusers.__version__.split(".")[:2]) >= (0, 42)
+    return {"dtype" if new_api else "torch_dtype": dtype}
 
 
 def read_prompts(path: str | Path, what: str = "prompt") -> list[str]:

@@ -13,6 +13,8 @@ raises a clear error instead of steering the wrong stream.
 
 from __future__ import annotations
 
+import math
+
 import difflib
 import re
 from collections.abc import Callable, Sequence
@@ -57,6 +59,7 @@ class Architecture:
     calls_per_step: int = 1  # denoiser calls per step, used only when the scheduler does not count steps
     branches: tuple[str, ...] = ("cond",)  # meaning of the 1st, 2nd, ... denoiser call within one step
     patch: Callable[[nn.Module], int] = lambda model: 1  # latent cells per image token along each side
+    side_multiple: int = 1  # what its pipelines also want image sides to be multiples of, whatever the VAE
 
 
 def _attention_width(module: nn.Module) -> int:
@@ -145,7 +148,7 @@ ARCHITECTURES: dict[str, Architecture] = {
         "UNet2DConditionModel", _unet_sites,
         fingerprint_keys=("in_channels", "block_out_channels", "cross_attention_dim", "addition_embed_type",
                           "transformer_layers_per_block", "down_block_types"),
-        describe=_unet_call,
+        describe=_unet_call, side_multiple=8,  # diffusers' SD and SDXL pipelines check `height % 8`
     ),
     "SD3Transformer2DModel": Architecture(
         "SD3Transformer2DModel", _sd3_sites,
@@ -221,13 +224,16 @@ def image_size(pipe: Any, height: int | None = None, width: int | None = None) -
     """``{"height", "width"}`` in pixels of a text-to-image call: the given sides, else the pipeline's default.
 
     Each side must be a positive multiple of the VAE's downscaling times the denoiser's patch side (8 × 2 = 16 for
-    SD3 and FLUX, where FLUX itself would round a wrong size down without a word). Empty if the pipeline has no
+    SD3 and FLUX, where FLUX itself would round a wrong size down without a word), and for SD and SDXL of 8, which
+    their pipelines check whatever the VAE. Empty if the pipeline has no
     VAE scale factor (then the pipeline decides)."""
     vae = getattr(pipe, "vae_scale_factor", None)
     if not isinstance(vae, int):
         return {}
     denoiser = denoiser_of(pipe)
-    step = vae * architecture_of(denoiser).patch(denoiser)
+    arch = architecture_of(denoiser)
+    patch = arch.patch(denoiser)
+    step = math.lcm(vae * patch, arch.side_multiple)
     side = getattr(pipe, "default_sample_size", None) or getattr(denoiser.config, "sample_size", None)
     out = {}
     for name, value in (("height", height), ("width", width)):
@@ -238,7 +244,9 @@ def image_size(pipe: Any, height: int | None = None, width: int | None = None) -
         if isinstance(value, bool) or not isinstance(value, int) or value <= 0 or value % step:
             near = max(step, round(value / step) * step) if isinstance(value, (int, float)) else 64 * step
             raise DsasError(f"{name}={value!r}: image sides of {type(pipe).__name__} must be positive multiples of "
-                            f"{step} (VAE downscaling {vae} × patch side {step // vae}), e.g. {name}={near}.")
+                            f"{step} (VAE downscaling {vae} × patch side {patch}"
+                            f"{f', and of {arch.side_multiple} for the pipeline' if step != vae * patch else ''}), "
+                            f"e.g. {name}={near}.")
         out[name] = value
     return out
 

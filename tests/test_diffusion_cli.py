@@ -65,6 +65,14 @@ def test_a_missing_prompt_file_exits_2_with_the_reason(workdir, capsys):
     assert "source file" in capsys.readouterr().err
 
 
+def test_generate_refuses_an_image_side_the_pipeline_cannot_make(workdir, capsys):
+    out = workdir / "odd.png"
+    assert main(["generate", "--model", str(workdir / "pipe"), "--prompt", "a cup", "--steps", "1", "--height", "14",
+                 "--out", str(out)]) == 2  # a multiple of the tiny VAE's 2, not of the 8 SD pipelines want
+    assert "height=14: image sides of StableDiffusionPipeline must be positive multiples of 8" in capsys.readouterr().err
+    assert not out.exists()
+
+
 def test_prompt_files_skip_comments_and_blank_lines(tmp_path):
     (tmp_path / "p.txt").write_text("# a comment\n\n a red circle \n#x\na blue square\n")
     assert read_prompts(tmp_path / "p.txt") == ["a red circle", "a blue square"]

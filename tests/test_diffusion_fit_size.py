@@ -46,9 +46,10 @@ def test_the_fitting_runs_make_images_of_the_asked_size_and_the_concept_records_
 
 
 @pytest.mark.parametrize("build, size, multiple", [
-    (tiny_sd, {"height": 15}, 2),  # not a multiple of the VAE's downscaling
-    (tiny_sd, {"width": 0}, 2),
-    (tiny_sd, {"width": 16.0}, 2),
+    (tiny_sd, {"height": 15}, 8),  # not a multiple of the VAE's downscaling (2)
+    (tiny_sd, {"height": 12}, 8),  # a multiple of it, but SD pipelines check multiples of 8
+    (tiny_sd, {"width": 0}, 8),
+    (tiny_sd, {"width": 16.0}, 8),
     (tiny_flux, {"height": 18}, 4),  # FLUX packs 2×2 latent cells: diffusers would round 18 down silently
     (tiny_sd3, {"width": 22}, 4),
 ])

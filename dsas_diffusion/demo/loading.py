@@ -37,11 +37,13 @@ def load_demo_pipeline(device: str | torch.device = "cpu", dtype: torch.dtype = 
     """
     from diffusers import StableDiffusionPipeline
 
+    from ..loading import dtype_kwargs
+
     path = Path(path) if path is not None else demo_sd_dir()
     _require(path, ("model_index.json", "unet/diffusion_pytorch_model.safetensors", "tokenizer/vocab.json"))
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     pipe = StableDiffusionPipeline.from_pretrained(
-        str(path), torch_dtype=dtype, safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+        str(path), **dtype_kwargs(dtype), safety_checker=None, feature_extractor=None, requires_safety_checker=False,
         local_files_only=True,
     )
     pipe.set_progress_bar_config(disable=True)
