@@ -27,10 +27,17 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefau
     one to show."""
 
     def _fill_text(self, text: str, width: int, indent: str) -> str:
-        # a line that starts at the margin is prose and gets wrapped; indented lines (examples) stay as written
-        return "\n".join(textwrap.fill(line, width, initial_indent=indent, subsequent_indent=indent)
-                         if line and not line[0].isspace() and len(indent + line) > width else indent + line
-                         for line in text.splitlines())
+        # a paragraph whose lines all start at the margin is prose (a docstring's, say): joined, stripped of
+        # reStructuredText's double backticks and wrapped; a paragraph with indented lines (examples) stays as written
+        paragraphs = []
+        for para in text.strip("\n").split("\n\n"):
+            lines = para.splitlines()
+            if lines and all(line and not line[0].isspace() for line in lines):
+                prose = " ".join(lines).replace("``", "")
+                paragraphs.append(textwrap.fill(prose, width, initial_indent=indent, subsequent_indent=indent))
+            else:
+                paragraphs.append("\n".join(indent + line for line in lines))
+        return "\n\n".join(paragraphs)
 
     def _get_help_string(self, action: argparse.Action) -> str | None:
         text = action.help or ""
@@ -67,7 +74,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except DsasError as err:
-        print(f"dsas {args.command}: error: {err}", file=sys.stderr)
+        command = " ".join(v for k, v in vars(args).items() if k.endswith("command") and isinstance(v, str))
+        print(f"dsas {command}: error: {err}", file=sys.stderr)
         return 2
 
 

@@ -146,7 +146,8 @@ class Concept:
         if model_class and self.config.model_class and model_class != self.config.model_class:
             raise DsasError(
                 f"concept {self.name!r} was fitted on a {self.config.model_class}, but this model is a {model_class}. "
-                f"Fit the concept again on this model (dsas fit ...)."
+                "Fit the concept again on this model (`dsas fit` for a diffusers pipeline, `dsas llm fit` for a "
+                "language model)."
             )
         missing = [s for s in self.config.sites if s not in site_widths]
         if missing:

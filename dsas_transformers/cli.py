@@ -27,6 +27,7 @@ GENERATE_EXAMPLE = """example:
   dsas llm generate --model Qwen/Qwen2.5-1.5B --prompt "You are such a" --concept concepts/detox=1.5 \\
       --show-alpha --max-new-tokens 32"""
 SITES_EXAMPLE = """example:
+  dsas llm sites demo                       # the bundled tavern-world LM
   dsas llm sites Qwen/Qwen2.5-1.5B
   dsas llm sites ./my-local-model --json"""
 
@@ -47,7 +48,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     _model_args(fit)
     fit.add_argument("--source", required=True, type=Path, help="texts to steer away from (where the scaler fires)")
     fit.add_argument("--target", required=True, type=Path, help="texts to steer toward")
-    fit.add_argument("--control", type=Path, help="texts to leave alone (needed by the probe scaler)")
+    fit.add_argument("--control", type=Path, help="texts to leave alone (needed by the probe and e2e scalers)")
     fit.add_argument("--out", required=True, type=Path, help="concept directory to write")
     fit.add_argument("--transform", default="mean_shift", choices=["mean_shift", "itic", "linear_act", "lineas"],
                      help="'lineas' goes with --scaler e2e (trained end to end)")
@@ -88,7 +89,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     sites = cmds.add_parser("sites", help="list the steerable sites of a model", formatter_class=HelpFormatter,
                             description="List every site by role (residual, mlp_input, attention) and layer, with "
                                         "its module name, output format and width.", epilog=SITES_EXAMPLE)
-    sites.add_argument("model", metavar="MODEL", help="hub id or local folder")
+    sites.add_argument("model", metavar="MODEL", help="'demo' (the bundled tavern-world LM), a hub id or a local folder")
     sites.add_argument("--dtype", default="auto", choices=DTYPES, help="weights dtype ('auto': as saved)")
     sites.add_argument("--json", action="store_true", help="print the table as JSON")
     sites.set_defaults(func=sites_command, device="cpu")

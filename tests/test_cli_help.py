@@ -44,6 +44,8 @@ def test_help_explains_every_option_and_shows_each_default_once(name, monkeypatc
     for action in parser._actions:
         if action.help and action.help is not argparse.SUPPRESS:
             assert formatter_help(parser, action).count("(default") <= 1, action.option_strings
-    description = parser.description or ""
-    if len(description) > 100 and "\n" not in description:  # one long paragraph: wrapped
-        assert max(len(line) for line in text.split("\n\n", 2)[1].splitlines()) <= 100
+    if parser.description:  # prose, a docstring's included: joined, wrapped to the terminal, no reST markup
+        described = text.split("\n\n", 1)[1].split("\npositional arguments:")[0].split("\noptions:")[0]
+        assert max(len(line) for line in described.splitlines()) <= 100 and "``" not in described
+        first = " ".join(parser.description.split())[:40].replace("``", "")
+        assert first in " ".join(described.split())

@@ -132,9 +132,14 @@ def test_every_llm_command_has_help_with_an_example(command, capsys):
 
 def test_errors_are_reported_without_a_traceback(model_dir, tmp_path, capsys):
     assert main(["llm", "sites", str(tmp_path / "nowhere")]) == 2
-    assert "could not load model" in capsys.readouterr().err
+    assert capsys.readouterr().err.startswith("dsas llm sites: error: could not load model")
     assert main(["llm", "generate", "--model", str(model_dir), "--prompt", "x", "--show-alpha"]) == 2
-    assert "need at least one --concept" in capsys.readouterr().err
+    assert capsys.readouterr().err.startswith("dsas llm generate: error: --show-alpha / --html need at least one --concept")
+    from pathlib import Path
+
+    diffusion_concept = Path(__file__).parents[1] / "assets" / "concepts" / "no-green"
+    assert main(["llm", "generate", "--model", str(model_dir), "--prompt", "x", "--concept", str(diffusion_concept)]) == 2
+    assert "was fitted on a UNet2DConditionModel" in (err := capsys.readouterr().err) and "`dsas llm fit`" in err
 
 
 def test_alpha_renderings_colour_each_token_and_escape_html():
