@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 from torch import Tensor
 
 from .errors import DsasError
@@ -106,6 +106,20 @@ class SiteSteer:
     scaler: Scaler
 
 
+def safetensors_bytes(tensors: dict[str, Tensor], metadata: dict[str, str]) -> bytes:
+    """A safetensors file's bytes, the same for the same tensors and metadata in every process: the library writes
+    its metadata map in a per-process random order, so the header's metadata is put in key order here (same
+    length, same tensors, same offsets)."""
+    data = save(tensors, metadata=metadata)
+    n = int.from_bytes(data[:8], "little")  # header length; the JSON header follows, padded with spaces
+    header = json.loads(data[8:8 + n])
+    header["__metadata__"] = dict(sorted(header.get("__metadata__", {}).items()))
+    text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
+    if len(text) > n:  # cannot happen for a reordering; keep the library's bytes rather than write a wrong file
+        return data
+    return data[:8] + text.ljust(n) + data[8 + n:]
+
+
 class Concept:
     """A named steering concept: ``{site: SiteSteer}`` and its :class:`ConceptConfig`."""
 
@@ -181,7 +195,7 @@ class Concept:
         weights_tmp = path / f".{WEIGHTS_NAME}.tmp"
         config_tmp = path / f".{CONFIG_NAME}.tmp"
         try:
-            save_file(self.tensors(), str(weights_tmp), metadata={"format": "pt", "dsas_concept": self.name})
+            weights_tmp.write_bytes(safetensors_bytes(self.tensors(), {"format": "pt", "dsas_concept": self.name}))
             config_tmp.write_text(json.dumps(self.config.to_dict(), indent=2, sort_keys=True) + "\n")
             os.replace(weights_tmp, path / WEIGHTS_NAME)
             os.replace(config_tmp, path / CONFIG_NAME)

@@ -130,7 +130,7 @@ def test_dsas_inspect_on_a_corrupt_concept_exits_2_with_the_reason(tmp_path, cap
 
 
 def test_to_moves_every_tensor_in_place_and_returns_the_concept():
-    concept = make_concept("mean_shift", "probe")
+    concept = make_concept()
     def held() -> dict[str, torch.Tensor]:
         return {f"{site}.{part}.{k}": t for site, steer in concept.sites.items()
                 for part, module in (("transform", steer.transform), ("scaler", steer.scaler))
@@ -140,3 +140,15 @@ def test_to_moves_every_tensor_in_place_and_returns_the_concept():
     assert concept.to("meta") is concept  # a device every machine has (the values stay behind)
     assert {t.device.type for t in held().values()} == {"meta"}
     assert {k: t.shape for k, t in held().items()} == shapes and len(shapes) >= 4
+
+
+def test_weights_files_are_byte_identical_across_saves_with_metadata_in_key_order(tmp_path):
+    concept = make_concept()
+    concept.save_pretrained(tmp_path / "a")
+    concept.save_pretrained(tmp_path / "b")
+    raw = (tmp_path / "a" / WEIGHTS_NAME).read_bytes()
+    assert raw == (tmp_path / "b" / WEIGHTS_NAME).read_bytes()
+    n = int.from_bytes(raw[:8], "little")
+    assert b'"__metadata__":{"dsas_concept":"c","format":"pt"}' in raw[8:8 + n]  # the library's order is random
+    loaded = Concept.from_pretrained(tmp_path / "a")
+    assert all(torch.equal(loaded.tensors()[k], v) for k, v in concept.tensors().items())

@@ -58,4 +58,5 @@ def load_demo_lm(device: str | torch.device = "cpu", dtype: torch.dtype = torch.
         raise DsasError(f"the bundled demo LM is missing from {path}: rebuild it with "
                         "`python -m dsas_transformers.demo.train` (about 7 minutes on one CPU core).")
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device).eval()
+    model.config._name_or_path = "demo"  # what concepts record as fitted on: the CLI's name, not this machine's path
     return model, AutoTokenizer.from_pretrained(path)
