@@ -74,7 +74,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except DsasError as err:
-        command = " ".join(v for k, v in vars(args).items() if k.endswith("command") and isinstance(v, str))
+        # subcommand names by depth: `command`, then a package's nested `<name>_command` (e.g. llm_command)
+        names = sorted((k for k, v in vars(args).items() if k.endswith("command") and isinstance(v, str)), key=len)
+        command = " ".join(getattr(args, k) for k in names)
         print(f"dsas {command}: error: {err}", file=sys.stderr)
         return 2
 

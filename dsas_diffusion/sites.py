@@ -13,9 +13,8 @@ raises a clear error instead of steering the wrong stream.
 
 from __future__ import annotations
 
-import math
-
 import difflib
+import math
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -225,8 +224,8 @@ def image_size(pipe: Any, height: int | None = None, width: int | None = None) -
 
     Each side must be a positive multiple of the VAE's downscaling times the denoiser's patch side (8 × 2 = 16 for
     SD3 and FLUX, where FLUX itself would round a wrong size down without a word), and for SD and SDXL of 8, which
-    their pipelines check whatever the VAE. Empty if the pipeline has no
-    VAE scale factor (then the pipeline decides)."""
+    their pipelines check whatever the VAE. Empty if the pipeline has no VAE scale factor (then the pipeline
+    decides)."""
     vae = getattr(pipe, "vae_scale_factor", None)
     if not isinstance(vae, int):
         return {}

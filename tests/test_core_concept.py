@@ -131,6 +131,7 @@ def test_dsas_inspect_on_a_corrupt_concept_exits_2_with_the_reason(tmp_path, cap
 
 def test_to_moves_every_tensor_in_place_and_returns_the_concept():
     concept = make_concept()
+
     def held() -> dict[str, torch.Tensor]:
         return {f"{site}.{part}.{k}": t for site, steer in concept.sites.items()
                 for part, module in (("transform", steer.transform), ("scaler", steer.scaler))
