@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +72,7 @@ def bench_command(args: argparse.Namespace) -> int:
     if device.type == "cpu":  # the same allocator for every configuration; page faults no longer dominate the noise
         results["machine"]["malloc"] = heap_malloc() or "default"
     for name in chosen:
+        print(f"running {name} on {device} ...", file=sys.stderr, flush=True)
         results[name] = _RUNNERS[name](device, args)
         _print(name, results[name])
     if args.json:
