@@ -12,6 +12,7 @@ import argparse
 import json
 import os
 from pathlib import Path
+from itertools import groupby
 from typing import Any
 
 import gradio as gr
@@ -59,16 +60,41 @@ def build_app(studio: Studio) -> gr.Blocks:
     def fail(err: DsasError) -> gr.Error:
         return gr.Error(str(err))
 
-    def slot_updates(model: str | None = None) -> list[Any]:
-        names = studio.concepts_for(model or studio.models()[0])[:SLOTS]
-        updates = [gr.update(visible=True, label=n, value=0.0) for n in names]
-        updates += [gr.update(visible=False, label="", value=0.0)] * (SLOTS - len(names))
-        return [names, *updates, gr.update(choices=studio.registry.names())]
+    def slots(available: list[str], chosen: list[str], names: list[str] | None, values: tuple[Any, ...]) -> list[Any]:
+        """Sliders for ``chosen`` (each keeping the strength it had), the concept picker and the download list."""
+        kept = dict(zip(names or [], values))
+        updates = [gr.update(visible=True, label=n, value=kept.get(n) or 0.0) for n in chosen]
+        updates += [gr.update(visible=False, label="", value=0.0)] * (SLOTS - len(chosen))
+        return [chosen, *updates, gr.update(choices=studio.registry.names()),
+                gr.update(choices=available, value=chosen)]
 
-    def request(model: str, prompt: str, negative: str, seed: float, steps: float, guidance: float, mode: str,
+    def available_for(model: str) -> list[str]:
+        try:
+            return studio.concepts_for(model)
+        except DsasError as err:
+            raise gr.Error(f"model {model!r} is not available: {err}") from None
+
+    def first_slots(model):  # noqa: ANN001, ANN202
+        available = available_for(model)
+        return slots(available, available[:SLOTS], None, ())
+
+    def chosen_slots(model, shown, names, *values):  # noqa: ANN001, ANN202
+        available = available_for(model)
+        return slots(available, [n for n in shown or [] if n in available][:SLOTS], names, values)
+
+    def slots_with(model, shown, added, names, *values):  # noqa: ANN001, ANN202
+        """After a fit or an upload: the new concept gets a slider (the first one shown gives way when all are
+        taken); every other slider keeps its strength."""
+        available = available_for(model)
+        chosen = [n for n in shown or [] if n in available and n != added] + ([added] if added in available else [])
+        return slots(available, chosen[-SLOTS:], names, values)
+
+    def request(model: str, prompt: str, negative: str, seed: float | None, steps: float, guidance: float, mode: str,
                 strengths: dict[str, float]) -> Request:
-        return Request(model=model, prompt=prompt, negative_prompt=negative or "", seed=int(seed), steps=int(steps),
-                       guidance=float(guidance), plain=(mode == "plain"), strengths=strengths)
+        if seed is None:
+            raise DsasError("the seed box is empty: type a whole number (the same seed gives the same image).")
+        return Request(model=model, prompt=prompt, negative_prompt=negative or "", seed=int(round(seed)),
+                       steps=int(steps), guidance=float(guidance), plain=(mode == "plain"), strengths=strengths)
 
     def outputs_of(studio_result: Any) -> tuple[Any, Any, Any, Any]:
         import pandas as pd
@@ -77,26 +103,24 @@ def build_app(studio: Studio) -> gr.Blocks:
         rows = [{"site": f"{c}: {short_site(s)}" if several else short_site(s), "alpha": a}
                 for c, s, a in studio_result.profile]
         frame = pd.DataFrame(rows or [{"site": "-", "alpha": 0.0}])
-        words = [(tok.replace("</w>", ""), round(a, 2)) for tok, a in studio_result.words]
+        words: list[tuple[str, float | None]] = []
+        several = len({c for c, _, _ in studio_result.words}) > 1
+        for concept, group in groupby(studio_result.words, key=lambda t: t[0]):
+            words += [(f"{concept}:", None)] if several else []
+            for _, token, a in group:  # the word's α where it moved α visibly, its colour always
+                word = token.replace("</w>", "")
+                words.append((f"{word} {a:+.2f}" if abs(a) >= 0.05 else word, round(a, 2)))
         return show(studio_result.image), show(studio_result.heat), frame, words
 
-    def steered_only(model, prompt, negative, seed, steps, guidance, mode, names, *values):  # noqa: ANN001, ANN202
+    def both(model, prompt, negative, seed, steps, guidance, mode, names, *values):  # noqa: ANN001, ANN202
+        """The unsteered image (cached) beside the steered one, always from the same prompt and seed."""
         strengths = {n: float(v) for n, v in zip(names, values)}
         try:
             req = request(model, prompt, negative, seed, steps, guidance, mode, strengths)
             studio.validate(req)
-            return outputs_of(studio.steered(req))
+            return (show(studio.unsteered(req)), *outputs_of(studio.steered(req)))
         except DsasError as err:
             raise fail(err) from None
-
-    def both(model, prompt, negative, seed, steps, guidance, mode, names, *values):  # noqa: ANN001, ANN202
-        try:
-            req = request(model, prompt, negative, seed, steps, guidance, mode, {})
-            studio.validate(req)
-            plain = show(studio.unsteered(req))
-        except DsasError as err:
-            raise fail(err) from None
-        return (plain, *steered_only(model, prompt, negative, seed, steps, guidance, mode, names, *values))
 
     def api_generate(model, prompt, negative, seed, steps, guidance, mode, strengths_json):  # noqa: ANN001, ANN202
         """Unsteered and steered images for a JSON object of strengths, e.g. {"red-to-blue": 0.8}."""
@@ -117,19 +141,22 @@ def build_app(studio: Studio) -> gr.Blocks:
     def fit(model, source, target, control, name, transform, scaler, source_text, target_text,  # noqa: ANN001, ANN202
             progress=gr.Progress(track_tqdm=True)):
         try:
+            replaces = studio.registry.check_new_name(name) if isinstance(name, str) and name else False
             concept = studio.fit(model, source, target, control, name, transform, scaler, source_text, target_text)
         except DsasError as err:
             raise fail(err) from None
         diag = concept.config.diagnostics
         active = sum(not d.get("gated") for d in diag.values())
-        return f"Fitted **{concept.name}**: {active} of {len(diag)} sites active.", studio.export(concept.name)
+        note = f" (it replaces the earlier **{concept.name}**)" if replaces else ""
+        return (f"Fitted **{concept.name}**{note}: {active} of {len(diag)} sites active; its slider is on the Steer "
+                "tab.", studio.export(concept.name), concept.name)
 
     def upload(model, files):  # noqa: ANN001, ANN202
         try:
             name = studio.registry.add_upload([getattr(f, "name", f) for f in files or []], studio.denoiser(model))
         except DsasError as err:
             raise fail(err) from None
-        return f"Added **{name}**."
+        return f"Added **{name}**; its slider is on the Steer tab.", name
 
     def download(name):  # noqa: ANN001, ANN202
         try:
@@ -152,17 +179,20 @@ def build_app(studio: Studio) -> gr.Blocks:
                 guidance = gr.Slider(0, 15, value=5.0, step=0.5, label="guidance")
                 mode = gr.Radio(["DSAS", "plain"], value="DSAS", label="steering")
                 go = gr.Button("Generate", variant="primary")
+            shown = gr.Dropdown([], value=[], multiselect=True, max_choices=SLOTS,
+                                label=f"concepts with a slider (up to {SLOTS} at a time)")
             sliders = [gr.Slider(-MAX_STRENGTH, MAX_STRENGTH, value=0.0, step=0.05, label="", visible=False,
                                  elem_id=f"slot{i}")
                        for i in range(SLOTS)]
             with gr.Row():
                 plain_img = gr.Image(label="unsteered", format="png", type="pil", elem_id="unsteered", height=340)
                 steered_img = gr.Image(label="steered", format="png", type="pil", elem_id="steered", height=340)
-                heat_img = gr.Image(label="α heat map (where it steered)", format="png", type="pil", height=340)
+                heat_img = gr.Image(label="α heat map (wash opacity = α: where, and how hard, it steered)",
+                                    format="png", type="pil", height=340)
             profile = gr.BarPlot(x="site", y="alpha", label="mean α per site (0 = left alone)",
-                                 y_lim=[0, 1], x_label_angle=-40, sort=None)
-            words = gr.HighlightedText(label="prompt words by α (concepts fitted with the prompt scaler)",
-                                       color_map=None, show_legend=False)
+                                 y_lim=[0, 1], x_label_angle=-90, sort=None, height=380)
+            words = gr.HighlightedText(label="prompt words by the α each added (concepts fitted with the prompt "
+                                             "scaler)", color_map=None, show_legend=False)
         with gr.Tab("Fit a concept"):
             with gr.Row():
                 src = gr.Textbox(lines=8, label="source prompts (steer these), one per line")
@@ -187,24 +217,31 @@ def build_app(studio: Studio) -> gr.Blocks:
             dl_files = gr.File(label="files", file_count="multiple")
 
         strengths_json = gr.Textbox(visible=False)
+        added = gr.State(None)  # the concept a fit or an upload just added
         common = [model, prompt, negative, seed, steps, guidance, mode]
-        slot_outputs = [names, *sliders, pick]
-        app.load(slot_updates, model, slot_outputs, api_visibility="private")
-        model.change(slot_updates, model, slot_outputs, api_visibility="private")
-        go.click(both, [*common, names, *sliders], [plain_img, steered_img, heat_img, profile, words],
-                 api_visibility="private", concurrency_limit=studio.workers)
+        slot_outputs = [names, *sliders, pick, shown]
+        shown_outputs = [plain_img, steered_img, heat_img, profile, words]
+        private = {"api_visibility": "private"}
+        app.load(first_slots, model, slot_outputs, **private)
+        model.change(first_slots, model, slot_outputs, **private).then(
+            lambda: [None] * len(shown_outputs), None, shown_outputs, **private)  # the last model's images go
+        shown.input(chosen_slots, [model, shown, names, *sliders], slot_outputs, **private)
+        steering = {"fn": both, "inputs": [*common, names, *sliders], "outputs": shown_outputs,
+                    "concurrency_limit": studio.workers, **private}
+        go.click(**steering)
         for s in sliders:
-            s.release(steered_only, [*common, names, *sliders], [steered_img, heat_img, profile, words],
-                      api_visibility="private", concurrency_limit=studio.workers)
-        mode.change(steered_only, [*common, names, *sliders], [steered_img, heat_img, profile, words],
-                    api_visibility="private", concurrency_limit=studio.workers)
+            s.release(**steering)
+        mode.change(**steering)
         hidden_go = gr.Button(visible=False)
         hidden_go.click(api_generate, [*common, strengths_json], [plain_img, steered_img, heat_img],
                         api_name="generate", concurrency_limit=studio.workers)
-        fit_btn.click(fit, [model, src, tgt, ctl, cname, transform, scaler, stext, ttext], [fit_msg, fit_files],
-                      api_name="fit").then(slot_updates, model, slot_outputs, api_visibility="private")
-        up_btn.click(upload, [model, uploads], up_msg, api_name="upload").then(
-            slot_updates, model, slot_outputs, api_visibility="private")
+        new_slot = {"fn": slots_with, "inputs": [model, shown, added, names, *sliders], "outputs": slot_outputs,
+                    **private}
+        fit_btn.click(lambda: ("", None), None, [fit_msg, fit_files], **private).then(
+            fit, [model, src, tgt, ctl, cname, transform, scaler, stext, ttext], [fit_msg, fit_files, added],
+            api_name="fit").success(**new_slot)
+        up_btn.click(lambda: "", None, up_msg, **private).then(
+            upload, [model, uploads], [up_msg, added], api_name="upload").success(**new_slot)
         dl_btn.click(download, pick, dl_files, api_name="download")
         app.queue(default_concurrency_limit=studio.workers)
     return app

@@ -33,7 +33,7 @@ from .pipeline import check_concept_fits, steer
 from .sites import denoiser_of
 
 
-# strengths the app and its API accept: the demo world's colour concepts act near λ = 8, real checkpoints
+# strengths the app and its API accept: the demo world's concepts act between λ = 2 and 12, real checkpoints
 # mostly within ±2
 MAX_STRENGTH = 16.0
 
@@ -76,8 +76,16 @@ class ConceptRegistry:
                 self._cache[name] = hit
         return hit[1]
 
+    def check_new_name(self, name: str) -> bool:
+        """Refuse a bundled concept's name for a new concept (it would hide the bundled one); True when a concept
+        of the user folder has it (saving replaces that one)."""
+        if any((root / name / CONFIG_NAME).is_file() for root in self.bundled):
+            raise DsasError(f"{name!r} is the name of a bundled example concept: give the new concept another name.")
+        return (self.user_dir / name / CONFIG_NAME).is_file()
+
     def add(self, concept: Concept) -> str:
         """Save a concept into the user folder under its own (validated) name; returns the name."""
+        self.check_new_name(concept.name)
         concept.save_pretrained(self.user_dir / concept.name)
         return concept.name
 
@@ -148,9 +156,9 @@ class Result:
     """A steered image and where it was steered."""
 
     image: Image.Image
-    heat: Image.Image | None  # α heat map over the image (mean over concepts)
+    heat: Image.Image | None  # α heat map over the image (the largest α of the concepts at each position)
     profile: list[tuple[str, str, float]]  # (concept, site, mean α)
-    words: list[tuple[str, float]] = field(default_factory=list)  # prompt scaler: (word, α it added)
+    words: list[tuple[str, str, float]] = field(default_factory=list)  # prompt scaler: (concept, word, α it added)
 
 
 class Studio:
@@ -221,19 +229,19 @@ class Studio:
         active = {self.registry.get(n): float(v) for n, v in req.strengths.items() if float(v) != 0.0}
         if not active:
             return Result(self.unsteered(req), None, [], [])
-        words: list[tuple[str, float]] = []
+        words: list[tuple[str, str, float]] = []
         with self.pool(req.model).borrow() as pipe:
             with steer(pipe, active, adaptive=not req.plain, record_alpha=True) as handle:
                 image = self._run(pipe, req)
             for concept in active:  # re-reads the prompt with this worker's text encoders
                 if concept.config.scaler == "prompt" and not req.plain:
-                    words += handle.prompt_alpha(req.prompt, concept=concept.name)
+                    words += [(concept.name, w, a) for w, a in handle.prompt_alpha(req.prompt, concept=concept.name)]
         heats, profile = [], []
         for concept in active:
             heats.append(handle.alpha_heatmap(concept.name)[0])
             for site, maps in handle.alpha_maps(concept.name)[concept.name].items():
                 profile.append((concept.name, site, float(maps.mean())))
-        heat = overlay(image, torch.stack(heats).mean(0))
+        heat = overlay(image, torch.stack(heats).amax(0))  # where any concept steered, as hard as the strongest
         return Result(image, heat, profile, words)
 
     def fit(self, model: str, source: str, target: str, control: str, name: str, transform: str, scaler: str,
@@ -245,6 +253,7 @@ class Studio:
             return [ln.strip() for ln in (text or "").splitlines() if ln.strip() and not ln.strip().startswith("#")]
 
         ConceptConfig(name=name, transform=transform, scaler=scaler, sites=["_"], site_widths={"_": 1})
+        self.registry.check_new_name(name)  # before the work, not after it
         with self.pool(model).borrow() as pipe:
             concept = fit_concept(pipe, lines(source), lines(target), lines(control), transform=transform,
                                   scaler=scaler, name=name, source_text=source_text or None,

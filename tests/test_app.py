@@ -102,7 +102,7 @@ def test_a_valid_upload_is_added_under_its_own_name(served, tmp_path):
     weights = next(f for f in files if f.endswith(".safetensors"))
     message = client.predict("demo", [handle_file(str(tmp_path / "dsas_config.json")), handle_file(weights)],
                              api_name="/upload")
-    assert message == "Added **copy**."
+    assert message == "Added **copy**; its slider is on the Steer tab."
     assert "copy" in studio.registry.names()
 
 
@@ -131,3 +131,35 @@ def test_overlapping_requests_with_different_strengths_match_sequential_ones(ser
     alone = [generate(client, {"red-to-blue": s}, seed=7) for s in (1.5, -1.0)]
     assert all(same(t[1], a[1]) for t, a in zip(together, alone))
     assert not same(together[0][1], together[1][1])
+
+
+def test_an_empty_seed_is_refused_with_the_reason(served):
+    with pytest.raises(Exception, match="the seed box is empty"):
+        served[0].predict("demo", PROMPT, "", None, 12, 5.0, "DSAS", "{}", api_name="/generate")
+
+
+def test_a_bundled_concept_name_is_refused_for_a_new_concept(tmp_path):
+    from dsas_diffusion.studio import ConceptRegistry
+
+    bundled = tmp_path / "bundled"
+    (bundled / "taken").mkdir(parents=True)
+    (bundled / "taken" / "dsas_config.json").write_text("{}")
+    registry = ConceptRegistry([bundled], tmp_path / "user")
+    assert registry.check_new_name("mine") is False
+    with pytest.raises(Exception, match="'taken' is the name of a bundled example concept"):
+        registry.check_new_name("taken")
+    (tmp_path / "user" / "mine").mkdir()
+    (tmp_path / "user" / "mine" / "dsas_config.json").write_text("{}")
+    assert registry.check_new_name("mine") is True  # a user concept: saving replaces it
+
+
+def test_prompt_words_name_their_concept(tmp_path):
+    from dsas_core.paths import assets_dir
+    from dsas_diffusion.studio import ConceptRegistry, Request, Studio
+
+    studio = Studio({"demo": load_demo_pipeline}, ConceptRegistry([assets_dir() / "concepts"], tmp_path), workers=1)
+    result = studio.steered(Request(model="demo", prompt=PROMPT, steps=4,
+                                    strengths={"circles-on-black": 3.0, "no-green": 2.0}))
+    assert [c for c, _, _ in result.words] == ["circles-on-black"] * 7 + ["no-green"] * 7  # both prompt scalers
+    ours = {w.replace("</w>", ""): a for c, w, a in result.words if c == "circles-on-black"}
+    assert max(ours, key=ours.get) == "circle" and ours["circle"] > 0.5

@@ -28,7 +28,8 @@ def test_the_page_loads_a_slider_move_shows_a_new_steered_image(tmp_path):
     from gradio_client import Client
     from playwright.sync_api import sync_playwright
 
-    blocks, studio, url = launch({"demo": load_demo_pipeline}, tmp_path / "concepts")
+    blocks, studio, url = launch({"demo": load_demo_pipeline}, tmp_path / "concepts",
+                                 bundled=[ROOT / "assets" / "concepts"])  # the examples beside the new one
     try:
         Client(url, verbose=False).predict("demo", SRC, TGT, CTL, "black-background", "mean_shift", "prompt", "",
                                            "", api_name="/fit")
@@ -55,7 +56,7 @@ def test_the_page_loads_a_slider_move_shows_a_new_steered_image(tmp_path):
                 "(old) => { const i = document.querySelector('#steered img'); return i && i.src !== old; }",
                 arg=first, timeout=60_000)
             value = float(page.locator(f"#slot{slot} input[type=number]").input_value())
-            page.wait_for_timeout(500)
+            page.wait_for_timeout(2000)  # the chart settles (its labels are laid out last)
             page.screenshot(path=str(shot), full_page=True)
             browser.close()
         assert value > 0.5
