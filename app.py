@@ -114,7 +114,7 @@ def build_app(studio: Studio) -> gr.Blocks:
 
     def both(model, prompt, negative, seed, steps, guidance, mode, names, *values):  # noqa: ANN001, ANN202
         """The unsteered image (cached) beside the steered one, always from the same prompt and seed."""
-        strengths = {n: float(v) for n, v in zip(names, values)}
+        strengths = {n: float(v or 0.0) for n, v in zip(names, values)}  # an emptied box reads as 0
         try:
             req = request(model, prompt, negative, seed, steps, guidance, mode, strengths)
             studio.validate(req)
