@@ -15,6 +15,7 @@ site. Steps are counted by the scheduler, never by denoiser calls, so step windo
 from __future__ import annotations
 
 import functools
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal
 
@@ -46,6 +47,39 @@ def check_concept_fits(concept: Concept, denoiser: nn.Module) -> None:
 _MISSING = object()
 
 
+class RunningPipeline:
+    """Which pipeline's call is running the denoiser right now, read from the calling frames: pipelines built from
+    another's components (img2img, inpainting) share its denoiser, and each keeps its own guidance setting and
+    current timestep. Returns ``fallback`` (the pipeline steering was attached to) when no caller holds the
+    denoiser, e.g. the denoiser called directly. A caller's frame stays the same for all the denoiser calls of one
+    pipeline call, so after the first call the answer is found by frame identity (no locals are read)."""
+
+    def __init__(self, denoiser: nn.Module, fallback: Any, depth: int = 12) -> None:
+        self.denoiser, self.fallback, self.depth = denoiser, fallback, depth
+        self.frame: Any = None  # the caller's frame at the last look, and its pipeline
+        self.owner: Any = None
+
+    def __call__(self) -> Any:
+        frames, frame = [], sys._getframe(1)
+        for _ in range(self.depth):
+            frame = frame.f_back
+            if frame is None:
+                break
+            if frame is self.frame:
+                return self.owner
+            frames.append(frame)
+        for frame in frames:
+            if "self" not in frame.f_code.co_varnames:  # a frame's locals are read only where a self is
+                continue
+            owner = frame.f_locals.get("self")
+            if owner is not None and owner is not self.denoiser and any(
+                    getattr(owner, attr, None) is self.denoiser for attr in ("unet", "transformer")):
+                self.frame, self.owner = frame, owner
+                return owner
+        self.frame = self.owner = None
+        return self.fallback
+
+
 class StepClock:
     """Which denoising step a denoiser call belongs to, and its place within that step.
 
@@ -60,15 +94,19 @@ class StepClock:
         self.timesteps: Any = None
         self.timestep: Any = None  # the pipeline's current timestep at the last call (held: its id stays unique)
         self.calls, self.step, self.in_step = 0, -1, 0
+        self.pipeline_calls = 0  # pipeline calls begun so far (the current one is pipeline_calls - 1)
 
-    def tick(self) -> tuple[int, int]:
-        """(step, index of this call within the step) for the call about to run."""
-        scheduler = getattr(self.pipe, "scheduler", None)
+    def tick(self, pipe: Any = None) -> tuple[int, int]:
+        """(step, index of this call within the step) for the denoiser call about to run, made by ``pipe`` (by
+        default the pipeline the clock was made for)."""
+        pipe = self.pipe if pipe is None else pipe
+        scheduler = getattr(pipe, "scheduler", None)
         timesteps = getattr(scheduler, "timesteps", None)
-        if timesteps is not self.timesteps:  # set_timesteps ran: a new pipeline call began
+        if timesteps is not self.timesteps or self.pipeline_calls == 0:  # set_timesteps ran: a new pipeline call
             self.timesteps, self.timestep, self.calls, self.step, self.in_step = timesteps, None, 0, -1, 0
+            self.pipeline_calls += 1
         index = getattr(scheduler, "step_index", _MISSING)
-        current = getattr(self.pipe, "_current_timestep", None)
+        current = getattr(pipe, "_current_timestep", None)
         if index is not _MISSING:  # None until the scheduler's first step() of this pipeline call
             step = 0 if index is None else int(index) - int(getattr(scheduler, "begin_index", None) or 0)
             in_step = self.in_step + 1 if step == self.step else 0
@@ -97,13 +135,33 @@ class DiffusionHandle(SteeringHandle):
     cfg_alpha: Literal["cond", "own"] = "cond"
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.in_window = True  # set before every denoiser call: is this step inside step_window?
         super().__init__(*args, **kwargs)
         self.pipe: Any = None
         self.text_sites: set[str] = set()  # text-stream sites: their α has no place on the latent grid
 
+    @property
+    def enabled(self) -> bool:  # type: ignore[override]
+        """False pauses steering without removing the hooks; steps outside ``step_window`` are paused too."""
+        return self._enabled and self.in_window
+
+    @enabled.setter
+    def enabled(self, value: bool) -> None:
+        self._enabled = bool(value)
+
+    def _name(self, concept: str | None) -> str:
+        if concept is None:
+            return next(iter(self.concepts))
+        if concept not in self.concepts:
+            raise DsasError(f"no concept {concept!r} is attached here; attached: {list(self.concepts)}.")
+        return concept
+
     def _image_records(self, name: str, branch: str) -> list[AlphaRecord]:
-        return [r for r in self.alpha_records(concept=name)
+        """The records of ``name``'s image-stream sites in ``branch``, from the last pipeline call only."""
+        kept = [r for r in self.alpha_records(concept=name)
                 if r.site not in self.text_sites and r.context.get("branch", "cond") == branch]
+        last = max((r.context.get("call", 0) for r in kept), default=0)
+        return [r for r in kept if r.context.get("call", 0) == last]
 
     @staticmethod
     def _grids() -> Callable[[dict[str, Any], int], tuple[int, int]]:
@@ -119,30 +177,38 @@ class DiffusionHandle(SteeringHandle):
         return grid
 
     def alpha_maps(self, concept: str | None = None, branch: str = "cond") -> dict[str, dict[str, Tensor]]:
-        """``{concept: {site: α (steps, B, h, w)}}`` from the records of the last pipeline call(s), on the CPU.
+        """``{concept: {site: α (steps, B, h, w)}}`` from the records of the last pipeline call, on the CPU: every
+        attached concept, or just ``concept``. ``B``: the denoiser's batch (with CFG, the unconditional rows first).
 
         ``h, w``: the site's grid (a UNet level, or the latent grid cut into patches for SD3/FLUX). ``branch``:
         which denoiser call of a step (``"uncond"``: the negative-prompt call of FLUX true CFG). Text-stream sites
         are left out (their α is in :meth:`alpha_records`)."""
-        name = concept or next(iter(self.concepts))
+        names = list(self.concepts) if concept is None else [self._name(concept)]
         out: dict[str, dict[str, list[Tensor]]] = {}
         grid = self._grids()
-        for r in self._image_records(name, branch):
-            h, w = grid(r.context, r.alpha.shape[-1])
-            out.setdefault(name, {}).setdefault(r.site, []).append(r.alpha.detach().float().cpu().reshape(-1, h, w))
+        for name in names:
+            for r in self._image_records(name, branch):
+                h, w = grid(r.context, r.alpha.shape[-1])
+                out.setdefault(name, {}).setdefault(r.site, []).append(
+                    r.alpha.detach().float().cpu().reshape(-1, h, w))
         return {c: {s: torch.stack(v) for s, v in sites.items()} for c, sites in out.items()}
 
     def alpha_heatmap(self, concept: str | None = None) -> Tensor:
-        """One α heat map per generated image, (n_images, H_latent, W_latent): the mean over steered steps and
-        ungated image sites, each site's map upsampled to the latent grid. Only the conditional half of a CFG batch
-        (and the conditional call of true CFG)."""
-        name = concept or next(iter(self.concepts))
+        """One α heat map per generated image of the last pipeline call, (n_images, H_latent, W_latent): the mean
+        over steered steps and ungated image sites, each site's map upsampled to the latent grid (zeros where every
+        site is gated off: the concept steers nowhere). Only the conditional half of a CFG batch (and the
+        conditional call of true CFG)."""
+        name = self._name(concept)
         cfg = self.concepts[name].config
         gated = {s for s, d in cfg.diagnostics.items() if d.get("gated")} if self.adaptive else set()
-        records = [r for r in self._image_records(name, "cond") if r.site not in gated]
-        if not records:
+        recorded = self._image_records(name, "cond")
+        if not recorded:
             raise DsasError(f"no α was recorded for {name!r}: attach with record_alpha=True and run the pipeline.")
-        size = latent_hw(records[-1].context)
+        records = [r for r in recorded if r.site not in gated]
+        size = latent_hw(recorded[-1].context)
+        if not records:  # every site gated off: α is 0 everywhere
+            rows = recorded[-1].alpha.shape[0] // (2 if recorded[-1].context.get("cfg") else 1)
+            return torch.zeros(rows, *size)
         total, grid = None, self._grids()
         for r in records:
             a = r.alpha.detach().float().cpu()
@@ -189,18 +255,20 @@ class _StepTracker:
         self.pipe, self.denoiser = pipe, denoiser
         self.arch = architecture_of(denoiser)
         self.clock = StepClock(pipe, self.arch.calls_per_step)
+        self.running = RunningPipeline(denoiser, pipe)
         self.info: CallInfo | None = None
         self.prompt_concepts = [c for c in concepts if c.config.scaler == "prompt"]
 
     def __call__(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-        step, in_step = self.clock.tick()
+        pipe = self.running()
+        step, in_step = self.clock.tick(pipe)
         info = self.info = self.arch.describe(self.denoiser, args, kwargs)
         handle, branches = self.handle, self.arch.branches
         assert handle is not None
         branch = branches[in_step] if in_step < len(branches) else f"call{in_step}"
-        cfg = bool(getattr(self.pipe, "do_classifier_free_guidance", False)) and in_step == 0 and info.batch % 2 == 0
+        cfg = bool(getattr(pipe, "do_classifier_free_guidance", False)) and in_step == 0 and info.batch % 2 == 0
         context: dict[str, Any] = {"step": step, "branch": branch, "cfg": cfg, "latent_hw": info.latent_hw,
-                                   "patch": info.patch}
+                                   "patch": info.patch, "call": self.clock.pipeline_calls - 1}
         if info.image_ids is not None:
             context["image_ids"] = info.image_ids
         active = [c for c in self.prompt_concepts if handle.record_alpha or handle.strengths[c.name] != 0.0]
@@ -208,7 +276,7 @@ class _StepTracker:
             context["prompt_pooled"] = info.text.float().mean(1)  # (B, D): the prompt scaler's input
         handle.context = context
         window = handle.step_window
-        handle.enabled = window is None or window[0] <= step < window[1]
+        handle.in_window = window is None or window[0] <= step < window[1]
         if cfg and handle.cfg_alpha == "cond":
             n = info.batch // 2
             rows = torch.arange(n, 2 * n, device=info.text.device if info.text is not None else None)

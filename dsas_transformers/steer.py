@@ -137,7 +137,10 @@ class LMSteering:
 
         Needs ``record_alpha=True`` during the generation. A generation starts with every forward call that begins
         at position 0: with the KV cache that is the prefill, followed by one call per decode step; without the cache
-        every call re-reads the whole sequence, so each call is its own generation (all positions ``prefill``)."""
+        every call re-reads the whole sequence, so each call is its own generation (all positions ``prefill``).
+        Rows are the batch rows the model saw: with beam search (``num_beams``) one row per beam slot as decoding
+        kept it at each step — beams are reordered between steps, so a row is not one returned sequence; sampling
+        with ``num_return_sequences`` keeps rows and returned sequences aligned."""
         names = list(self.core.concepts)
         if concept is None:
             if len(names) > 1:
