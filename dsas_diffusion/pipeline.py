@@ -51,32 +51,31 @@ class RunningPipeline:
     """Which pipeline's call is running the denoiser right now, read from the calling frames: pipelines built from
     another's components (img2img, inpainting) share its denoiser, and each keeps its own guidance setting and
     current timestep. Returns ``fallback`` (the pipeline steering was attached to) when no caller holds the
-    denoiser, e.g. the denoiser called directly. A caller's frame stays the same for all the denoiser calls of one
-    pipeline call, so after the first call the answer is found by frame identity (no locals are read)."""
+    denoiser, e.g. the denoiser called directly. Reads the locals of the frames that have a ``self`` and are not
+    torch's own module call: ≈ 30 µs per denoiser call on a CPU, most of it copying the pipeline call's locals (no
+    frame is kept between calls to save that: it would hold a finished call's tensors)."""
 
     def __init__(self, denoiser: nn.Module, fallback: Any, depth: int = 12) -> None:
         self.denoiser, self.fallback, self.depth = denoiser, fallback, depth
-        self.frame: Any = None  # the caller's frame at the last look, and its pipeline
-        self.owner: Any = None
+        skip = (nn.Module._call_impl.__code__, nn.Module._wrapped_call_impl.__code__)
+        self.worth_reading: dict[Any, bool] = dict.fromkeys(skip, False)  # by code object, decided once
 
     def __call__(self) -> Any:
-        frames, frame = [], sys._getframe(1)
+        frame = sys._getframe(1)
         for _ in range(self.depth):
             frame = frame.f_back
             if frame is None:
                 break
-            if frame is self.frame:
-                return self.owner
-            frames.append(frame)
-        for frame in frames:
-            if "self" not in frame.f_code.co_varnames:  # a frame's locals are read only where a self is
+            code = frame.f_code
+            worth = self.worth_reading.get(code)
+            if worth is None:
+                worth = self.worth_reading[code] = "self" in code.co_varnames
+            if not worth:  # reading a frame's locals copies them all
                 continue
             owner = frame.f_locals.get("self")
             if owner is not None and owner is not self.denoiser and any(
                     getattr(owner, attr, None) is self.denoiser for attr in ("unet", "transformer")):
-                self.frame, self.owner = frame, owner
                 return owner
-        self.frame = self.owner = None
         return self.fallback
 
 
