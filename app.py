@@ -11,8 +11,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-from pathlib import Path
 from itertools import groupby
+from pathlib import Path
 from typing import Any
 
 import gradio as gr

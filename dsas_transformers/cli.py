@@ -89,7 +89,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     sites = cmds.add_parser("sites", help="list the steerable sites of a model", formatter_class=HelpFormatter,
                             description="List every site by role (residual, mlp_input, attention) and layer, with "
                                         "its module name, output format and width.", epilog=SITES_EXAMPLE)
-    sites.add_argument("model", metavar="MODEL", help="'demo' (the bundled tavern-world LM), a hub id or a local folder")
+    sites.add_argument("model", metavar="MODEL",
+                       help="'demo' (the bundled tavern-world LM), a hub id or a local folder")
     sites.add_argument("--dtype", default="auto", choices=DTYPES, help="weights dtype ('auto': as saved)")
     sites.add_argument("--json", action="store_true", help="print the table as JSON")
     sites.set_defaults(func=sites_command, device="cpu")

@@ -69,7 +69,8 @@ def test_generate_refuses_an_image_side_the_pipeline_cannot_make(workdir, capsys
     out = workdir / "odd.png"
     assert main(["generate", "--model", str(workdir / "pipe"), "--prompt", "a cup", "--steps", "1", "--height", "14",
                  "--out", str(out)]) == 2  # a multiple of the tiny VAE's 2, not of the 8 SD pipelines want
-    assert "height=14: image sides of StableDiffusionPipeline must be positive multiples of 8" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "height=14: image sides of StableDiffusionPipeline must be positive multiples of 8" in err
     assert not out.exists()
 
 

@@ -19,7 +19,8 @@ def demo():
 
 
 def run(pipe, prompt, **kwargs):
-    return np.asarray(pipe(prompt, num_inference_steps=4, generator=torch.Generator().manual_seed(0), **kwargs).images[0])
+    image = pipe(prompt, num_inference_steps=4, generator=torch.Generator().manual_seed(0), **kwargs).images[0]
+    return np.asarray(image)
 
 
 def test_an_img2img_pipeline_built_from_the_components_is_read_as_itself(demo):

@@ -134,11 +134,13 @@ def test_errors_are_reported_without_a_traceback(model_dir, tmp_path, capsys):
     assert main(["llm", "sites", str(tmp_path / "nowhere")]) == 2
     assert capsys.readouterr().err.startswith("dsas llm sites: error: could not load model")
     assert main(["llm", "generate", "--model", str(model_dir), "--prompt", "x", "--show-alpha"]) == 2
-    assert capsys.readouterr().err.startswith("dsas llm generate: error: --show-alpha / --html need at least one --concept")
+    err = capsys.readouterr().err
+    assert err.startswith("dsas llm generate: error: --show-alpha / --html need at least one --concept")
     from pathlib import Path
 
     diffusion_concept = Path(__file__).parents[1] / "assets" / "concepts" / "no-green"
-    assert main(["llm", "generate", "--model", str(model_dir), "--prompt", "x", "--concept", str(diffusion_concept)]) == 2
+    args = ["llm", "generate", "--model", str(model_dir), "--prompt", "x", "--concept", str(diffusion_concept)]
+    assert main(args) == 2
     assert "was fitted on a UNet2DConditionModel" in (err := capsys.readouterr().err) and "`dsas llm fit`" in err
 
 
