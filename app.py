@@ -141,8 +141,8 @@ def build_app(studio: Studio) -> gr.Blocks:
     def fit(model, source, target, control, name, transform, scaler, source_text, target_text,  # noqa: ANN001, ANN202
             progress=gr.Progress(track_tqdm=True)):
         try:
-            replaces = studio.registry.check_new_name(name) if isinstance(name, str) and name else False
-            concept = studio.fit(model, source, target, control, name, transform, scaler, source_text, target_text)
+            concept, replaces = studio.fit(model, source, target, control, name, transform, scaler, source_text,
+                                           target_text)
         except DsasError as err:
             raise fail(err) from None
         diag = concept.config.diagnostics

@@ -245,21 +245,22 @@ class Studio:
         return Result(image, heat, profile, words)
 
     def fit(self, model: str, source: str, target: str, control: str, name: str, transform: str, scaler: str,
-            source_text: str = "", target_text: str = "") -> Concept:
-        """Fit a concept from three newline-separated prompt lists and save it in the user folder."""
+            source_text: str = "", target_text: str = "") -> tuple[Concept, bool]:
+        """Fit a concept from three newline-separated prompt lists and save it in the user folder; returns it and
+        whether it replaced a concept of the user folder with its name."""
         from .fit import fit_concept
 
         def lines(text: str) -> list[str]:
             return [ln.strip() for ln in (text or "").splitlines() if ln.strip() and not ln.strip().startswith("#")]
 
         ConceptConfig(name=name, transform=transform, scaler=scaler, sites=["_"], site_widths={"_": 1})
-        self.registry.check_new_name(name)  # before the work, not after it
+        replaces = self.registry.check_new_name(name)  # before the work, not after it
         with self.pool(model).borrow() as pipe:
             concept = fit_concept(pipe, lines(source), lines(target), lines(control), transform=transform,
                                   scaler=scaler, name=name, source_text=source_text or None,
                                   target_text=target_text or None)
         self.registry.add(concept)
-        return concept
+        return concept, replaces
 
     def export(self, name: str) -> list[str]:
         """Copies of a concept's two files in a fresh temporary folder, for download."""
