@@ -90,15 +90,18 @@ class HookHandle:
     def _register(self, module: nn.Module, hook: Callable[..., Any], prepend: bool = False) -> None:
         self._removables.append(module.register_forward_hook(hook, with_kwargs=True, prepend=prepend))
 
-    def before_calls(self, module: nn.Module, fn: Callable[[tuple[Any, ...], dict[str, Any]], None]) -> None:
-        """Run ``fn(args, kwargs)`` before every call of ``module`` (e.g. to track the denoising step);
-        removed with this handle. ``fn`` must not change the inputs. Under ``torch.compile`` it runs eagerly (one
-        graph break before the module): Python bookkeeping such as step counters would otherwise be baked into
-        the graph and recompile it on every call."""
+    def before_calls(self, module: nn.Module, fn: Callable[[tuple[Any, ...], dict[str, Any]], None],
+                     when: Callable[[], bool] | None = None) -> None:
+        """Run ``fn(args, kwargs)`` before every call of ``module`` (e.g. to track the denoising step), or only
+        while ``when()`` is true; removed with this handle. ``fn`` must not change the inputs. Under
+        ``torch.compile`` it runs eagerly (one graph break before the module): Python bookkeeping such as step
+        counters would otherwise be baked into the graph and recompile it on every call. ``when()`` is traced
+        instead: while it is false the graph has no break (its value is guarded: a change recompiles once)."""
         eager = torch.compiler.disable(fn)
 
         def pre_hook(mod: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-            eager(args, kwargs)
+            if when is None or when():
+                eager(args, kwargs)
 
         self._removables.append(module.register_forward_pre_hook(pre_hook, with_kwargs=True))
 
@@ -654,7 +657,8 @@ def attach(
                 hook.make_plan(param, param.dtype if param.dtype in HALF else torch.float32)
             handle._register(site.module, hook)
         if root is not None:
-            handle.after_calls(root, torch.compiler.disable(handle.check_hooks_ran))
+            # traced under torch.compile (no graph break); a graph run without the site hooks still fails it
+            handle.after_calls(root, handle.check_hooks_ran)
     except BaseException:
         handle.remove()
         raise

@@ -136,6 +136,23 @@ def _timed(run: Callable[[], Any], clock: Callable[[], float], device: torch.dev
             gc.enable()
 
 
+def kernel_profile(run: Callable[[], Any], device: torch.device,
+                   context: Callable[[], AbstractContextManager[Any]] = nullcontext) -> dict[str, Any]:
+    """The GPU kernels one ``run()`` launches inside ``context()`` and their GPU milliseconds (torch.profiler),
+    after one run to warm up: where a model is launch-bound, these tell the GPU's share of an overhead from the
+    host's."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with context():
+        run()
+        _sync(device)
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            run()
+            _sync(device)
+    kernels = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+    return {"kernels": len(kernels), "gpu_ms": sum(e.device_time for e in kernels) / 1e3}
+
+
 def interleaved_jobs(jobs: dict[str, Callable[[], Any]], repeats: int = 5, device: torch.device | None = None,
                      cpu_time: bool = False) -> dict[str, Timing]:
     """Time each job (rotating, after one warm-up round). ``cpu_time=True`` counts this process's CPU seconds
@@ -154,7 +171,9 @@ def compiled_beside_eager(runs: dict[str, Callable[[], Any]], strengths: dict[st
     first — the first compiles (its seconds kept), the second at another strength — then every run is timed
     interleaved (:func:`interleaved_jobs`), with ``torch._dynamo.config.skip_nnmodule_hook_guards`` off so steered
     and unsteered copies of one class keep their own graphs. Returns the timings and what describes the run:
-    clock, compiled speed-up over eager unsteered, compile seconds, graphs before timing, recompiles (0 expected)."""
+    clock, compiled speed-up over eager unsteered, compile seconds, graphs before timing, recompiles (0 expected),
+    graphs inductor compiled without the CUDA graphs asked for (``cudagraph_skips``: the reasons are logged with
+    ``TORCH_LOGS=perf_hints``), and on a GPU each run's kernels and their GPU time (:func:`kernel_profile`)."""
     from torch._dynamo.utils import counters
 
     lams = iter(torch.linspace(0.5, 1.5, len(runs) * (repeats + 3)).tolist())
@@ -177,10 +196,13 @@ def compiled_beside_eager(runs: dict[str, Callable[[], Any]], strengths: dict[st
         graphs = counters["stats"]["unique_graphs"]
         cpu = cpu_clock(device)
         timings = interleaved_jobs(jobs, repeats=repeats, device=device, cpu_time=cpu)
-    return timings, {"clock": clock_name(cpu),
+        cuda = device is not None and device.type == "cuda"
+        kernels = {n: kernel_profile(run, device) for n, run in runs.items()} if cuda else {}
+    return timings, {"clock": clock_name(cpu), **({"kernels": kernels} if kernels else {}),
                      "compiled_speedup": timings["unsteered"].median / timings["compiled"].median,
                      "compile_s": compile_s, "graphs": graphs,
-                     "recompiles": counters["stats"]["unique_graphs"] - graphs}
+                     "recompiles": counters["stats"]["unique_graphs"] - graphs,
+                     "cudagraph_skips": counters["inductor"]["cudagraph_skips"]}
 
 
 def heap_malloc() -> str | None:

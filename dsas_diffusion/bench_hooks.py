@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from dsas_core.hooks import SteeringHandle, _SiteHook
-from dsas_core.timing import _timed
+from dsas_core.timing import _timed, kernel_profile, no_context
 
 from .bench import bench_concept, steering_configs
 
@@ -86,23 +86,7 @@ def hook_times(denoiser: nn.Module, run: Callable[[], None], repeats: int = 7,
                      "us_first_call": statistics.median(first), "hooks_ms_per_run": statistics.median(
                          [sum(c) / 1e3 for c in calls]), "run_ms": statistics.median(runs)}
     if cuda:
-        for name, make in {"unsteered": None, **configs}.items():
-            out[name] = out.get(name, {}) | _kernels(run, make, device)
+        for name, make in {"unsteered": no_context, **configs}.items():
+            out[name] = out.get(name, {}) | kernel_profile(run, device, make)
     return {"per_hook": out, "sites": sites}
 
-
-def _kernels(run: Callable[[], None], make: Callable[[], SteeringHandle] | None,
-             device: torch.device) -> dict[str, Any]:
-    """Kernels one run launches and their GPU ms (torch.profiler), after one run to warm up."""
-    from contextlib import nullcontext
-
-    from torch.profiler import ProfilerActivity, profile
-
-    with make() if make is not None else nullcontext():
-        run()
-        torch.cuda.synchronize(device)
-        with profile(activities=[ProfilerActivity.CUDA]) as prof:
-            run()
-            torch.cuda.synchronize(device)
-    kernels = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
-    return {"kernels": len(kernels), "gpu_ms": sum(e.device_time for e in kernels) / 1e3}

@@ -185,6 +185,9 @@ def _print(name: str, result: dict[str, Any]) -> None:
                          if "calls_per_run" in h else "")
                 gpu = f"  {h['kernels']} kernels, {h['gpu_ms']:.2f} ms of GPU time" if "kernels" in h else ""
                 print(f"  {config:<16} {hooks}{gpu}")
+        elif key == "kernels":  # GPU: kernels of one run per configuration and their GPU time
+            print("  kernels a run: " + ", ".join(f"{c} {k['kernels']} ({k['gpu_ms']:.2f} ms of GPU time)"
+                                                  for c, k in value.items()))
         elif key == "drift":  # the machine's speed during the run, common to every configuration
             print(f"  machine drift {value['drift']:+.1%} (first to last third of the rounds, every configuration "
                   f"alike: the per-round ratios cancel it); round noise {value['round_noise']:.1%}")

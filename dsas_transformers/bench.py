@@ -15,7 +15,7 @@ from torch import nn
 
 from dsas_core import Concept, fit_from_activations
 from dsas_core.timing import (Timing, clock_name, compiled_beside_eager, cpu_clock, drift, in_fresh_processes,
-                              interleaved, judged, memory_report, no_context, rss_of_runs)
+                              interleaved, judged, kernel_profile, memory_report, no_context, rss_of_runs)
 
 from .sites import lm_sites
 from .steer import attach
@@ -91,14 +91,16 @@ def tokens_per_second(device: torch.device | str = "cpu", repeats: int = 7, new_
                       best_of: int = 1) -> dict[str, Any]:
     """Unsteered vs DSAS generation: timings, time ratios, tokens/s and the verdict on DSAS tokens/s ≥ 0.97 ×
     unsteered ('inconclusive' when the unsteered spread exceeds the 3% margin); each repeat is the fastest of
-    ``best_of`` generations."""
+    ``best_of`` generations. On a GPU also each configuration's kernels per generation and their GPU time."""
     device = torch.device(device)
     model = bench_model(device)
     concept = bench_concept(model).to(device)  # copied once, so the first timed call is not a transfer
     cpu = cpu_clock(device)
-    timings = interleaved(generate_runner(model, new_tokens), steering_configs(model, concept), repeats=repeats,
-                          device=device, cpu_time=cpu, best_of=best_of)
-    return report(timings, new_tokens) | {"clock": clock_name(cpu), "best_of": best_of,
+    run, configs = generate_runner(model, new_tokens), steering_configs(model, concept)
+    timings = interleaved(run, configs, repeats=repeats, device=device, cpu_time=cpu, best_of=best_of)
+    kernels = {n: kernel_profile(run, device, make) for n, make in configs.items()} if device.type == "cuda" else {}
+    return report(timings, new_tokens) | ({"kernels": kernels} if kernels else {}) | {
+        "clock": clock_name(cpu), "best_of": best_of,
         "model": {"parameters": sum(p.numel() for p in model.parameters()), **CONFIG,
                   "dtype": str(next(model.parameters()).dtype).replace("torch.", "")},
         "workload": f"{new_tokens} greedy tokens from a 16-token prompt, batch 1, KV cache on",

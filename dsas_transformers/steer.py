@@ -42,7 +42,7 @@ class LMSteering:
         self.model = model
         self.core = core
         self.forwards: list[_Forward] = []
-        core.before_calls(model, self._before_forward)
+        core.before_calls(model, self._before_forward, when=lambda: core.record_alpha)  # no graph break otherwise
 
     # ---------------------------------------------------------------- knobs, delegated to the core handle
     @property
@@ -109,9 +109,7 @@ class LMSteering:
 
     # ---------------------------------------------------------------- bookkeeping
     def _before_forward(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-        if not self.core.record_alpha:  # log only what α maps need: nothing grows while not recording
-            self.core.context = {}
-            return
+        """Log the forward call for α maps; runs only while α is recorded (nothing grows otherwise)."""
         ids = kwargs.get("input_ids", args[0] if args else None)
         if not isinstance(ids, Tensor):
             embeds = kwargs.get("inputs_embeds")
