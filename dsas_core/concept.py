@@ -177,6 +177,18 @@ class Concept:
                 f"concept ({len(wrong)} site(s) differ). It was fitted on another model; fit it again on this one."
             )
 
+    def check_fingerprint(self, key: str, here: dict[str, Any], model_class: str) -> None:
+        """Raise unless the architecture entries recorded in ``fitted_on[key]`` when fitting equal ``here`` (entries
+        only one side has are skipped: concepts saved before a key was recorded still load)."""
+        saved = self.config.fitted_on.get(key) or {}
+        diff = [k for k in saved if k in here and saved[k] != here[k]]
+        if diff:
+            k = diff[0]
+            raise DsasError(
+                f"concept {self.name!r} was fitted on a different {model_class} ({k} = {saved[k]!r} there, "
+                f"{here[k]!r} here): fit the concept again on this model."
+            )
+
     # ---------------------------------------------------------------- persistence
     def tensors(self) -> dict[str, Tensor]:
         """Every tensor, keyed for safetensors."""

@@ -32,16 +32,8 @@ from .sites import (CallInfo, Candidate, architecture_of, candidates, check_stre
 def check_concept_fits(concept: Concept, denoiser: nn.Module) -> None:
     """Raise with a clear message unless the concept was fitted on this kind of denoiser."""
     concept.check_fits({c.site.name: c.width for c in candidates(denoiser)}, model_class=type(denoiser).__name__)
-    saved = concept.config.fitted_on.get("denoiser")
-    if saved:
-        here = fingerprint(denoiser)
-        diff = [k for k in saved if k in here and saved[k] != here[k]]
-        if diff:
-            k = diff[0]
-            raise DsasError(
-                f"concept {concept.name!r} was fitted on a different {here['class']} ({k} = {saved[k]!r} there, "
-                f"{here[k]!r} here): fit the concept again on this model."
-            )
+    here = fingerprint(denoiser)
+    concept.check_fingerprint("denoiser", here, here["class"])
 
 
 _MISSING = object()

@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 from dsas_core import Concept, DsasError, PooledCollector, fit_from_activations, refuse_compiled
 from dsas_core.e2e import E2EConfig, train_e2e
 
-from .sites import LMSite, input_device, lm_sites
+from .sites import LMSite, fingerprint, input_device, lm_sites
 
 
 def read_texts(texts: Sequence[str] | str, what: str) -> list[str]:
@@ -217,6 +217,7 @@ def _fitted_on(model: nn.Module, resolved: Sequence[LMSite], sets: dict[str, lis
         "library": "transformers",
         "model_type": str(getattr(cfg, "model_type", "")),
         "name_or_path": str(getattr(cfg, "_name_or_path", "") or getattr(model, "name_or_path", "")),
+        "config": fingerprint(model),
         "dtype": str(dtype).replace("torch.", ""),
         "role": role if sites is None else "custom",
         "layers": None if layers is None else str(layers),

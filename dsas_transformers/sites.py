@@ -172,6 +172,19 @@ def candidate_modules(
     return picked
 
 
+FINGERPRINT_KEYS = ("model_type", "hidden_size", "num_hidden_layers", "intermediate_size", "num_attention_heads",
+                    "num_key_value_heads", "vocab_size")
+
+
+def fingerprint(model: nn.Module) -> dict[str, Any]:
+    """The text config's entries that identify an architecture (recorded when fitting, compared when attaching):
+    two models of one class with equal widths but another vocabulary or depth are different models."""
+    config = getattr(model, "config", None)
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    values = {key: getattr(text, key, None) for key in FINGERPRINT_KEYS}
+    return {k: v for k, v in values.items() if isinstance(v, (str, int))}
+
+
 def input_device(model: nn.Module) -> torch.device:
     """Where to put input ids: the input embeddings' device; the CPU when they are offloaded (weights on the meta
     device, moved in by accelerate's hooks, which also move the inputs)."""

@@ -18,7 +18,7 @@ from dsas_core import AlphaRecord, Concept, DsasError, SteeringHandle, refuse_co
 from dsas_core import attach as core_attach
 
 from .alpha import AlphaTokens
-from .sites import LMSite, candidate_modules, resolve, resolve_static
+from .sites import LMSite, candidate_modules, fingerprint, resolve, resolve_static
 
 ConceptLike = Concept | str | os.PathLike[str]
 
@@ -193,7 +193,8 @@ def _load(concept: ConceptLike) -> Concept:
 
 def check_fits(model: nn.Module, concepts: list[Concept]) -> list[LMSite]:
     """Resolve the sites every concept steers and raise a clear error unless each concept fits ``model``
-    (model class, site names, widths). Returns the resolved sites."""
+    (model class, site names, widths, the config entries of :func:`.sites.fingerprint`). Returns the resolved
+    sites."""
     modules = dict(model.named_modules())
     needed = list(dict.fromkeys(s for c in concepts for s in c.config.sites))
     present = [s for s in needed if s in modules]
@@ -205,8 +206,10 @@ def check_fits(model: nn.Module, concepts: list[Concept]) -> list[LMSite]:
     else:
         resolved = resolve(model, list(by_name.items())) if present else []
     widths = {s.site.name: s.width for s in resolved}
+    here = fingerprint(model)
     for c in concepts:
         c.check_fits(widths, type(model).__name__)
+        c.check_fingerprint("config", here, type(model).__name__)
     return resolved
 
 

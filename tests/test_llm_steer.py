@@ -1,6 +1,7 @@
 """Steering through `generate` on tiny GPT-2, Llama, Qwen2 and Gemma 2: identity at λ = 0, KV cache parity,
 per-token α in prefill and decode, padding-invariant pooling, and refusal of concepts fitted on another model."""
 
+import dataclasses
 import random
 
 import pytest
@@ -110,6 +111,20 @@ def test_a_concept_fitted_on_another_model_is_refused_with_a_clear_error(arch):
     with pytest.raises(DsasError, match="has width 48 here but 32"):
         steer(wider, {concept: 1.0})
     assert sum(len(m._forward_hooks) for m in foreign.modules()) + sum(len(m._forward_hooks) for m in wider.modules()) == 0
+
+
+def test_a_concept_fitted_on_a_model_of_the_same_class_and_widths_but_another_vocabulary_is_refused(arch):
+    name, model, concept = arch
+    assert concept.config.fitted_on["config"]["vocab_size"] == VOCAB
+    other = tiny_model(name, VOCAB + 8, hidden=32, layers=2)  # same class, sites and widths
+    with pytest.raises(DsasError, match=f"fitted on a different {type(model).__name__} "
+                                        f"\\(vocab_size = {VOCAB} there, {VOCAB + 8} here\\): fit the concept again"):
+        steer(other, {concept: 1.0})
+    assert sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in other.modules()) == 0
+    older = Concept(dataclasses.replace(concept.config, fitted_on={k: v for k, v in concept.config.fitted_on.items()
+                                                                   if k != "config"}), concept.sites)
+    with steer(other, {older: 1.0}) as handle:  # saved before the config was recorded: widths checked only
+        assert handle.attached
 
 
 def test_a_fitted_concept_records_what_it_was_fitted_on_and_round_trips(arch, tmp_path):
