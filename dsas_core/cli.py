@@ -9,6 +9,8 @@ import sys
 import textwrap
 from collections.abc import Sequence
 from importlib.metadata import entry_points
+from pathlib import Path
+from typing import Any
 
 from .errors import DsasError
 
@@ -44,6 +46,48 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefau
         if any(action.default is v for v in (None, False, argparse.SUPPRESS)) or "default" in text:
             return action.help
         return super()._get_help_string(action)
+
+
+def output_folder(path: str | Path, option: str) -> Path:
+    """A folder the command will write, checked before any work: missing (it is created) or a folder."""
+    out = Path(path)
+    if out.exists() and not out.is_dir():
+        raise DsasError(f"{option} {str(out)!r} is a file: give a folder (it is created when missing).")
+    return out
+
+
+def output_file(path: str | Path, option: str) -> Path:
+    """A file the command will write, checked before any work: not a folder, and its folder exists."""
+    out = Path(path)
+    if out.is_dir():
+        raise DsasError(f"{option} {str(out)!r} is a folder: give a file path.")
+    if not out.parent.is_dir():
+        raise DsasError(f"{option} {str(out)!r}: the folder {str(out.parent)!r} does not exist; create it or give "
+                        "another path.")
+    return out
+
+
+def torch_device(name: str, option: str = "--device") -> Any:
+    """``torch.device(name)``, refused up front when it names no device this machine has."""
+    import torch
+
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise DsasError(f"{option} {name!r} is not a device: give cpu, cuda or cuda:N.") from None
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise DsasError(f"{option} {name!r}: no CUDA GPU is visible on this machine (torch.cuda.is_available() is "
+                            "False); use --device cpu.")
+        if device.index is not None and device.index >= count:
+            raise DsasError(f"{option} {name!r}: this machine has {count} CUDA device(s), cuda:0 to cuda:{count - 1}.")
+    elif device.type != "cpu":
+        try:
+            torch.empty(0, device=device)
+        except (RuntimeError, AssertionError):
+            raise DsasError(f"{option} {name!r}: this machine has no such device; use --device cpu.") from None
+    return device
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -224,7 +224,8 @@ class Concept:
             raise DsasError(f"no concept directory at {str(path)!r}: expected a folder holding {CONFIG_NAME} and {WEIGHTS_NAME}.")
         for name in (CONFIG_NAME, WEIGHTS_NAME):
             if not (path / name).is_file():
-                raise DsasError(f"{str(path)!r} is not a dsas concept: {name} is missing. Save concepts with Concept.save_pretrained().")
+                raise DsasError(f"{str(path)!r} is not a dsas concept: {name} is missing. Concept folders are "
+                                "written by `dsas fit --out`, `dsas llm fit --out` or Concept.save_pretrained().")
         try:
             data = json.loads((path / CONFIG_NAME).read_text())
         except (json.JSONDecodeError, UnicodeDecodeError) as err:

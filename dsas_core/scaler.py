@@ -161,7 +161,8 @@ class ProbeScaler(Scaler):
             raise DsasError(
                 f"n_components={n_components} is too large: with {len(s)} source and {len(c)} control samples "
                 f"of width {x.shape[1]}, a {k}-fold split leaves {smallest_train} training samples, so at most "
-                f"{limit} components can be estimated. Use n_components <= {limit}, or give more prompts."
+                f"{limit} components can be estimated. Use n_components <= {limit} (--components in the CLI), or give "
+                "more prompts (16-32 per list)."
             )
         accuracy = _held_out_accuracy(x, y, groups, n_components, k, seed)
         w, b, parts = _fit_folded(x, y, n_components)

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
-from dsas_core.cli import HelpFormatter
+from dsas_core.cli import HelpFormatter, output_file, output_folder
 from dsas_core.e2e import add_e2e_arguments, e2e_config_from_args
 
 MODEL_HELP = "'demo' (the bundled tiny model), a local diffusers folder, or a hub id"
@@ -98,9 +97,9 @@ def fit_command(args: argparse.Namespace) -> int:
 
         raise DsasError(f"the {args.scaler} scaler needs --control prompts (inputs to leave alone); or use "
                         "--scaler constant.")
+    out = output_folder(args.out, "--out")
     pipe = load_pipeline(args.model)
     steps = [int(s) for s in args.collect_steps.split(",")] if args.collect_steps else None
-    out = Path(args.out)
     concept = fit_concept(
         pipe, source, target, control, transform=args.transform, scaler=args.scaler, name=args.name or out.name,
         sites=args.sites, num_inference_steps=args.steps, collect_steps=steps, guidance_scale=args.guidance,
@@ -124,6 +123,9 @@ def generate_command(args: argparse.Namespace) -> int:
     from .pipeline import load_concept, steer
     from .sites import image_size
 
+    output_file(args.out, "--out")
+    if args.alpha_map:
+        output_file(args.alpha_map, "--alpha-map")
     pipe = load_pipeline(args.model)
     concepts = {}
     for spec in args.concept:

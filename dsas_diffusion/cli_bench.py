@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import sys
-from pathlib import Path
 from typing import Any
 
-from dsas_core.cli import HelpFormatter
+from dsas_core.cli import HelpFormatter, output_file, torch_device
+from dsas_core.files import write_json
 
 EXAMPLE = """examples:
   dsas bench                                 # every benchmark this machine can run, results printed
@@ -20,6 +19,7 @@ EXAMPLE = """examples:
   dsas bench --only hooks --device cuda      # µs per steering hook in place, kernels and GPU time per run"""
 
 BENCHES = ("demo", "sd15", "sdxl", "flux", "llm", "fit", "compile", "llm-compile", "hooks")
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -32,7 +32,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "second verdict from the 95% confidence interval of the per-round ratios' "
                                    "median (rounds run side by side, so slow drift cancels). 'fit' "
                                    "times fit_concept against the bare denoising passes it needs and measures its "
-                                   "peak memory; 'compile' compares the torch.compile'd denoiser unsteered and with "
+                                   "peak memory (minutes: the memory part runs six fresh processes whatever "
+                                   "--repeats); 'compile' compares the torch.compile'd denoiser unsteered and with "
                                    "DSAS; 'llm-compile' the LLM's generation with its decoding forward compiled "
                                    "by generate (static KV cache), unsteered and with DSAS; 'hooks' times each "
                                    "steering hook's call inside the SD 1.5-sized UNet (and counts kernels and their "
@@ -48,7 +49,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when present)")
     p.add_argument("--latent", type=int, default=None,
                    help="latent side for sd15 and sdxl (default: 16 on CPU; 64 for sd15, 128 for sdxl on a GPU)")
-    p.add_argument("--compile-mode", default=None,
+    p.add_argument("--compile-mode", default=None, choices=COMPILE_MODES,
                    help="torch.compile mode for the compile and llm-compile benchmarks (default, reduce-overhead, "
                         "max-autotune; default: reduce-overhead for llm-compile on a GPU, else default)")
     p.add_argument("--json", default=None, help="also write the results to this file")
@@ -65,10 +66,23 @@ def bench_command(args: argparse.Namespace) -> int:
     unknown = [b for b in chosen if b not in BENCHES]
     if unknown:
         raise DsasError(f"--only: unknown benchmark {unknown[0]!r}; choose from {', '.join(BENCHES)}.")
+    if not chosen:
+        raise DsasError(f"--only {args.only!r} names no benchmark; choose from {', '.join(BENCHES)}.")
+    if args.repeats < 2:
+        raise DsasError(f"--repeats must be >= 2 (rounds give the spread and the per-round interval; 15 is the "
+                        f"default), got {args.repeats}.")
+    if args.best_of < 1:
+        raise DsasError(f"--best-of must be >= 1, got {args.best_of}.")
+    if args.latent is not None and args.latent < 1:
+        raise DsasError(f"--latent must be a positive latent side (e.g. 16 or 64), got {args.latent}.")
+    if args.json:
+        output_file(args.json, "--json")  # checked now, not after hours of benchmarks
     from dsas_core.timing import heap_malloc
 
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    results: dict[str, Any] = {"machine": _machine(device), "repeats": args.repeats}
+    device = torch_device(args.device) if args.device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    results: dict[str, Any] = {"machine": _machine(device), "repeats": args.repeats, "arguments": {
+        "only": chosen, "repeats": args.repeats, "best_of": args.best_of, "device": str(device), "latent": args.latent,
+        "compile_mode": args.compile_mode}}
     if device.type == "cpu":  # the same allocator for every configuration; page faults no longer dominate the noise
         results["machine"]["malloc"] = heap_malloc() or "default"
     for name in chosen:
@@ -76,7 +90,7 @@ def bench_command(args: argparse.Namespace) -> int:
         results[name] = _RUNNERS[name](device, args)
         _print(name, results[name])
     if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=1) + "\n")
+        write_json(args.json, results)
         print(f"wrote {args.json}")
     return 0
 
@@ -86,7 +100,12 @@ def _machine(device: Any) -> dict[str, Any]:
 
     import torch
 
-    info = {"device": str(device), "torch": torch.__version__, "cpu_threads": torch.get_num_threads(),
+    from datetime import datetime, timezone
+
+    from dsas_core import __version__
+
+    info = {"device": str(device), "torch": torch.__version__, "dsas": __version__,
+            "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "cpu_threads": torch.get_num_threads(),
             "cores": os.cpu_count(), "platform": platform.platform()}
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
@@ -168,6 +187,9 @@ def _print(name: str, result: dict[str, Any]) -> None:
         judged = result.get("verdicts", {}).get(config, {})
         verdict = f"{judged['verdict']} (paired: {judged['paired_verdict']})" if "paired_verdict" in judged else \
             judged.get("verdict", "")
+        if "limit" in judged:  # the budget judged: a time ratio, or the LM's tokens/s criterion
+            budget = judged.get("criterion") or f"ratio <= {judged['limit']:g}"
+            verdict = f"[{budget}] {verdict}"
         r = f"  ratio {ratio:.3f}" if ratio is not None else ""
         peak = f"  peak {t['peak_mb']:.0f} MiB" if t.get("peak_mb") is not None else ""  # GPU runs
         peak += f"  host {t['host'] * 1000:.2f} ms" if t.get("host") is not None else ""  # time to issue a GPU run
@@ -185,6 +207,11 @@ def _print(name: str, result: dict[str, Any]) -> None:
                          if "calls_per_run" in h else "")
                 gpu = f"  {h['kernels']} kernels, {h['gpu_ms']:.2f} ms of GPU time" if "kernels" in h else ""
                 print(f"  {config:<16} {hooks}{gpu}")
+        elif key == "memory" and isinstance(value, dict) and "configs" in value:  # peak RSS per configuration
+            ratios, extra = value.get("peak_ratio", {}), value.get("growth_extra_mb", {})
+            print(f"  memory ({value.get('unit', 'MiB')}), peak per configuration in a fresh process: " + ", ".join(
+                f"{c} {r['peak_mb']:.0f}" + (f" (x {ratios[c]:.3f}, growth {extra[c]:+.1f})" if c in ratios else "")
+                for c, r in value["configs"].items()))
         elif key == "kernels":  # GPU: kernels of one run per configuration and their GPU time
             print("  kernels a run: " + ", ".join(f"{c} {k['kernels']} ({k['gpu_ms']:.2f} ms of GPU time)"
                                                   for c, k in value.items()))

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import json
 import time
-from pathlib import Path
 
-from dsas_core.cli import HelpFormatter
+from dsas_core.cli import HelpFormatter, output_folder
 
 EXAMPLE = """examples:
   dsas eval --model demo --concept assets/concepts/circles-on-black \\
@@ -59,6 +57,7 @@ def eval_command(args: argparse.Namespace) -> int:
         raise DsasError(f"--strengths {args.strengths!r}: give comma-separated numbers, e.g. 0,0.5,1.") from None
     if not args.clip and not args.oracle:
         raise DsasError("nothing to score: give --clip (demo or ARCH:PRETRAINED) and/or --oracle (demo world).")
+    out = output_folder(args.out, "--out")
     state = PartialState(cpu=not torch.cuda.is_available())
     device = state.device
     settings = EvalSettings(strengths=strengths, seeds=args.seeds, steps=args.steps, guidance=args.guidance,
@@ -83,7 +82,6 @@ def eval_command(args: argparse.Namespace) -> int:
     if args.clip:
         scores["clip"] = summarize(rows, "clip_concept", "clip_image_sim")
     comparison = {k: compare(v) for k, v in scores.items()}
-    out = Path(args.out)
     meta = {"concept": concept.name, "model": args.model, "clip": args.clip, "settings": settings_dict(settings),
             "processes": state.num_processes, "seconds": round(wall, 2), "curves": scores, "comparison": comparison}
     write_results(out, rows, meta)
@@ -92,6 +90,6 @@ def eval_command(args: argparse.Namespace) -> int:
     for family, cmp in comparison.items():
         print(f"[{family}] mean preservation gain at matched concept score: {cmp['mean_gain_at_matched_concept']:+.3f}; "
               f"DSAS reach at >=95% preserved: {cmp['dsas_reach_ratio']:.2f} of plain's best concept score")
-    print(json.dumps({"seconds": round(wall, 1), "images": len(rows), "processes": state.num_processes}))
-    print(f"wrote {out / 'results.json'}, results.csv, pareto.png, grid.png")
+    print(f"{len(rows)} images in {wall:.1f} s on {state.num_processes} process(es); wrote {out / 'results.json'}, "
+      "results.csv, pareto.png, grid.png")
     return 0

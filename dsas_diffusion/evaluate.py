@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import json
 import math
 import time
 from collections.abc import Sequence
@@ -24,6 +23,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from dsas_core import Concept, DsasError
+from dsas_core.files import write_json
 from dsas_core.plots import Axis, Panel, plot_panels
 
 from .pipeline import steer
@@ -182,7 +182,7 @@ def write_results(out: Path, rows: list[dict[str, Any]], meta: dict[str, Any]) -
         writer = csv.DictWriter(f, fieldnames=FIELDS, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
-    (out / "results.json").write_text(json.dumps({**meta, "rows": rows}, indent=1) + "\n")
+    write_json(out / "results.json", {**meta, "rows": rows})
 
 
 def plot_pareto(curves_by_score: dict[str, dict[str, list[dict[str, float]]]], path: Path, title: str) -> None:

@@ -75,6 +75,10 @@ class AlphaTokens:
             out.append(f"\x1b[48;2;{r};{g};{b}m\x1b[38;2;0;0;0m{piece}\x1b[0m")
         return "".join(out)
 
+    def plain(self, tokenizer: Any, row: int = 0) -> str:
+        """One line of text for files and pipes: each token followed by its α in brackets ('-' where unrecorded)."""
+        return "".join(f"{piece}[{'-' if a != a else f'{a:.2f}'}]" for piece, a in self.pieces(tokenizer, row))
+
     def html(self, tokenizer: Any, row: int = 0) -> str:
         """An HTML ``<div>`` with one ``<span>`` per token, coloured like :meth:`ansi`, α in the tooltip."""
         spans = []

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
 from dsas_core import DsasError
-from dsas_core.cli import HelpFormatter
+from dsas_core.cli import HelpFormatter, output_file, output_folder, torch_device
 from dsas_core.e2e import add_e2e_arguments, e2e_config_from_args
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
@@ -58,8 +59,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     fit.add_argument("--name", default=None, help="concept name (default: the --out folder's name)")
     fit.add_argument("--role", default="residual", choices=["residual", "mlp_input", "attention"],
                      help="which site of each decoder layer to steer")
-    fit.add_argument("--layers", default=None, help="decoder layers: '-16:-4', '3,5,7' or one index (default: all)")
-    fit.add_argument("--sites", default=None, help="regex over module names, overriding --role")
+    fit.add_argument("--layers", default=None,
+                     help="decoder layers: --layers=-16:-4 (a slice; write it with '=' when it starts with '-'), "
+                          "--layers 3,5,7 or one index (default: all)")
+    fit.add_argument("--sites", default=None,
+                     help="regex matched against whole module names (e.g. '.*layers\\.[12]'), overriding --role")
+    fit.add_argument("--components", type=int, default=None,
+                     help="principal components of the probe scaler (default: 5)")
     fit.add_argument("--batch-size", type=int, default=8, help="texts per forward pass")
     fit.add_argument("--max-length", type=int, default=None, help="truncate texts to this many tokens")
     fit.add_argument("--chat-template", action="store_true", help="wrap each text as a user message")
@@ -131,6 +137,10 @@ def load(model_id: str, dtype: str = "auto", device: str | None = None) -> tuple
             raise DsasError(f"the bundled demo LM is missing from {demo_lm_dir()}: rebuild it with "
                             "`python -m dsas_transformers.demo.train`.")
         model_id = str(demo_lm_dir())
+    elif not Path(model_id).exists() and (model_id.startswith((".", "/", "~")) or model_id.count("/") != 1):
+        raise DsasError(f"no model folder at {model_id!r}: give 'demo', a local folder holding config.json, the "
+                        "weights and the tokenizer files, or a hub id like 'Qwen/Qwen2.5-1.5B'.")
+    target = torch_device(device) if device not in (None, "auto") else None  # refused before loading
     kwargs: dict[str, Any] = {"dtype": dtype if dtype == "auto" else getattr(torch, dtype)}
     if device == "auto":
         kwargs["device_map"] = "auto"
@@ -141,19 +151,19 @@ def load(model_id: str, dtype: str = "auto", device: str | None = None) -> tuple
         raise DsasError(f"could not load model {model_id!r}: {err}\nGive a hub id (e.g. Qwen/Qwen2.5-1.5B) or a local "
                         "folder holding config.json, the weights and the tokenizer files.") from None
     if device != "auto":
-        model = model.to(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        model = model.to(target or ("cuda" if torch.cuda.is_available() else "cpu"))
     return model.eval(), tokenizer
 
 
 def parse_concept_arg(value: str) -> tuple[str, float]:
-    """'DIR=STRENGTH' -> (DIR, STRENGTH); 'DIR' -> (DIR, 1.0)."""
+    """'DIR=STRENGTH' -> (DIR, STRENGTH); 'DIR' (also a folder whose name holds '=') -> (DIR, 1.0)."""
     path, sep, strength = value.rpartition("=")
-    if sep:
-        try:
-            return path, float(strength)
-        except ValueError:
-            pass
-    return value, 1.0
+    if not sep or Path(value).is_dir():
+        return value, 1.0
+    try:
+        return path, float(strength)
+    except ValueError:
+        raise DsasError(f"--concept {value!r}: the strength after '=' must be a number, e.g. {path or 'DIR'}=1.5.") from None
 
 
 def fit_command(args: argparse.Namespace) -> int:
@@ -164,21 +174,28 @@ def fit_command(args: argparse.Namespace) -> int:
     control = read_prompt_file(args.control) if args.control else None
     if control is None and args.scaler in ("probe", "e2e"):
         raise DsasError(f"the {args.scaler} scaler needs --control texts (inputs to leave alone); or use --scaler constant.")
+    output_folder(args.out, "--out")
     model, tokenizer = load(args.model, args.dtype, args.device)
     name = args.name or args.out.resolve().name
     concept = fit_concept(model, tokenizer, texts["source"], texts["target"], control, transform=args.transform,
                           scaler=args.scaler, name=name, sites=args.sites, layers=args.layers, role=args.role,
                           batch_size=args.batch_size, chat_template=args.chat_template, max_length=args.max_length,
-                          seed=args.seed, e2e=e2e_config_from_args(args))
+                          seed=args.seed, e2e=e2e_config_from_args(args),
+                          **({"n_components": args.components} if args.components is not None else {}))
     path = concept.save_pretrained(args.out)
     diag = concept.config.diagnostics
     active = sum(not d.get("gated", False) for d in diag.values())
-    print(f"fitted {name!r} on {len(concept.config.sites)} sites ({active} active) of {type(model).__name__}")
+    n = len(concept.config.sites)
+    print(f"fitted {name!r} on {n} site{'s' if n != 1 else ''} ({active} active) of {type(model).__name__}")
     for site in concept.config.sites:
         d = diag.get(site, {})
         acc = f"{d['accuracy']:.3f}" if "accuracy" in d else "-"
         print(f"  {site:<50} accuracy {acc:>6}  {'gated off' if d.get('gated') else 'on'}")
     print(f"saved to {path}")
+    if not active:
+        print("warning: every site is gated off (the probe could not tell source from control texts on held-out "
+              "data at any site), so this concept changes nothing; give more, and more distinct, source and control "
+              "texts (16-32 each), or --scaler constant for plain steering.", file=sys.stderr)
     return 0
 
 
@@ -194,12 +211,18 @@ def generate_command(args: argparse.Namespace) -> int:
         raise DsasError("--show-alpha / --html need at least one --concept DIR[=STRENGTH].")
     if args.max_new_tokens < 1:
         raise DsasError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}.")
+    if args.html:
+        output_file(args.html, "--html")
     from dsas_core import Concept
 
     concepts = {Concept.from_pretrained(p): s for p, s in map(parse_concept_arg, args.concept)}
     model, tokenizer = load(args.model, args.dtype, args.device)
     prompt = apply_chat_template(tokenizer, [args.prompt], add_generation_prompt=True)[0] if args.chat_template else args.prompt
     enc = tokenizer(prompt, return_tensors="pt", add_special_tokens=not args.chat_template)
+    unknown = int((enc["input_ids"] == tokenizer.unk_token_id).sum()) if tokenizer.unk_token_id is not None else 0
+    if unknown:  # e.g. the demo LM's word-level vocabulary: such words vanish from the printed text
+        print(f"warning: {unknown} word(s) of the prompt are not in the tokenizer's vocabulary and read as "
+              f"{tokenizer.unk_token}", file=sys.stderr)
     device = input_device(model)
     enc = {k: v.to(device) for k, v in enc.items() if k in ("input_ids", "attention_mask")}
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -221,9 +244,11 @@ def generate_command(args: argparse.Namespace) -> int:
             at = handle.alpha_tokens(concept=name)
             if args.show_alpha:
                 text_mean = at.per_text(exclude=tokenizer.all_special_ids)[0].item()
-                print(f"α {name} (mean over {len(at.ungated)} active sites, white 0 → red 1; "
+                colour = sys.stdout.isatty()  # escape codes only for a terminal; files and pipes get α as numbers
+                print(f"α {name} (mean over {len(at.ungated)} active sites, "
+                      f"{'white 0 → red 1' if colour else 'in brackets after each token'}; "
                       f"text mean without special tokens {text_mean:.3f}):")
-                print(at.ansi(tokenizer))
+                print(at.ansi(tokenizer) if colour else at.plain(tokenizer))
             parts.append(f"<h3>{name}</h3>{at.html(tokenizer)}")
         if args.html:
             args.html.write_text("<!doctype html><meta charset='utf-8'>" + "".join(parts) + "\n", encoding="utf-8")

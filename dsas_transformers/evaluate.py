@@ -23,6 +23,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from dsas_core import Concept, DsasError
+from dsas_core.files import write_json
 from dsas_core.plots import Axis, Panel, plot_panels
 
 from .fit import encode
@@ -357,7 +358,7 @@ def write_results(out: Path, rows: list[dict[str, Any]], meta: dict[str, Any]) -
         writer = csv.DictWriter(f, fieldnames=FIELDS, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
-    (out / "results.json").write_text(json.dumps({**meta, "rows": rows}, indent=1) + "\n", encoding="utf-8")
+    write_json(out / "results.json", {**meta, "rows": rows})
 
 
 PPL_LABELS = {"rise_neutral": "neutral text", "rise_reference": "reference continuations"}

@@ -38,7 +38,8 @@ def apply_chat_template(tokenizer: Any, texts: Sequence[str], add_generation_pro
     """Wrap each text as one user message in the tokenizer's chat template (as text, special tokens included)."""
     if not getattr(tokenizer, "chat_template", None):
         raise DsasError(f"chat_template=True, but the tokenizer ({type(tokenizer).__name__}) has no chat template. "
-                        "Use a chat/instruct model's tokenizer, or pass chat_template=False.")
+                        "Use a chat/instruct model's tokenizer, or leave the template off (chat_template=False; no "
+                        "--chat-template in the CLI).")
     return [tokenizer.apply_chat_template([{"role": "user", "content": t}], tokenize=False,
                                           add_generation_prompt=add_generation_prompt) for t in texts]
 
@@ -123,7 +124,7 @@ def fit_concept(
     tokenizer: Any,
     source: Sequence[str],
     target: Sequence[str],
-    control: Sequence[str] | None,
+    control: Sequence[str] | None = None,
     transform: str = "mean_shift",
     scaler: str = "probe",
     name: str = "concept",

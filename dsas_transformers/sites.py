@@ -105,12 +105,23 @@ def parse_layers(layers: str | int | Sequence[int] | None, n_layers: int) -> lis
             picked = [every[int(i)] for i in layers]
     except (ValueError, IndexError):
         raise DsasError(
-            f"layers={layers!r} is not a valid choice for a model with {n_layers} decoder layers: use an index, a "
-            f"list like '3,5,7', or a slice like '-16:-4' (indices from -{n_layers} to {n_layers - 1})."
+            f"layers={layers!r} is not a valid choice for a model with {n_layers} decoder layers"
+            f"{_out_of_range(layers, n_layers)}: use an index, a list like '3,5,7', or a slice like '-16:-4' (indices "
+            f"from -{n_layers} to {n_layers - 1})."
         ) from None
     if not picked:
         raise DsasError(f"layers={layers!r} selects no layer of the {n_layers} decoder layers.")
     return sorted(set(picked))
+
+
+def _out_of_range(layers: object, n_layers: int) -> str:
+    """' (layers 5, 7 do not exist)' for the integer indices of ``layers`` outside the model, else ''."""
+    items = layers.split(",") if isinstance(layers, str) and ":" not in layers else (
+        [layers] if isinstance(layers, int) else layers if isinstance(layers, (list, tuple)) else [])
+    bad = [str(i).strip() for i in items if str(i).strip().lstrip("-").isdigit() and not -n_layers <= int(i) < n_layers]
+    if not bad:
+        return ""
+    return f" (layer {bad[0]} does not exist)" if len(bad) == 1 else f" (layers {', '.join(bad)} do not exist)"
 
 
 def candidate_modules(
@@ -155,7 +166,8 @@ def candidate_modules(
             raise DsasError(f"sites={sites!r} is not a valid regular expression ({err}).") from None
         chosen = [name for name in names if name and pattern.fullmatch(name)]
         if not chosen:
-            raise DsasError(f"sites={sites!r} matches no module of {type(model).__name__}; module names look like "
+            raise DsasError(f"sites='{sites}' matches no whole module name of {type(model).__name__} (the pattern "
+                            "must match the full name, e.g. '.*layers\\.[12]'); module names look like "
                             f"{fam.layers}.0{'.' + fam.roles.get('mlp_input', '') if 'mlp_input' in fam.roles else ''}"
                             " (list them with `dsas llm sites MODEL`).")
     else:

@@ -185,3 +185,21 @@ def test_hook_times_count_every_site_call_in_place_and_leave_no_hook_behind():
     assert out["sites"] > 0 and {h["calls_per_run"] for h in per.values()} == {2 * out["sites"]}
     assert all(0 < h["us_per_call"] and 0 < h["hooks_ms_per_run"] < h["run_ms"] for h in per.values())
     assert all(not m._forward_hooks and not m._forward_pre_hooks for m in unet.modules())
+
+
+def test_bad_arguments_are_refused_before_any_benchmark_runs(tmp_path, capsys):
+    from dsas_core.cli import main
+
+    cases = {
+        ("--only", ","): "--only ',' names no benchmark",
+        ("--only", "demo", "--repeats", "1"): "--repeats must be >= 2",
+        ("--only", "demo", "--best-of", "0"): "--best-of must be >= 1, got 0.",
+        ("--only", "demo", "--latent", "0"): "--latent must be a positive latent side",
+        ("--only", "demo", "--device", "tpu"): "--device 'tpu' is not a device",
+        ("--only", "demo", "--json", str(tmp_path / "no" / "b.json")): f"the folder '{tmp_path / 'no'}' does not exist",
+    }
+    for args, message in cases.items():
+        assert main(["bench", *args]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("dsas bench: error: ") and message in err, (args, err)
+    assert capsys.readouterr().out == ""  # nothing ran

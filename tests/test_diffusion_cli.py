@@ -82,3 +82,10 @@ def test_prompt_files_skip_comments_and_blank_lines(tmp_path):
 def test_concept_arguments_parse_an_optional_strength():
     assert parse_concept_arg("concepts/pear=0.5") == ("concepts/pear", 0.5)
     assert parse_concept_arg("concepts/pear") == ("concepts/pear", 1.0)
+
+
+def test_output_paths_are_checked_before_the_pipeline_loads(tmp_path, capsys):
+    assert main(["generate", "--model", "demo", "--prompt", "x", "--out", str(tmp_path / "no" / "x.png")]) == 2
+    assert f"--out '{tmp_path / 'no' / 'x.png'}': the folder '{tmp_path / 'no'}' does not exist" in capsys.readouterr().err
+    assert main(["generate", "--model", "demo", "--prompt", "x", "--out", str(tmp_path)]) == 2
+    assert f"--out '{tmp_path}' is a folder: give a file path." in capsys.readouterr().err

@@ -2,6 +2,7 @@
 
 import json
 import re
+import sys
 
 import pytest
 import torch
@@ -83,18 +84,24 @@ def test_fit_hands_the_e2e_flags_to_the_trainer(model_dir, texts, tmp_path):
     assert not torch.equal(kept.sites[site].transform.beta, free.sites[site].transform.beta)
 
 
-def test_generate_with_a_concept_prints_the_text_and_a_coloured_alpha_line(model_dir, concept_dir, tmp_path, capsys):
+def test_generate_with_a_concept_prints_the_text_and_a_coloured_alpha_line(model_dir, concept_dir, tmp_path, capsys,
+                                                                           monkeypatch):
     html_path = tmp_path / "alpha.html"
     prompt = " ".join(PHRASE + ["the"])
-    code = main(["llm", "generate", "--model", str(model_dir), "--prompt", prompt, "--concept",
-                 f"{concept_dir}=0.5", "--show-alpha", "--html", str(html_path), "--max-new-tokens", "3",
-                 "--dtype", "float32", "--device", "cpu"])
+    args = ["llm", "generate", "--model", str(model_dir), "--prompt", prompt, "--concept", f"{concept_dir}=0.5",
+            "--show-alpha", "--html", str(html_path), "--max-new-tokens", "3", "--dtype", "float32", "--device", "cpu"]
+    assert main(args) == 0
     out = capsys.readouterr().out.splitlines()
-    assert code == 0
     assert out[0].startswith(prompt + " ") and len(out[0].split()) == 5 + 3
-    assert ANSI.sub("", out[2]) == " ".join(["<bos>", *out[0].split()[:-1]])  # every token read, coloured
-    assert out[2].count("\x1b[48;2;") == 1 + 5 + 2
+    pieces = re.findall(r"(\S+?)\[(\d\.\d\d)\]", out[2])  # a pipe: each token then its α in brackets
+    assert [p for p, _ in pieces] == ["<bos>", *out[0].split()[:-1]] and all(0 <= float(a) <= 1 for _, a in pieces)
+    assert "\x1b" not in out[2]
     assert html_path.read_text().count("<span ") == 1 + 5 + 2
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: True)  # a terminal: the same tokens, coloured
+    assert main(args) == 0
+    line = capsys.readouterr().out.splitlines()[2]
+    assert ANSI.sub("", line) == " ".join(["<bos>", *out[0].split()[:-1]])
+    assert line.count("\x1b[48;2;") == 1 + 5 + 2
 
 
 def test_generate_is_deterministic_and_constant_mode_differs_from_adaptive(model_dir, concept_dir, capsys):
@@ -132,6 +139,10 @@ def test_every_llm_command_has_help_with_an_example(command, capsys):
 
 def test_errors_are_reported_without_a_traceback(model_dir, tmp_path, capsys):
     assert main(["llm", "sites", str(tmp_path / "nowhere")]) == 2
+    assert capsys.readouterr().err.startswith(f"dsas llm sites: error: no model folder at '{tmp_path / 'nowhere'}'")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(["llm", "sites", str(empty)]) == 2
     assert capsys.readouterr().err.startswith("dsas llm sites: error: could not load model")
     assert main(["llm", "generate", "--model", str(model_dir), "--prompt", "x", "--show-alpha"]) == 2
     err = capsys.readouterr().err
@@ -142,6 +153,31 @@ def test_errors_are_reported_without_a_traceback(model_dir, tmp_path, capsys):
     args = ["llm", "generate", "--model", str(model_dir), "--prompt", "x", "--concept", str(diffusion_concept)]
     assert main(args) == 2
     assert "was fitted on a UNet2DConditionModel" in (err := capsys.readouterr().err) and "`dsas llm fit`" in err
+
+
+def test_bad_outputs_devices_and_strengths_are_refused_before_any_work(model_dir, concept_dir, tmp_path, capsys):
+    texts = tmp_path / "texts.txt"
+    texts.write_text("a b\nc d\n")
+    taken = tmp_path / "taken.txt"
+    taken.write_text("x")
+    fit = ["llm", "fit", "--model", "/nowhere/model", "--source", str(texts), "--target", str(texts), "--scaler",
+           "constant"]
+    # the model path is checked after the outputs: each refusal comes before loading anything
+    assert main([*fit, "--out", str(taken)]) == 2
+    assert capsys.readouterr().err == (f"dsas llm fit: error: --out '{taken}' is a file: give a folder (it is created "
+                                       "when missing).\n")
+    generate = ["llm", "generate", "--model", str(model_dir), "--prompt", "x", "--concept", str(concept_dir)]
+    assert main([*generate, "--html", str(tmp_path / "no" / "a.html")]) == 2
+    assert f"the folder '{tmp_path / 'no'}' does not exist" in capsys.readouterr().err
+    assert main([*generate[:-1], f"{concept_dir}=strong"]) == 2
+    assert "the strength after '=' must be a number, e.g." in capsys.readouterr().err
+    assert main([*generate, "--device", "tpu"]) == 2
+    assert capsys.readouterr().err.endswith("--device 'tpu' is not a device: give cpu, cuda or cuda:N.\n")
+    evaluate = ["llm", "eval", "--model", str(model_dir), "--concept", str(concept_dir), "--prompts", str(texts)]
+    assert main([*evaluate, "--limit", "0"]) == 2
+    assert "--limit must be >= 1" in capsys.readouterr().err
+    assert main([*evaluate, "--strengths", "0"]) == 2
+    assert "holds no strength above 0" in capsys.readouterr().err
 
 
 def test_alpha_renderings_colour_each_token_and_escape_html():

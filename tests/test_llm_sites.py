@@ -53,8 +53,10 @@ def test_a_regex_override_with_a_layer_range_picks_exactly_the_matching_modules(
     got = lm_sites(model, sites=r"model\.layers\.\d+\.mlp\.down_proj", layers="-2:")
     assert [(s.site.name, s.layer, s.output, s.width) for s in got] == [
         ("model.layers.2.mlp.down_proj", 2, "tensor", 32), ("model.layers.3.mlp.down_proj", 3, "tensor", 32)]
-    with pytest.raises(DsasError, match="matches no module"):
+    with pytest.raises(DsasError, match="matches no whole module name"):
         lm_sites(model, sites=r"model\.nothing\..*")
+    with pytest.raises(DsasError, match=r"layers='1,5,7' .* \(layers 5, 7 do not exist\)"):
+        lm_sites(model, layers="1,5,7")
     with pytest.raises(DsasError, match="unknown site role"):
         lm_sites(model, role="mlp_output")
 
