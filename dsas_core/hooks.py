@@ -15,7 +15,8 @@ Inference (no gradients, eager) takes a fast path with the same arithmetic: a pl
 strength or ``adaptive`` changes (made when attaching), λ·α·Δ in one ``addcmul``, and a per-input scaler's α (the
 prompt scaler's: one value per input) computed once per call for every site of its concept; on a GPU with Triton,
 a site steered by one logistic-scaler concept runs its whole update, α records and stored α included, as one
-kernel (:mod:`.fused`).
+kernel (:mod:`.fused`). While ``torch.compile`` traces, sites whose concepts all have that form read them from one
+packed tensor (:mod:`.traced`): fewer objects read, fewer guards checked before every compiled call.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from torch import Tensor, nn
 
 from .concept import Concept
 from .errors import DsasError
+from . import traced
 from .fused import FusedFailed, Launches, fused_update
 from .scaler import Scaler
 from .transforms import Transform
@@ -271,6 +273,7 @@ class _SiteHook:
     plan_on: tuple[int | None, torch.dtype] | None = None  # device index (as Tensor.get_device), dtype
     plan: list["_Step"] = field(default_factory=list)
     plan_records: bool = False  # the plan computes every concept's α here, so α recording can use it
+    packed: traced.Packed | None = None  # the traced update's tensors, on the device the site was attached on
 
     def on_device(self, device: torch.device, scaler_dtype: torch.dtype = torch.float32) -> list[_Entry]:
         """The entries with their tensors on ``device`` (copied once per device, shared when already there), the
@@ -481,14 +484,21 @@ class _SiteHook:
         return self.fast(output)
 
     def full(self, output: Any) -> Any:
-        """Every concept's update in float32 torch ops, α recorded where asked: the path gradients and
-        ``torch.compile`` trace."""
+        """Every concept's update in float32 torch ops, α recorded where asked: the path gradients take, and
+        ``torch.compile`` traces (from the packed tensors of :mod:`.traced` where every concept has their form and
+        α is neither recorded nor stored)."""
         handle = self.handle
         strengths = handle.strengths
         record = handle.record_alpha
         # Under torch.compile λ is read only as its 0-d tensor (λ = 0 then adds an exact zero): reading its Python
         # value would bake it into the graph, and every slider move would recompile.
         compiled = torch.compiler.is_compiling()
+        packed = self.packed
+        if compiled and not record and handle.alpha_reuse == "off" and packed is not None:
+            h, x = self.read(output)
+            if packed.device == x.device:  # one packed tensor per site: few guards per compiled call
+                out = traced.update(packed, x.float(), handle.adaptive, handle.alpha_rows)
+                return None if out is None else self.written(output, h, out)
         steering = [compiled or strengths[e.name] != 0.0 for e in self.entries]
         if not (record or any(steering)):
             return None
@@ -655,6 +665,9 @@ def attach(
                     handle.strengths.tensor(e.name, param.device)
                 # the fast path's plan, and with it the entries' copies on the device (float32 and the plan's dtype)
                 hook.make_plan(param, param.dtype if param.dtype in HALF else torch.float32)
+                lams = [handle.strengths.tensor(e.name, param.device) for e in entries]
+                hook.packed = traced.pack([(e.transform, e.scaler, e.gated, lam)
+                                           for e, lam in zip(hook.on_device(param.device), lams)], param.device)
             handle._register(site.module, hook)
         if root is not None:
             # traced under torch.compile (no graph break); a graph run without the site hooks still fails it

@@ -1,0 +1,89 @@
+"""The update torch.compile traces: every concept of a site read from one packed tensor, the float32 arithmetic of
+the reference, gates and plain steering respected, and concepts without an affine logistic form left to the full
+path."""
+
+import dataclasses
+
+import pytest
+import torch
+
+from dsas_core import Concept, traced
+from dsas_core.concept import SiteSteer
+from dsas_core.hooks import Site, _SiteHook, attach
+from dsas_core.traced import update
+from dsas_core.transforms import LinearAct
+from fused_helpers import C, Source, concept, probe, reference, transforms
+
+
+def named(name, transform, scaler, gated=False):
+    """The helper concept on site "s" with another name, transform and scaler."""
+    base = concept()
+    diagnostics = {"s": {**base.config.diagnostics["s"], "gated": gated}}  # a concept's gates live in its config
+    config = dataclasses.replace(base.config, name=name, diagnostics=diagnostics)
+    return Concept(config, {"s": SiteSteer(transform, scaler)})
+
+
+class Placed(Source):
+    """A fixed output from a module with a parameter: attaching learns the device from it."""
+
+    def __init__(self, t):
+        super().__init__(t)
+        self.anchor = torch.nn.Parameter(torch.zeros(1))
+
+
+def site_hook(module):
+    return next(h for h in module._forward_hooks.values() if isinstance(h, _SiteHook))
+
+
+@pytest.mark.parametrize("layout,shape", [("tokens", (4, 7, C)), ("channels", (4, C, 5, 3))])
+@pytest.mark.parametrize("adaptive", [True, False])
+def test_compiled_steering_of_several_concepts_matches_the_float64_reference(layout, shape, adaptive, monkeypatch):
+    g = torch.Generator().manual_seed(0)
+    h = torch.randn(*shape, generator=g)
+    parts = {name: (t, probe(g)) for name, t in transforms(g).items()}  # mean shift, ITI-c, LinEAS (scaled)
+    parts["gated"] = (transforms(g)["mean_shift"], probe(g))
+    lams = {"mean_shift": 0.7, "itic": -0.4, "lineas": 1.3, "gated": 2.0}
+    concepts = {named(n, t, s, gated=n == "gated"): lams[n] for n, (t, s) in parts.items()}
+    traced_calls = []
+    monkeypatch.setattr(traced, "update", lambda *a: traced_calls.append(1) or update(*a))
+    source = Placed(h)
+    with attach([Site("s", source, layout=layout)], concepts, adaptive=adaptive) as handle:
+        packed = site_hook(source).packed
+        assert packed.rows.shape == (4, 3, C + 1)
+        assert packed.flags == ((False, False), (False, False), (True, False), (False, True))
+        compiled = torch.compile(source, backend="eager")
+        with torch.no_grad():
+            got = compiled()
+            handle.strengths["lineas"] = -0.5  # a slider move: the packed λ is the handle's own tensor
+            moved = compiled()
+    assert traced_calls  # the graph was traced through the packed form
+    # each concept's λ·α·Δ read from the unsteered stream, added up; a gate (α ≡ 0) holds only while adaptive
+    want = h.double()
+    for name, (t, s) in parts.items():
+        if adaptive and name == "gated":
+            continue
+        want = want + reference(h, layout, s if adaptive else always_on(), t, lams[name], None) - h.double()
+    assert (got.double() - want).abs().max().item() < 1e-4
+    assert (moved - got).abs().max().item() > 1e-3
+
+
+def always_on():
+    """A logistic scaler with α = sigmoid(60) = 1 in float64 to 26 digits: plain steering for the reference."""
+    s = probe(torch.Generator().manual_seed(9))
+    s.weight.zero_()
+    s.bias.fill_(60.0)
+    return s
+
+
+def test_a_site_with_a_concept_without_an_affine_logistic_form_keeps_the_full_path():
+    g = torch.Generator().manual_seed(2)
+    h = torch.randn(3, 5, C, generator=g)
+    act = named("act", LinearAct(omega=torch.full((C,), 1.5), beta=torch.zeros(C), low=-torch.ones(C),
+                                 high=torch.ones(C)), probe(g))
+    source = Placed(h)
+    with attach([Site("s", source)], {act: 1.0}):
+        assert site_hook(source).packed is None
+        eager = source()
+        with torch.no_grad():
+            compiled = torch.compile(source, backend="eager")()
+    assert (compiled - eager).abs().max().item() < 1e-5
