@@ -628,7 +628,8 @@ def attach(
     names = [c.name for c, _ in pairs]
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:
-        raise DsasError(f"two concepts share the name {dup[0]!r}: concept names must be unique; rename one (config.name; --name when fitting in the CLI).")
+        raise DsasError(f"two concepts share the name {dup[0]!r}: concept names must be unique; rename one "
+                        "(config.name; --name when fitting in the CLI).")
     by_name = {s.name: s for s in sites}
     if len(by_name) != len(sites):
         raise DsasError("the same site name was given twice.")

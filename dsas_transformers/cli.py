@@ -137,7 +137,7 @@ def load(model_id: str, dtype: str = "auto", device: str | None = None) -> tuple
             raise DsasError(f"the bundled demo LM is missing from {demo_lm_dir()}: rebuild it with "
                             "`python -m dsas_transformers.demo.train`.")
         model_id = str(demo_lm_dir())
-    elif not Path(model_id).exists() and (model_id.startswith((".", "/", "~")) or model_id.count("/") != 1):
+    elif not Path(model_id).exists() and (model_id.startswith((".", "/", "~")) or model_id.count("/") > 1):
         raise DsasError(f"no model folder at {model_id!r}: give 'demo', a local folder holding config.json, the "
                         "weights and the tokenizer files, or a hub id like 'Qwen/Qwen2.5-1.5B'.")
     target = torch_device(device) if device not in (None, "auto") else None  # refused before loading
@@ -163,7 +163,8 @@ def parse_concept_arg(value: str) -> tuple[str, float]:
     try:
         return path, float(strength)
     except ValueError:
-        raise DsasError(f"--concept {value!r}: the strength after '=' must be a number, e.g. {path or 'DIR'}=1.5.") from None
+        raise DsasError(f"--concept {value!r}: the strength after '=' must be a number, e.g. "
+                        f"{path or 'DIR'}=1.5.") from None
 
 
 def fit_command(args: argparse.Namespace) -> int:

@@ -58,9 +58,9 @@ def eval_command(args: argparse.Namespace) -> int:
     from dsas_core.paths import assets_dir
 
     from .cli import load
-    from .steer import check_fits
     from .evaluate import (DEFAULT_CLASSIFIER, EvalSettings, compare, load_toxicity, plot_pareto, read_prompts,
                            read_texts, settings_dict, summarize, sweep, write_results)
+    from .steer import check_fits
 
     try:
         strengths = sorted({float(s) for s in args.strengths.split(",") if s.strip()} | {0.0})
@@ -71,8 +71,8 @@ def eval_command(args: argparse.Namespace) -> int:
     if args.limit is not None and args.limit < 1:
         raise DsasError(f"--limit must be >= 1 (prompts to keep), got {args.limit}; leave it out to keep them all.")
     if strengths == [0.0]:
-        raise DsasError(f"--strengths {args.strengths!r} holds no strength above 0: nothing would be steered; "
-                        "give e.g. 0,1,2,4,8.")
+        raise DsasError(f"--strengths {args.strengths!r} holds no strength but 0: nothing would be steered; give "
+                        "e.g. 0,1,2,4,8.")
     out = output_folder(args.out, "--out")
     demo = args.model == "demo"
     toxicity_spec = args.toxicity or ("demo" if demo else DEFAULT_CLASSIFIER)

@@ -144,6 +144,8 @@ def test_errors_are_reported_without_a_traceback(model_dir, tmp_path, capsys):
     empty.mkdir()
     assert main(["llm", "sites", str(empty)]) == 2
     assert capsys.readouterr().err.startswith("dsas llm sites: error: could not load model")
+    assert main(["llm", "sites", "gpt2"]) == 2  # a hub id without an owner is a hub id (offline here), not a path
+    assert capsys.readouterr().err.startswith("dsas llm sites: error: could not load model 'gpt2'")
     assert main(["llm", "generate", "--model", str(model_dir), "--prompt", "x", "--show-alpha"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("dsas llm generate: error: --show-alpha / --html need at least one --concept")
@@ -177,7 +179,7 @@ def test_bad_outputs_devices_and_strengths_are_refused_before_any_work(model_dir
     assert main([*evaluate, "--limit", "0"]) == 2
     assert "--limit must be >= 1" in capsys.readouterr().err
     assert main([*evaluate, "--strengths", "0"]) == 2
-    assert "holds no strength above 0" in capsys.readouterr().err
+    assert "holds no strength but 0" in capsys.readouterr().err
 
 
 def test_alpha_renderings_colour_each_token_and_escape_html():
