@@ -67,6 +67,19 @@ def output_file(path: str | Path, option: str) -> Path:
     return out
 
 
+def parse_concept_arg(value: str) -> tuple[str, float]:
+    """``--concept`` values: 'DIR=STRENGTH' -> (DIR, STRENGTH); 'DIR' (also a folder whose name holds '=') ->
+    (DIR, 1.0)."""
+    path, sep, strength = value.rpartition("=")
+    if not sep or Path(value).is_dir():
+        return value, 1.0
+    try:
+        return path, float(strength)
+    except ValueError:
+        raise DsasError(f"--concept {value!r}: the strength after '=' must be a number, e.g. "
+                        f"{path or 'DIR'}=1.5.") from None
+
+
 def torch_device(name: str, option: str = "--device") -> Any:
     """``torch.device(name)``, refused up front when it names no device this machine has."""
     import torch

@@ -31,9 +31,9 @@ from typing import Any, Literal, NamedTuple
 import torch
 from torch import Tensor, nn
 
+from . import traced
 from .concept import Concept
 from .errors import DsasError
-from . import traced
 from .fused import FusedFailed, Launches, fused_update
 from .scaler import Scaler
 from .transforms import Transform
@@ -662,11 +662,9 @@ def attach(
             hook = _SiteHook(site, width, entries, handle, check=(checks or {}).get(site.name))
             param = next(site.module.parameters(), None)
             if param is not None:  # copies made now, so a compiled graph finds them instead of recompiling
-                for e in entries:
-                    handle.strengths.tensor(e.name, param.device)
+                lams = [handle.strengths.tensor(e.name, param.device) for e in entries]
                 # the fast path's plan, and with it the entries' copies on the device (float32 and the plan's dtype)
                 hook.make_plan(param, param.dtype if param.dtype in HALF else torch.float32)
-                lams = [handle.strengths.tensor(e.name, param.device) for e in entries]
                 hook.packed = traced.pack([(e.transform, e.scaler, e.gated, lam)
                                            for e, lam in zip(hook.on_device(param.device), lams)], param.device)
             handle._register(site.module, hook)

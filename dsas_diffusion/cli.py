@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from dsas_core.cli import HelpFormatter, output_file, output_folder
+from dsas_core.cli import HelpFormatter, output_file, output_folder, parse_concept_arg
 from dsas_core.e2e import add_e2e_arguments, e2e_config_from_args
 
 MODEL_HELP = "'demo' (the bundled tiny model), a local diffusers folder, or a hub id"
@@ -119,7 +119,7 @@ def generate_command(args: argparse.Namespace) -> int:
     from PIL import Image
 
     from .alpha import overlay
-    from .loading import load_pipeline, parse_concept_arg
+    from .loading import load_pipeline
     from .pipeline import load_concept, steer
     from .sites import image_size
 

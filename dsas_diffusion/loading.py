@@ -57,14 +57,3 @@ def read_prompts(path: str | Path, what: str = "prompt") -> list[str]:
     if len(prompts) < 2:
         raise DsasError(f"{what} file {str(p)!r} holds {len(prompts)} prompt(s); give at least 2 (32 is a good default).")
     return prompts
-
-
-def parse_concept_arg(spec: str, default_strength: float = 1.0) -> tuple[str, float]:
-    """``DIR`` or ``DIR=STRENGTH`` -> (dir, strength)."""
-    path, sep, value = spec.rpartition("=")
-    if not sep:
-        return spec, default_strength
-    try:
-        return path, float(value)
-    except ValueError:
-        raise DsasError(f"--concept {spec!r}: the strength after '=' must be a number, e.g. concepts/pear=0.8.") from None

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from dsas_core import DsasError
-from dsas_core.cli import HelpFormatter, output_file, output_folder, torch_device
+from dsas_core.cli import HelpFormatter, output_file, output_folder, parse_concept_arg, torch_device
 from dsas_core.e2e import add_e2e_arguments, e2e_config_from_args
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
@@ -153,18 +153,6 @@ def load(model_id: str, dtype: str = "auto", device: str | None = None) -> tuple
     if device != "auto":
         model = model.to(target or ("cuda" if torch.cuda.is_available() else "cpu"))
     return model.eval(), tokenizer
-
-
-def parse_concept_arg(value: str) -> tuple[str, float]:
-    """'DIR=STRENGTH' -> (DIR, STRENGTH); 'DIR' (also a folder whose name holds '=') -> (DIR, 1.0)."""
-    path, sep, strength = value.rpartition("=")
-    if not sep or Path(value).is_dir():
-        return value, 1.0
-    try:
-        return path, float(strength)
-    except ValueError:
-        raise DsasError(f"--concept {value!r}: the strength after '=' must be a number, e.g. "
-                        f"{path or 'DIR'}=1.5.") from None
 
 
 def fit_command(args: argparse.Namespace) -> int:

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dsas_core.cli import main
-from dsas_diffusion.loading import parse_concept_arg, read_prompts
+from dsas_core.cli import main, parse_concept_arg
+from dsas_diffusion.loading import read_prompts
 from tiny_diffusion import tiny_sd
 
 THINGS = ["cat", "dog", "house", "tree", "car", "boat", "chair", "lamp"]

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from dsas_core import Concept
-from dsas_core.cli import main
+from dsas_core.cli import main, parse_concept_arg
 from dsas_transformers import encode, steer
-from dsas_transformers.cli import parse_concept_arg, read_prompt_file
+from dsas_transformers.cli import read_prompt_file
 from test_llm_planted import PHRASE, TOK, make
 from dsas_transformers.testing import tiny_model
 
