@@ -23,6 +23,17 @@ from dsas_diffusion.studio import MAX_STRENGTH, ConceptRegistry, Request, Studio
 
 SLOTS = 8  # concept sliders shown at most
 DEFAULT_PROMPT = "a red circle on a white background"
+# Enter in a slider's number box commits the typed strength as leaving the box does (a slider's release event fires
+# on blur, not on Enter); run once when the page loads.
+ENTER_COMMITS = """() => {
+  document.addEventListener("keydown", (event) => {
+    const box = event.target;
+    if (event.key === "Enter" && box instanceof HTMLInputElement && box.type === "number"
+        && box.closest("[id^=slot]")) {
+      box.blur();
+    }
+  });
+}"""
 
 
 def show(image: Any, side: int = 320) -> Any:
@@ -223,12 +234,15 @@ def build_app(studio: Studio) -> gr.Blocks:
         shown_outputs = [plain_img, steered_img, heat_img, profile, words]
         private = {"api_visibility": "private"}
         app.load(first_slots, model, slot_outputs, **private)
+        app.load(None, js=ENTER_COMMITS, **private)
         model.change(first_slots, model, slot_outputs, **private).then(
             lambda: [None] * len(shown_outputs), None, shown_outputs, **private)  # the last model's images go
         shown.input(chosen_slots, [model, shown, names, *sliders], slot_outputs, **private)
         steering = {"fn": both, "inputs": [*common, names, *sliders], "outputs": shown_outputs,
                     "concurrency_limit": studio.workers, **private}
         go.click(**steering)
+        for box in (prompt, negative, seed):  # Enter in a text box generates too
+            box.submit(**steering)
         for s in sliders:
             s.release(**steering)
         mode.change(**steering)

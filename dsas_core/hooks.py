@@ -16,7 +16,8 @@ strength or ``adaptive`` changes (made when attaching), λ·α·Δ in one ``addc
 prompt scaler's: one value per input) computed once per call for every site of its concept; on a GPU with Triton,
 a site steered by one logistic-scaler concept runs its whole update, α records and stored α included, as one
 kernel (:mod:`.fused`). While ``torch.compile`` traces, sites whose concepts all have that form read them from one
-packed tensor (:mod:`.traced`): fewer objects read, fewer guards checked before every compiled call.
+packed tensor shared by the sites of one width (:mod:`.traced`): fewer objects read, fewer guards checked
+before every compiled call.
 """
 
 from __future__ import annotations
@@ -496,7 +497,7 @@ class _SiteHook:
         packed = self.packed
         if compiled and not record and handle.alpha_reuse == "off" and packed is not None:
             h, x = self.read(output)
-            if packed.device == x.device:  # one packed tensor per site: few guards per compiled call
+            if packed.device == x.device:  # one packed tensor for many sites: few guards per compiled call
                 out = traced.update(packed, x.float(), handle.adaptive, handle.alpha_rows)
                 return None if out is None else self.written(output, h, out)
         steering = [compiled or strengths[e.name] != 0.0 for e in self.entries]
@@ -649,6 +650,7 @@ def attach(
                     "or pass every concept in one steer(...) call."
                 )
     try:
+        packing: list[tuple[_SiteHook, traced.Parts, torch.device]] = []  # sites that know their device
         for site in used:
             entries = [
                 _Entry(c.name, c.sites[site.name].transform, c.sites[site.name].scaler, c.sites[site.name].scaler.gated)
@@ -665,9 +667,11 @@ def attach(
                 lams = [handle.strengths.tensor(e.name, param.device) for e in entries]
                 # the fast path's plan, and with it the entries' copies on the device (float32 and the plan's dtype)
                 hook.make_plan(param, param.dtype if param.dtype in HALF else torch.float32)
-                hook.packed = traced.pack([(e.transform, e.scaler, e.gated, lam)
-                                           for e, lam in zip(hook.on_device(param.device), lams)], param.device)
+                packing.append((hook, [(e.transform, e.scaler, e.gated, lam)
+                                       for e, lam in zip(hook.on_device(param.device), lams)], param.device))
             handle._register(site.module, hook)
+        for (hook, _, _), packed in zip(packing, traced.pack([(parts, device) for _, parts, device in packing])):
+            hook.packed = packed
         if root is not None:
             # traced under torch.compile (no graph break); a graph run without the site hooks still fails it
             handle.after_calls(root, handle.check_hooks_ran)

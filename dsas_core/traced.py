@@ -3,9 +3,10 @@
 Every object a traced hook reads becomes a guard that dynamo checks before each call of the compiled graph: the
 handle's switches, each concept's transform and scaler modules, their buffers (each tensor several guards) and the
 path to each. Where every concept at a site has a logistic scaler (``sigmoid(w·h + b)``) and an affine update
-(``a ⊙ h + d``: mean shift, ITI-c, LinEAS), their tensors are packed once into one (concepts, 3, d + 1) tensor,
-so a steered call checks far fewer guards; the arithmetic is the full path's (float32, α as a product and a sum
-over the width).
+(``a ⊙ h + d``: mean shift, ITI-c, LinEAS), their tensors are packed once into a (concepts, 3, d + 1) table, and
+the tables of all such sites of one width and device into one tensor, so a steered call checks far fewer guards
+and gathers one input where it gathered one per site; the arithmetic is the full path's (float32, α as a product
+and a sum over the width).
 """
 
 from __future__ import annotations
@@ -24,14 +25,35 @@ class Packed(NamedTuple):
     """One site's concepts for the traced update, on one device."""
 
     device: torch.device
-    rows: Tensor  # (concepts, 3, d + 1) float32: (w, b), (the offset d, 0), (the scale a or zeros, 0)
+    tables: Tensor  # (sites, concepts, 3, d + 1) float32, shared by the sites packed together; per concept:
+    # (w, b), (the offset d, 0), (the scale a or zeros, 0)
+    index: int  # this site's table in ``tables``
     lams: tuple[Tensor, ...]  # each concept's λ, the handle's 0-d tensors (moving a slider fills them in place)
     flags: tuple[tuple[bool, bool], ...]  # per concept: whether its update has a scale a; its gate (α ≡ 0)
 
 
-def pack(parts: Sequence[tuple[Transform, Scaler, bool, Tensor]], device: torch.device) -> Packed | None:
-    """``parts``: per concept (transform, scaler, gated, λ tensor on ``device``); None unless every scaler is
-    logistic and every update affine."""
+Parts = Sequence[tuple[Transform, Scaler, bool, Tensor]]  # per concept: (transform, scaler, gated, λ tensor)
+
+
+def pack(sites: Sequence[tuple[Parts, torch.device]]) -> list[Packed | None]:
+    """Per site (its concepts' ``parts``, its device): its :class:`Packed`, or None unless every scaler there is
+    logistic and every update affine. Sites of one device whose tables have one shape share one tensor."""
+    tables = [_table(parts) for parts, _ in sites]
+    groups: dict[tuple[torch.device, torch.Size], list[int]] = {}
+    for i, ((_, device), table) in enumerate(zip(sites, tables)):
+        if table is not None:
+            groups.setdefault((device, table[0].shape), []).append(i)
+    out: list[Packed | None] = [None] * len(sites)
+    for (device, _), members in groups.items():
+        stacked = torch.stack([tables[i][0] for i in members]).to(device)  # type: ignore[index]
+        for index, i in enumerate(members):
+            parts = sites[i][0]
+            out[i] = Packed(device, stacked, index, tuple(p[3] for p in parts), tables[i][1])  # type: ignore[index]
+    return out
+
+
+def _table(parts: Parts) -> tuple[Tensor, tuple[tuple[bool, bool], ...]] | None:
+    """One site's (concepts, 3, d + 1) table and flags, or None where a concept lacks the form."""
     rows, flags = [], []
     for transform, scaler, gated, _ in parts:
         gate, affine = scaler.logistic(), transform.affine()
@@ -44,16 +66,17 @@ def pack(parts: Sequence[tuple[Transform, Scaler, bool, Tensor]], device: torch.
             row[2, :-1] = scale
         rows.append(row)
         flags.append((scale is not None, bool(gated)))
-    return Packed(device, torch.stack(rows).detach().to(device), tuple(p[3] for p in parts), tuple(flags))
+    return torch.stack(rows).detach(), tuple(flags)
 
 
 def update(packed: Packed, x32: Tensor, adaptive: bool, rows: Tensor | None) -> Tensor | None:
     """x32 (..., d) plus every concept's λ·α·Δ, or None when nothing steers (every concept gated off)."""
     out: Tensor | None = None
+    table = packed.tables[packed.index]  # (concepts, 3, d + 1)
     for i, (lam, (scaled, gated)) in enumerate(zip(packed.lams, packed.flags)):
         if adaptive and gated:  # α ≡ 0
             continue
-        (w, offset, scale), b = packed.rows[i, :, :-1], packed.rows[i, 0, -1]  # (d,) each; ()
+        (w, offset, scale), b = table[i, :, :-1], table[i, 0, -1]  # (d,) each; ()
         delta = torch.addcmul(offset, scale, x32) if scaled else offset  # a ⊙ h + d
         coef: Any = lam
         if adaptive:

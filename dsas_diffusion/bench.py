@@ -76,6 +76,12 @@ def sdxl_unet() -> nn.Module:
     ).eval()
 
 
+def cast(model: nn.Module, device: torch.device, dtype: torch.dtype) -> nn.Module:
+    """``model.to(device, dtype)`` for the random-weight benchmark models, without the warning diffusers prints on
+    every dtype cast of a model (about float32-only modules, also when there are none, as here)."""
+    return nn.Module.to(model, device, dtype)
+
+
 def unet_runner(unet: nn.Module, latent: int, batch: int, steps: int, text_tokens: int = 77,
                 device: torch.device | None = None, dtype: torch.dtype = torch.float32) -> Callable[[], None]:
     """``steps`` UNet calls on fixed random inputs (a CFG-sized batch), without gradients."""
@@ -126,7 +132,7 @@ def workload(name: str, device: torch.device,
         return unet, unet_runner(unet, latent=16, batch=2, steps=20, text_tokens=32, device=device), {}
     if name in ("sd15", "sdxl"):
         dtype = torch.float16 if gpu else torch.float32
-        unet = (sdxl_unet() if name == "sdxl" else sd15_unet()).to(device, dtype)
+        unet = cast(sdxl_unet() if name == "sdxl" else sd15_unet(), device, dtype)
         side = latent or ((128 if name == "sdxl" else 64) if gpu else 16)
         run = unet_runner(unet, latent=side, batch=2, steps=4 if gpu else 1, device=device, dtype=dtype)
         return unet, run, {"latent": side, "dtype": str(dtype)}
@@ -205,7 +211,7 @@ def flux_transformer(device: torch.device | None = None, double: int = 1, single
         num_attention_heads=24, joint_attention_dim=4096, pooled_projection_dim=768, guidance_embeds=True,
         axes_dims_rope=(16, 56, 56)).eval()
     gpu = device is not None and device.type == "cuda"
-    return model.to(device or "cpu", torch.bfloat16 if gpu else torch.float32)
+    return cast(model, torch.device(device or "cpu"), torch.bfloat16 if gpu else torch.float32)
 
 
 def flux_runner(model: nn.Module, device: torch.device | None = None, image_side: int = 8, text_tokens: int = 32,

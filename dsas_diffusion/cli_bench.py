@@ -132,11 +132,11 @@ def _overhead(name: str) -> Any:
 def _compile(device: Any, args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
-    from .bench import compile_overhead, sd15_unet, unet_runner
+    from .bench import cast, compile_overhead, sd15_unet, unet_runner
     from .demo import load_demo_pipeline
 
     if device.type == "cuda":  # an SD 1.5-sized UNet, fp16, latent 64², batch 2, 4 steps
-        unet = sd15_unet().to(device, torch.float16)
+        unet = cast(sd15_unet(), device, torch.float16)
         make = lambda m: unet_runner(m, latent=64, batch=2, steps=4, device=device, dtype=torch.float16)  # noqa: E731
         workload = "SD 1.5-sized UNet (random weights), fp16, latent 64², batch 2, 4 steps"
     else:

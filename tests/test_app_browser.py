@@ -58,8 +58,26 @@ def test_the_page_loads_a_slider_move_shows_a_new_steered_image(tmp_path):
             value = float(page.locator(f"#slot{slot} input[type=number]").input_value())
             page.wait_for_timeout(2000)  # the chart settles (its labels are laid out last)
             page.screenshot(path=str(shot), full_page=True)
+            # a strength typed into the slider's box and Enter regenerate, as leaving the box does
+            moved = steered.get_attribute("src")
+            number = page.locator(f"#slot{slot} input[type=number]")
+            number.fill("4")
+            number.press("Enter")
+            page.wait_for_function(
+                "(old) => { const i = document.querySelector('#steered img'); return i && i.src !== old; }",
+                arg=moved, timeout=60_000)
+            typed = float(number.input_value())
+            # Enter in the prompt box generates both images for the new prompt
+            unsteered = page.locator("#unsteered img").get_attribute("src")
+            prompt = page.get_by_label("prompt", exact=True)
+            prompt.fill("a red square on a white background")
+            prompt.press("Enter")
+            page.wait_for_function(
+                "(old) => { const i = document.querySelector('#unsteered img'); return i && i.src !== old; }",
+                arg=unsteered, timeout=60_000)
             browser.close()
         assert value > 0.5
+        assert typed == 4.0
         assert Path(shot).stat().st_size > 10_000
     finally:
         blocks.close()

@@ -7,7 +7,7 @@ import dataclasses
 import pytest
 import torch
 
-from dsas_core import Concept, traced
+from dsas_core import Concept, fit_from_activations, traced
 from dsas_core.concept import SiteSteer
 from dsas_core.hooks import Site, _SiteHook, attach
 from dsas_core.traced import update
@@ -49,7 +49,7 @@ def test_compiled_steering_of_several_concepts_matches_the_float64_reference(lay
     source = Placed(h)
     with attach([Site("s", source, layout=layout)], concepts, adaptive=adaptive) as handle:
         packed = site_hook(source).packed
-        assert packed.rows.shape == (4, 3, C + 1)
+        assert packed.tables.shape == (1, 4, 3, C + 1) and packed.index == 0
         assert packed.flags == ((False, False), (False, False), (True, False), (False, True))
         compiled = torch.compile(source, backend="eager")
         with torch.no_grad():
@@ -87,3 +87,25 @@ def test_a_site_with_a_concept_without_an_affine_logistic_form_keeps_the_full_pa
         with torch.no_grad():
             compiled = torch.compile(source, backend="eager")()
     assert (compiled - eager).abs().max().item() < 1e-5
+
+
+def test_sites_of_one_width_share_one_packed_tensor_and_compile_to_the_eager_result():
+    g = torch.Generator().manual_seed(3)
+    widths = {"a": C, "b": C, "c": 24}
+    acts = {k: {s: torch.randn(16, w, generator=g) + (i == 0) for s, w in widths.items()}
+            for i, k in enumerate(("source", "target", "control"))}
+    shared = fit_from_activations("shared", acts["source"], acts["target"], acts["control"], transform="mean_shift",
+                                  scaler="probe", gate=0.0, progress=False)
+    modules = {s: Placed(torch.randn(2, 3, w, generator=g)) for s, w in widths.items()}
+    with attach([Site(s, m) for s, m in modules.items()], {shared: 1.5}):
+        packed = {s: site_hook(m).packed for s, m in modules.items()}
+        assert packed["a"].tables is packed["b"].tables
+        assert packed["a"].tables.shape == (2, 1, 3, C + 1)
+        assert sorted([packed["a"].index, packed["b"].index]) == [0, 1]
+        assert packed["c"].tables.shape == (1, 1, 3, 24 + 1) and packed["c"].index == 0
+        eager = {s: m() for s, m in modules.items()}
+        with torch.no_grad():
+            compiled = {s: torch.compile(m, backend="eager")() for s, m in modules.items()}
+    for s in widths:
+        assert (compiled[s] - eager[s]).abs().max().item() < 1e-5
+        assert (eager[s] - modules[s].t).abs().max().item() > 1e-2  # steered
