@@ -650,7 +650,8 @@ def attach(
                     "or pass every concept in one steer(...) call."
                 )
     try:
-        packing: list[tuple[_SiteHook, traced.Parts, torch.device]] = []  # sites that know their device
+        packing: list[tuple[traced.Parts, torch.device]] = []  # per hook of ``packed_hooks``: concepts, device
+        packed_hooks: list[_SiteHook] = []
         for site in used:
             entries = [
                 _Entry(c.name, c.sites[site.name].transform, c.sites[site.name].scaler, c.sites[site.name].scaler.gated)
@@ -667,10 +668,11 @@ def attach(
                 lams = [handle.strengths.tensor(e.name, param.device) for e in entries]
                 # the fast path's plan, and with it the entries' copies on the device (float32 and the plan's dtype)
                 hook.make_plan(param, param.dtype if param.dtype in HALF else torch.float32)
-                packing.append((hook, [(e.transform, e.scaler, e.gated, lam)
-                                       for e, lam in zip(hook.on_device(param.device), lams)], param.device))
+                packing.append(([(e.transform, e.scaler, e.gated, lam)
+                                 for e, lam in zip(hook.on_device(param.device), lams)], param.device))
+                packed_hooks.append(hook)
             handle._register(site.module, hook)
-        for (hook, _, _), packed in zip(packing, traced.pack([(parts, device) for _, parts, device in packing])):
+        for hook, packed in zip(packed_hooks, traced.pack(packing)):  # one tensor for the sites of one width
             hook.packed = packed
         if root is not None:
             # traced under torch.compile (no graph break); a graph run without the site hooks still fails it

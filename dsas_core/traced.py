@@ -38,17 +38,15 @@ Parts = Sequence[tuple[Transform, Scaler, bool, Tensor]]  # per concept: (transf
 def pack(sites: Sequence[tuple[Parts, torch.device]]) -> list[Packed | None]:
     """Per site (its concepts' ``parts``, its device): its :class:`Packed`, or None unless every scaler there is
     logistic and every update affine. Sites of one device whose tables have one shape share one tensor."""
-    tables = [_table(parts) for parts, _ in sites]
+    tables = {i: t for i, t in enumerate(_table(parts) for parts, _ in sites) if t is not None}
     groups: dict[tuple[torch.device, torch.Size], list[int]] = {}
-    for i, ((_, device), table) in enumerate(zip(sites, tables)):
-        if table is not None:
-            groups.setdefault((device, table[0].shape), []).append(i)
+    for i, (table, _) in tables.items():
+        groups.setdefault((sites[i][1], table.shape), []).append(i)
     out: list[Packed | None] = [None] * len(sites)
     for (device, _), members in groups.items():
-        stacked = torch.stack([tables[i][0] for i in members]).to(device)  # type: ignore[index]
+        stacked = torch.stack([tables[i][0] for i in members]).to(device)  # (sites, concepts, 3, d + 1)
         for index, i in enumerate(members):
-            parts = sites[i][0]
-            out[i] = Packed(device, stacked, index, tuple(p[3] for p in parts), tables[i][1])  # type: ignore[index]
+            out[i] = Packed(device, stacked, index, tuple(p[3] for p in sites[i][0]), tables[i][1])
     return out
 
 
