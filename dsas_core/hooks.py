@@ -664,7 +664,9 @@ def attach(
             width = next(iter(widths.values()))
             hook = _SiteHook(site, width, entries, handle, check=(checks or {}).get(site.name))
             param = next(site.module.parameters(), None)
-            if param is not None:  # copies made now, so a compiled graph finds them instead of recompiling
+            # copies made now, so a compiled graph finds them instead of recompiling; an offloaded module's weights
+            # wait on the meta device until its forward, so its copies are made on the first call's device instead
+            if param is not None and not param.is_meta:
                 lams = [handle.strengths.tensor(e.name, param.device) for e in entries]
                 # the fast path's plan, and with it the entries' copies on the device (float32 and the plan's dtype)
                 hook.make_plan(param, param.dtype if param.dtype in HALF else torch.float32)

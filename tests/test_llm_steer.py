@@ -1,6 +1,7 @@
 """Steering through `generate` on tiny GPT-2, Llama, Qwen2 and Gemma 2: identity at λ = 0, KV cache parity,
 per-token α in prefill and decode, padding-invariant pooling, and refusal of concepts fitted on another model."""
 
+import copy
 import dataclasses
 import random
 
@@ -198,3 +199,18 @@ def test_a_second_handle_attaches_without_a_probe_call_reaching_the_first():
         assert first.alpha_tokens().by_site.shape == (1, 2, 5 + 2)
     assert torch.equal(stacked.sequences, together.sequences)
     assert max((x - y).abs().max().item() for x, y in zip(stacked.logits, together.logits)) <= 1e-6
+
+
+def test_a_model_offloaded_by_accelerate_is_steered_like_the_model_in_memory(arch):
+    """cpu_offload keeps each layer's weights on the meta device until its forward: steering still attaches."""
+    from accelerate import cpu_offload
+
+    _, model, concept = arch
+    offloaded = cpu_offload(copy.deepcopy(model), execution_device=torch.device("cpu"))
+    assert next(offloaded.parameters()).is_meta
+    with steer(model, {concept: 3.0}):
+        reference = greedy(model)
+    with steer(offloaded, {concept: 3.0}):
+        got = greedy(offloaded)
+    assert torch.equal(got.sequences, reference.sequences)
+    assert max((a - b).abs().max().item() for a, b in zip(got.logits, reference.logits)) <= 1e-6
