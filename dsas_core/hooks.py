@@ -72,11 +72,7 @@ def read_output(site: Site, output: Any) -> Tensor:
 
 def write_output(site: Site, output: Any, value: Tensor) -> Any:
     """The module's output with the steered stream replaced."""
-    if site.output_index is None:
-        return value
-    items = list(output)
-    items[site.output_index] = value
-    return type(output)(items) if isinstance(output, (tuple, list)) else tuple(items)
+    return traced.replaced(output, site.output_index, value)
 
 
 def tokens_last(site: Site, h: Tensor) -> Tensor:
@@ -480,26 +476,26 @@ class _SiteHook:
         handle.hooks_ran = True  # read by the root model's check (a store only: nothing to guard under compile)
         if not handle.enabled:
             return None
-        if torch.is_grad_enabled() or torch.compiler.is_compiling():
+        if torch.compiler.is_compiling():  # traced: from the packed form where it applies (few guards per call)
+            packed = self.packed
+            if (packed is not None and not handle.record_alpha and handle.alpha_reuse == "off"
+                    and traced.takes(packed, output)):
+                return traced.steer(packed, output, handle.adaptive, handle.alpha_rows)
+            return self.full(output)
+        if torch.is_grad_enabled():
             return self.full(output)
         return self.fast(output)
 
     def full(self, output: Any) -> Any:
         """Every concept's update in float32 torch ops, α recorded where asked: the path gradients take, and
-        ``torch.compile`` traces (from the packed tensors of :mod:`.traced` where every concept has their form and
-        α is neither recorded nor stored)."""
+        ``torch.compile`` traces where :mod:`.traced` does not apply (α recorded or stored, a concept without
+        its form, another device)."""
         handle = self.handle
         strengths = handle.strengths
         record = handle.record_alpha
         # Under torch.compile λ is read only as its 0-d tensor (λ = 0 then adds an exact zero): reading its Python
         # value would bake it into the graph, and every slider move would recompile.
         compiled = torch.compiler.is_compiling()
-        packed = self.packed
-        if compiled and not record and handle.alpha_reuse == "off" and packed is not None:
-            h, x = self.read(output)
-            if packed.device == x.device:  # one packed tensor for many sites: few guards per compiled call
-                out = traced.update(packed, x.float(), handle.adaptive, handle.alpha_rows)
-                return None if out is None else self.written(output, h, out)
         steering = [compiled or strengths[e.name] != 0.0 for e in self.entries]
         if not (record or any(steering)):
             return None
@@ -650,7 +646,7 @@ def attach(
                     "or pass every concept in one steer(...) call."
                 )
     try:
-        packing: list[tuple[traced.Parts, torch.device]] = []  # per hook of ``packed_hooks``: concepts, device
+        packing: list[tuple[traced.Parts, traced.Stream, Any]] = []  # per hook of ``packed_hooks``
         packed_hooks: list[_SiteHook] = []
         for site in used:
             entries = [
@@ -670,8 +666,9 @@ def attach(
                 lams = [handle.strengths.tensor(e.name, param.device) for e in entries]
                 # the fast path's plan, and with it the entries' copies on the device (float32 and the plan's dtype)
                 hook.make_plan(param, param.dtype if param.dtype in HALF else torch.float32)
+                stream = (site.name, site.output_index, site.layout, width, param.device)
                 packing.append(([(e.transform, e.scaler, e.gated, lam)
-                                 for e, lam in zip(hook.on_device(param.device), lams)], param.device))
+                                 for e, lam in zip(hook.on_device(param.device), lams)], stream, hook.check))
                 packed_hooks.append(hook)
             handle._register(site.module, hook)
         for hook, packed in zip(packed_hooks, traced.pack(packing)):  # one tensor for the sites of one width
