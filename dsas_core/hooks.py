@@ -666,7 +666,7 @@ def attach(
                 lams = [handle.strengths.tensor(e.name, param.device) for e in entries]
                 # the fast path's plan, and with it the entries' copies on the device (float32 and the plan's dtype)
                 hook.make_plan(param, param.dtype if param.dtype in HALF else torch.float32)
-                stream = (site.name, site.output_index, site.layout, width, param.device)
+                stream = (site.output_index, site.layout, width, param.device)
                 packing.append(([(e.transform, e.scaler, e.gated, lam)
                                  for e, lam in zip(hook.on_device(param.device), lams)], stream, hook.check))
                 packed_hooks.append(hook)

@@ -21,7 +21,7 @@ from .scaler import Scaler
 from .transforms import Transform
 
 
-Stream = tuple[str, int | None, str, int, torch.device]  # a site's name, output index, layout, width, device
+Stream = tuple[int | None, str, int, torch.device]  # a site's output index, layout, width and device
 
 
 class Packed(NamedTuple):
@@ -29,7 +29,7 @@ class Packed(NamedTuple):
     the compiled graph, so the hook reads only this: one tuple of constants (compared in one guard), the shared
     table, the λ tensors and the stream check."""
 
-    key: tuple[int, tuple[tuple[bool, bool], ...], str, int | None, str, int, torch.device]
+    key: tuple[int, tuple[tuple[bool, bool], ...], int | None, str, int, torch.device]
     # (this site's table in ``tables``, per concept (whether its update has a scale a, its gate: α ≡ 0), then the
     # site's :data:`Stream`)
     tables: Tensor  # (sites, concepts, 3, d + 1) float32, shared by the sites packed together; per concept:
@@ -39,15 +39,18 @@ class Packed(NamedTuple):
 
     @property
     def index(self) -> int:
+        """This site's table in ``tables``."""
         return self.key[0]
 
     @property
     def flags(self) -> tuple[tuple[bool, bool], ...]:
+        """Per concept: whether its update has a scale a; its gate (α ≡ 0)."""
         return self.key[1]
 
     @property
     def device(self) -> torch.device:
-        return self.key[6]
+        """Where the tables and λ tensors are."""
+        return self.key[5]
 
 
 Parts = Sequence[tuple[Transform, Scaler, bool, Tensor]]  # per concept: (transform, scaler, gated, λ tensor)
@@ -60,7 +63,7 @@ def pack(sites: Sequence[tuple[Parts, Stream, Callable[[Any], None] | None]]) ->
     tables = {i: t for i, t in enumerate(_table(parts) for parts, _, _ in sites) if t is not None}
     groups: dict[tuple[torch.device, torch.Size], list[int]] = {}
     for i, (table, _) in tables.items():
-        groups.setdefault((sites[i][1][4], table.shape), []).append(i)
+        groups.setdefault((sites[i][1][3], table.shape), []).append(i)
     out: list[Packed | None] = [None] * len(sites)
     for (device, _), members in groups.items():
         stacked = torch.stack([tables[i][0] for i in members]).to(device)  # (sites, concepts, 3, d + 1)
@@ -90,7 +93,7 @@ def _table(parts: Parts) -> tuple[Tensor, tuple[tuple[bool, bool], ...]] | None:
 def takes(packed: Packed, output: Any) -> bool:
     """After the site's stream check: whether the traced update applies to the module's ``output`` (its stream a
     tensor of the fitted width on the packed device). Where it does not, the hook's full path runs, and explains."""
-    _, _, _, index, layout, width, device = packed.key
+    _, _, index, layout, width, device = packed.key
     if packed.check is not None:
         packed.check(output)
     h = output if index is None else output[index]
@@ -99,7 +102,7 @@ def takes(packed: Packed, output: Any) -> bool:
 
 def steer(packed: Packed, output: Any, adaptive: bool, rows: Tensor | None) -> Any:
     """The module's output with the stream steered, or None when nothing steers (:func:`takes` first)."""
-    _, _, _, index, layout, _, _ = packed.key
+    _, _, index, layout, _, _ = packed.key
     h = output if index is None else output[index]
     out = update(packed, (h.movedim(1, -1) if layout == "channels" else h).float(), adaptive, rows)
     if out is None:
