@@ -7,7 +7,7 @@ import dataclasses
 import pytest
 import torch
 
-from dsas_core import Concept, fit_from_activations, traced
+from dsas_core import Concept, DsasError, fit_from_activations, traced
 from dsas_core.concept import SiteSteer
 from dsas_core.hooks import Site, _SiteHook, attach
 from dsas_core.traced import update
@@ -109,3 +109,20 @@ def test_sites_of_one_width_share_one_packed_tensor_and_compile_to_the_eager_res
     for s in widths:
         assert (compiled[s] - eager[s]).abs().max().item() < 1e-5
         assert (eager[s] - modules[s].t).abs().max().item() > 1e-2  # steered
+
+
+@pytest.mark.parametrize("shape,match", [((2, 3, C + 1), "produced width 41 but the concept was fitted on width 40"),
+                                         ((4, 3, C), "not the stream this site expects")])
+def test_under_compile_a_stream_of_another_width_and_a_failed_stream_check_raise_the_eager_errors(shape, match):
+    def refuse_batches_of_four(output):
+        if output.shape[0] == 4:
+            raise DsasError("not the stream this site expects")
+
+    torch._dynamo.reset()  # a frame that raised while tracing runs eagerly from then on: trace this one afresh
+    source = Placed(torch.randn(*shape))
+    with attach([Site("s", source)], {concept(): 1.0}, checks={"s": refuse_batches_of_four}):
+        assert site_hook(source).packed is not None
+        with pytest.raises(DsasError, match=match):
+            source()
+        with torch.no_grad(), pytest.raises(DsasError, match=match):
+            torch.compile(source, backend="eager")()
