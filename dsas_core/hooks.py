@@ -256,7 +256,7 @@ class _Step(NamedTuple):
     per_input: Callable[[Tensor, Tensor | None], Tensor] | None  # α once per call for a per-input scaler, or None
 
 
-@dataclass
+@dataclass(slots=True)  # no instance __dict__: dynamo checks no method lookups in one while tracing
 class _SiteHook:
     site: Site
     width: int

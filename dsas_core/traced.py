@@ -5,7 +5,7 @@ handle's switches, each concept's transform and scaler modules, their buffers (e
 hook's own attributes and methods, and the path to each. Where every concept at a site has a logistic scaler
 (``sigmoid(w·h + b)``) and an affine update (``a ⊙ h + d``: mean shift, ITI-c, LinEAS), their tensors are packed
 once into a (concepts, 3, d + 1) table, the tables of all such sites of one width and device into one tensor, and
-what the hook needs besides into one :class:`Packed`: a steered call checks 14 guards on the hook's own state per
+what the hook needs besides into one :class:`Packed`: a steered call checks 13 guards on the hook's own state per
 site, where it checked 24 (and more before packing), and gathers one input where it gathered one per site. The
 arithmetic is the full path's (float32, α as a product and a sum over the width)."""
 
