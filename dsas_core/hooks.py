@@ -466,10 +466,7 @@ class _SiteHook:
 
     def written(self, output: Any, h: Tensor, out: Tensor) -> Any:
         """The module's output with the steered stream replaced by ``out`` (width last, float32)."""
-        new = out if out.dtype == h.dtype else out.to(h.dtype)
-        if self.site.layout == "channels":
-            new = new.movedim(-1, 1)
-        return write_output(self.site, output, new)
+        return traced.written(output, self.site.output_index, self.site.layout, h, out)
 
     def __call__(self, module: nn.Module, args: Any, kwargs: Any, output: Any) -> Any:
         handle = self.handle

@@ -47,11 +47,6 @@ class Packed(NamedTuple):
         """Per concept: whether its update has a scale a; its gate (α ≡ 0)."""
         return self.key[1]
 
-    @property
-    def device(self) -> torch.device:
-        """Where the tables and λ tensors are."""
-        return self.key[5]
-
 
 Parts = Sequence[tuple[Transform, Scaler, bool, Tensor]]  # per concept: (transform, scaler, gated, λ tensor)
 
@@ -105,10 +100,7 @@ def steer(packed: Packed, output: Any, adaptive: bool, rows: Tensor | None) -> A
     _, _, index, layout, _, _ = packed.key
     h = output if index is None else output[index]
     out = update(packed, (h.movedim(1, -1) if layout == "channels" else h).float(), adaptive, rows)
-    if out is None:
-        return None
-    new = out if out.dtype == h.dtype else out.to(h.dtype)
-    return replaced(output, index, new.movedim(-1, 1) if layout == "channels" else new)
+    return None if out is None else written(output, index, layout, h, out)
 
 
 def update(packed: Packed, x32: Tensor, adaptive: bool, rows: Tensor | None) -> Tensor | None:
@@ -127,6 +119,12 @@ def update(packed: Packed, x32: Tensor, adaptive: bool, rows: Tensor | None) -> 
             coef = lam * (alpha if rows is None else alpha[rows])
         out = torch.addcmul(x32 if out is None else out, coef, delta)
     return out
+
+
+def written(output: Any, index: int | None, layout: str, h: Tensor, out: Tensor) -> Any:
+    """The module's output with its stream h replaced by ``out`` (width last, float32), in h's dtype and layout."""
+    new = out if out.dtype == h.dtype else out.to(h.dtype)
+    return replaced(output, index, new.movedim(-1, 1) if layout == "channels" else new)
 
 
 def replaced(output: Any, index: int | None, value: Tensor) -> Any:
