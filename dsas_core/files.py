@@ -1,4 +1,5 @@
-"""Writing result files: whole or not at all, and valid JSON."""
+"""Reading prompt files with errors that say what to give instead; writing result files whole or not at all, as
+valid JSON."""
 
 from __future__ import annotations
 
@@ -7,6 +8,30 @@ import math
 import os
 from pathlib import Path
 from typing import Any
+
+from .errors import DsasError
+
+
+def read_text(path: str | os.PathLike[str], what: str = "prompt", expected: str = "one prompt per line") -> str:
+    """The whole text of a UTF-8 file, or a :class:`DsasError` naming the ``what`` file and what to give instead
+    (``expected``) when it is missing, unreadable or not UTF-8 text."""
+    p = Path(path)
+    if p.is_dir():
+        raise DsasError(f"{what} file {str(p)!r} is a folder: give a text file in it, with {expected}.")
+    if not p.is_file():
+        raise DsasError(f"{what} file {str(p)!r} not found: give a text file with {expected}.")
+    try:
+        return p.read_text(encoding="utf-8")
+    except OSError as err:
+        raise DsasError(f"cannot read {what} file {str(p)!r} ({err.strerror}): give a text file with {expected}.") from None
+    except UnicodeDecodeError as err:
+        raise DsasError(f"{what} file {str(p)!r} is not UTF-8 text (byte {err.start}): save it as UTF-8, with "
+                        f"{expected}.") from None
+
+
+def prompt_lines(text: str) -> list[str]:
+    """The stripped lines of ``text``, without blank lines and lines starting with '#'."""
+    return [s for s in (line.strip() for line in text.splitlines()) if s and not s.startswith("#")]
 
 
 def _finite(value: Any) -> Any:

@@ -16,9 +16,10 @@ EXAMPLE = """examples:
   dsas bench --only demo,fit --device cpu
   dsas bench --only compile --compile-mode reduce-overhead   # torch.compile: unsteered vs DSAS, both compiled
   dsas bench --only llm-compile              # LLM decoding compiled by generate (static KV cache), ± DSAS
-  dsas bench --only hooks --device cuda      # µs per steering hook in place, kernels and GPU time per run"""
+  dsas bench --only hooks --device cuda      # µs per steering hook in place, kernels and GPU time per run
+  dsas bench --only hooks,hooks-flux,hooks-llm --device cpu   # the steering's share of each run, hook by hook"""
 
-BENCHES = ("demo", "sd15", "sdxl", "flux", "llm", "fit", "compile", "llm-compile", "hooks")
+BENCHES = ("demo", "sd15", "sdxl", "flux", "llm", "fit", "compile", "llm-compile", "hooks", "hooks-flux", "hooks-llm")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
@@ -36,8 +37,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "--repeats); 'compile' compares the torch.compile'd denoiser unsteered and with "
                                    "DSAS; 'llm-compile' the LLM's generation with its decoding forward compiled "
                                    "by generate (static KV cache), unsteered and with DSAS; 'hooks' times each "
-                                   "steering hook's call inside the SD 1.5-sized UNet (and counts kernels and their "
-                                   "GPU time on a GPU).",
+                                   "steering hook's call inside the SD 1.5-sized UNet ('hooks-flux': the FLUX-style "
+                                   "transformer, 'hooks-llm': the LLM's generation) and gives the steering's share "
+                                   "of the run — on the CPU what steering adds, far steadier than whole runs timed "
+                                   "against each other — and counts kernels and their GPU time on a GPU.",
                        epilog=EXAMPLE, formatter_class=HelpFormatter)
     p.add_argument("--only", default=",".join(BENCHES), help=f"comma-separated subset of {','.join(BENCHES)}")
     p.add_argument("--repeats", type=int, default=15,
@@ -168,16 +171,25 @@ def _fit(device: Any, args: argparse.Namespace) -> dict[str, Any]:
     return cost | {"memory": fit_memory(device)}
 
 
-def _hooks(device: Any, args: argparse.Namespace) -> dict[str, Any]:
-    from .bench import workload
-    from .bench_hooks import hook_times
+def _hooks(name: str) -> Any:
+    def go(device: Any, args: argparse.Namespace) -> dict[str, Any]:
+        from .bench import workload
+        from .bench_hooks import hook_times
 
-    model, run, info = workload("sd15", device, args.latent)
-    return hook_times(model, run, repeats=args.repeats, device=device) | info
+        model, run, info = workload(name, device, args.latent)
+        return hook_times(model, run, repeats=args.repeats, device=device) | info
+    return go
+
+
+def _llm_hooks(device: Any, args: argparse.Namespace) -> dict[str, Any]:
+    from dsas_transformers.bench import hook_times
+
+    return hook_times(device, repeats=args.repeats)
 
 
 _RUNNERS = {"demo": _overhead("demo"), "sd15": _overhead("sd15"), "sdxl": _overhead("sdxl"), "flux": _overhead("flux"),
-            "llm": _llm, "fit": _fit, "compile": _compile, "llm-compile": _llm_compile, "hooks": _hooks}
+            "llm": _llm, "fit": _fit, "compile": _compile, "llm-compile": _llm_compile, "hooks": _hooks("sd15"),
+            "hooks-flux": _hooks("flux"), "hooks-llm": _llm_hooks}
 
 
 def _print(name: str, result: dict[str, Any]) -> None:
@@ -207,6 +219,10 @@ def _print(name: str, result: dict[str, Any]) -> None:
                 hooks = (f"{h['calls_per_run']} hook calls a run, median {h['us_per_call']:.1f} µs each{first}; "
                          f"{h['hooks_ms_per_run']:.2f} ms a run in all, of {h['run_ms']:.2f} ms (medians over runs)"
                          if "calls_per_run" in h else "")
+                if "share" in h:  # the steering's whole time in a run: its overhead where hooks finish on return
+                    hooks += (f"; with the hooks around each model call ({h['other_hooks_ms_per_run']:.2f} ms: "
+                              f"step tracking, the check) and hooked dispatch ({h['dispatch_ms_per_run']:.2f} ms): "
+                              f"steering {h['share']:.2%} of the run")
                 gpu = f"  {h['kernels']} kernels, {h['gpu_ms']:.2f} ms of GPU time" if "kernels" in h else ""
                 print(f"  {config:<16} {hooks}{gpu}")
         elif key == "memory" and isinstance(value, dict) and "configs" in value:  # peak RSS per configuration

@@ -8,6 +8,7 @@ from typing import Any
 import torch
 
 from dsas_core import DsasError
+from dsas_core.files import prompt_lines, read_text
 
 
 def default_device() -> torch.device:
@@ -49,11 +50,8 @@ def dtype_kwargs(dtype: torch.dtype | None) -> dict[str, torch.dtype | None]:
 
 def read_prompts(path: str | Path, what: str = "prompt") -> list[str]:
     """Prompts from a text file: one per line; blank lines and lines starting with '#' are ignored."""
-    p = Path(path)
-    if not p.is_file():
-        raise DsasError(f"{what} file {str(p)!r} not found: give a text file with one prompt per line.")
-    lines = [line.strip() for line in p.read_text(encoding="utf-8").splitlines()]
-    prompts = [line for line in lines if line and not line.startswith("#")]
+    prompts = prompt_lines(read_text(path, what))
     if len(prompts) < 2:
-        raise DsasError(f"{what} file {str(p)!r} holds {len(prompts)} prompt(s); give at least 2 (32 is a good default).")
+        raise DsasError(f"{what} file {str(path)!r} holds {len(prompts)} prompt(s); give at least 2 (32 is a good "
+                        "default).")
     return prompts

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from dsas_core import Concept, fit_from_activations
+from dsas_core.hook_timing import steering_times
 from dsas_core.timing import (Timing, clock_name, compiled_beside_eager, cpu_clock, drift, in_fresh_processes,
                               interleaved, judged, kernel_profile, memory_report, no_context, rss_of_runs)
 
@@ -105,6 +106,20 @@ def tokens_per_second(device: torch.device | str = "cpu", repeats: int = 7, new_
                   "dtype": str(next(model.parameters()).dtype).replace("torch.", "")},
         "workload": f"{new_tokens} greedy tokens from a 16-token prompt, batch 1, KV cache on",
         "sites": len(concept.config.sites)}
+
+
+def hook_times(device: torch.device | str = "cpu", repeats: int = 7, new_tokens: int = 32,
+               model: nn.Module | None = None) -> dict[str, Any]:
+    """The steering's own time inside a generation (:func:`dsas_core.hook_timing.steering_times`), attached at
+    λ = 0 and with DSAS, on ``model`` (default: the 110M bench model): on the CPU, ``share`` is what steering adds
+    to the generation's time."""
+    device = torch.device(device)
+    model = bench_model(device) if model is None else model
+    concept = bench_concept(model).to(device)
+    configs = {"lambda0": lambda: attach(model, {concept: 0.0}), "dsas": steering_configs(model, concept)["dsas"]}
+    out = steering_times(generate_runner(model, new_tokens), configs, len(concept.config.sites), repeats=repeats,
+                         device=device, core=lambda steering: steering.core)
+    return out | {"workload": f"{new_tokens} greedy tokens from a 16-token prompt, batch 1, KV cache on"}
 
 
 def report(timings: dict[str, Timing], new_tokens: int, bases: dict[str, str] | None = None) -> dict[str, Any]:

@@ -15,6 +15,7 @@ from typing import Any
 from dsas_core import DsasError
 from dsas_core.cli import HelpFormatter, output_file, output_folder, parse_concept_arg, torch_device
 from dsas_core.e2e import add_e2e_arguments, e2e_config_from_args
+from dsas_core.files import prompt_lines, read_text
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 
@@ -115,11 +116,7 @@ def _model_args(p: argparse.ArgumentParser) -> None:
 
 def read_prompt_file(path: Path) -> list[str]:
     """One text per line; blank lines and lines starting with '#' are skipped."""
-    try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
-    except OSError as err:
-        raise DsasError(f"cannot read prompt file {str(path)!r} ({err.strerror}): give a text file, one text per line.") from None
-    texts = [line.strip() for line in lines if line.strip() and not line.strip().startswith("#")]
+    texts = prompt_lines(read_text(path, expected="one text per line"))
     if not texts:
         raise DsasError(f"prompt file {str(path)!r} holds no texts (only blank lines or '#' comments).")
     return texts

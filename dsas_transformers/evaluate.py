@@ -23,7 +23,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from dsas_core import Concept, DsasError
-from dsas_core.files import write_json
+from dsas_core.files import prompt_lines, read_text, write_json
 from dsas_core.plots import Axis, Panel, plot_panels
 
 from .fit import encode
@@ -63,17 +63,15 @@ def read_prompts(path: str | Path, limit: int | None = None, seed: int = 0) -> l
     ...}}`` per line; a plain string ``"prompt"`` works too) or a text file (one prompt per line, '#' comments).
     ``limit`` keeps that many, drawn by a seeded shuffle (the RTP file is roughly sorted by toxicity)."""
     p = Path(path)
-    if not p.is_file():
-        raise DsasError(f"prompt file {str(p)!r} not found: give a RealToxicityPrompts-style .jsonl or a text file "
-                        "with one prompt per line.")
-    lines = p.read_text(encoding="utf-8").splitlines()
+    text = read_text(p, expected="one prompt per line, or a RealToxicityPrompts-style .jsonl")
+    lines = text.splitlines()
     prompts: list[Prompt] = []
     if p.suffix in (".jsonl", ".json") or (lines and lines[0].lstrip().startswith("{")):
         for n, line in enumerate(lines, 1):
             if line.strip():
                 prompts.append(_jsonl_prompt(line, p, n))
     else:
-        prompts = [Prompt(s) for s in (x.strip() for x in lines) if s and not s.startswith("#")]
+        prompts = [Prompt(s) for s in prompt_lines(text)]
     if not prompts:
         raise DsasError(f"prompt file {str(p)!r} holds no prompts.")
     if limit is not None and limit < len(prompts):

@@ -1,6 +1,7 @@
 """The benchmark machinery on synthetic timings and tiny models: rotation, paired ratios, a fair fitting cost,
 and a compile benchmark that moves λ without recompiling. (Speed goals live in ``dsas bench``, not here.)"""
 
+import pytest
 import torch
 
 from dsas_core.timing import Timing, drift, paired_ratios, rotate
@@ -184,6 +185,10 @@ def test_hook_times_count_every_site_call_in_place_and_leave_no_hook_behind():
     assert sorted(per) == ["dsas", "dsas_prompt", "dsas_record", "lambda0", "plain"]  # GPU: also dsas_torch_ops
     assert out["sites"] > 0 and {h["calls_per_run"] for h in per.values()} == {2 * out["sites"]}
     assert all(0 < h["us_per_call"] and 0 < h["hooks_ms_per_run"] < h["run_ms"] for h in per.values())
+    for h in per.values():  # the step tracking and check: one pair of calls per denoiser call, timed too
+        assert 0 < h["other_hooks_ms_per_run"] < h["run_ms"] and h["dispatch_ms_per_run"] >= 0
+        steering = h["hooks_ms_per_run"] + h["other_hooks_ms_per_run"] + h["dispatch_ms_per_run"]
+        assert h["share"] == pytest.approx(steering / h["run_ms"], rel=1e-12)
     assert all(not m._forward_hooks and not m._forward_pre_hooks for m in unet.modules())
 
 

@@ -3,7 +3,7 @@
 import pytest
 
 from dsas_core.timing import Timing
-from dsas_transformers.bench import bench_concept, compiled_tokens_per_second, generate_runner, report
+from dsas_transformers.bench import bench_concept, compiled_tokens_per_second, generate_runner, hook_times, report
 from dsas_transformers.testing import tiny_model
 
 
@@ -45,3 +45,16 @@ def test_the_compiled_generation_benchmark_moves_strengths_without_recompiling()
     assert sorted(out["verdicts"]) == ["compiled_dsas", "dsas"]
     assert out["verdicts"]["compiled_dsas"]["criterion"] == "tokens/s >= 0.97 x compiled"
     assert out["mode"] == "default"
+
+
+def test_the_hook_benchmark_times_every_layer_call_of_a_generation_and_the_hooks_around_each_forward():
+    model = tiny_model("llama", 64, hidden=32, layers=3)
+    out = hook_times(repeats=2, new_tokens=4, model=model)
+    per = out["per_hook"]
+    assert sorted(per) == ["dsas", "lambda0"] and out["sites"] == 3
+    assert {h["calls_per_run"] for h in per.values()} == {3 * 4}  # 3 layers, 4 forwards (prompt + 3 new tokens)
+    for h in per.values():
+        assert 0 < h["hooks_ms_per_run"] and 0 < h["other_hooks_ms_per_run"] and h["share"] < 1
+        hooked = h["calls_per_run"] + 2 * 4  # each forward also runs the step hook before and the check after
+        assert h["dispatch_ms_per_run"] == pytest.approx(out["dispatch_us"] * hooked / 1e3, rel=1e-12)
+    assert all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())
