@@ -17,7 +17,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from .scaler import Scaler
+from .scaler import ProbeScaler, Scaler
 from .transforms import Transform
 
 
@@ -119,6 +119,32 @@ def fused_update(transform: Transform, scaler: Scaler, lam: float, layout: str, 
         except Exception as err:  # compiling or launching failed: Triton's own error types vary by version
             raise FusedFailed(f"the fused steering kernel failed on {h.device}: {type(err).__name__}: {err}.") from err
         return out
+
+    return update
+
+
+def torch_update(transform: Transform, scaler: Scaler, lam: float, layout: str) -> Update | None:
+    """``update(h, rows) -> h'`` as :func:`fused_update`'s common call (no α kept or reused), from torch ops, for
+    one concept with a probe scaler (α per position) and a constant update (mean shift, ITI-c); None for other
+    concepts. The same ops, in the same order, as the general fast path — so the same result — without its per-call
+    bookkeeping: where a hook runs between a model's large kernels, each Python step costs µs (caches are cold
+    there), and a 1-token decoding step of a small LM is short. ``update`` returns None (the general path runs) for
+    a stream that is not float32."""
+    affine = transform.affine()
+    if not isinstance(scaler, ProbeScaler) or affine is None or affine[0] is not None:
+        return None
+    weight, bias, offset, column = scaler.weight_row, scaler.bias_row, affine[1], scaler.column  # (1, d), (1,), (d,)
+    channels = layout == "channels"
+
+    def update(h: Tensor, rows: Tensor | None) -> Tensor | None:
+        if h.dtype != torch.float32:
+            return None
+        x = h.movedim(1, -1) if channels else h  # (..., d)
+        alpha = torch.sigmoid(torch.nn.functional.linear(x, weight, bias)) if x.stride(-1) == 1 else column(x)
+        if rows is not None:
+            alpha = alpha[rows]  # (..., 1), e.g. the unconditional half of a CFG batch takes its pair's α
+        out = torch.addcmul(x, alpha, offset, value=lam)
+        return out.movedim(-1, 1) if channels else out
 
     return update
 

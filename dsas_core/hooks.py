@@ -35,7 +35,7 @@ from torch import Tensor, nn
 from . import traced
 from .concept import Concept
 from .errors import DsasError
-from .fused import FusedFailed, Launches, fused_update
+from .fused import FusedFailed, Launches, fused_update, torch_update
 from .scaler import Scaler
 from .transforms import Transform
 
@@ -252,8 +252,9 @@ class _Step(NamedTuple):
     delta: Callable[[Tensor], Tensor]
     lam: float
     lam_tensor: Tensor  # λ as the full path's 0-d tensor
-    fused: Callable[..., Tensor | None] | None  # the whole update in one kernel, or None
+    fused: Callable[..., Tensor | None] | None  # the whole update in one kernel or one call of torch ops, or None
     per_input: Callable[[Tensor, Tensor | None], Tensor] | None  # α once per call for a per-input scaler, or None
+    keeps_alpha: bool = True  # ``fused`` also keeps or reuses α (the kernel); False: it takes the common call only
 
 
 @dataclass(slots=True)  # no instance __dict__: dynamo checks no method lookups in one while tracing
@@ -310,7 +311,7 @@ class _SiteHook:
         handle = self.handle
         device = like.device
         adaptive = handle.adaptive
-        plan, moving = [], []
+        plan, moving, chosen = [], [], []
         for e, e32 in zip(self.on_device(device, dtype), self.on_device(device)):
             lam = handle.strengths[e.name]
             if lam == 0.0 or (adaptive and e.gated):
@@ -322,10 +323,14 @@ class _SiteHook:
             plan.append(_Step(e.name, column, e.transform.delta, lam, handle.strengths.tensor(e.name, device), None,
                               per_input))
             moving.append(e32)
-        if len(plan) == 1 and adaptive and handle.fused:  # one adaptive concept: one kernel where the device allows
+            chosen.append(e)
+        if len(plan) == 1 and adaptive and handle.fused:  # one adaptive concept: one kernel where the device
             fused = fused_update(moving[0].transform, moving[0].scaler, plan[0].lam, self.site.layout, device,
-                                 handle.launches)
-            plan[0] = plan[0]._replace(fused=fused)
+                                 handle.launches)  # allows, else (a float32 stream) the torch ops in one call
+            keeps = fused is not None
+            if fused is None and plan[0].per_input is None and dtype == torch.float32:
+                fused = torch_update(chosen[0].transform, chosen[0].scaler, plan[0].lam, self.site.layout)
+            plan[0] = plan[0]._replace(fused=fused, keeps_alpha=keeps)
         self.plan = plan
         self.plan_records = adaptive and len(plan) == len(self.entries)
         self.plan_for = (handle.strengths.version, adaptive, handle.fused)
@@ -399,9 +404,10 @@ class _SiteHook:
         if not self.plan:
             return None
         step = self.plan[0]
-        if step.fused is not None:
+        common = handle.alpha_reuse == "off" and not record  # α computed, kept nowhere
+        if step.fused is not None and (common or step.keeps_alpha):
             try:
-                if handle.alpha_reuse == "off" and not record:  # the common call: α from the kernel, kept nowhere
+                if common:
                     new = step.fused(h, handle.alpha_rows)
                 else:
                     new = self.fused_keeping_alpha(step, h)
@@ -418,7 +424,7 @@ class _SiteHook:
         rows = handle.alpha_rows
         last = len(self.plan) - 1
         kept: list[tuple[str, Tensor | None, bool]] = []
-        for i, (name, column, delta, lam, lam_t, _, per_input) in enumerate(self.plan):
+        for i, (name, column, delta, lam, lam_t, _, per_input, _) in enumerate(self.plan):
             d = delta(x)  # (..., d) or (d,), float32
             into = {"out": tokens_last(self.site, res)} if res is not None and i == last else {}
             if column is None:  # α ≡ 1: the full path's own op
@@ -548,7 +554,7 @@ class SteeringHandle(HookHandle):
     ``fused``.
 
     ``adaptive=False`` forces α ≡ 1 at every fitted site (plain steering, gated sites included).
-    ``fused=False`` keeps inference on torch ops where the one-kernel update would run (:mod:`dsas_core.fused`).
+    ``fused=False`` keeps inference on the general torch ops: no one-kernel update, no one-call form (:mod:`.fused`).
     ``context`` is copied into every :class:`AlphaRecord` (adapters store the denoising step or decode position).
     ``alpha_rows`` (B,), when set, makes sample i use the α computed for sample ``alpha_rows[i]``.
     ``alpha_reuse``: ``"store"`` keeps each site's α of a call, ``"load"`` makes the next call reuse it (e.g. the

@@ -348,3 +348,39 @@ def test_recording_alpha_on_the_fast_path_adds_no_tensor_op():
             records = handle.records
     assert ops[True] == ops[False]  # α kept as the hook computed it: no view, no detach, no copy
     assert [r.alpha.shape for r in records] == [(2, 7)] * 4 and records[-1].column.shape == (2, 7, 1)
+
+
+@pytest.mark.parametrize("layout,shape", [("tokens", (4, 6, 40)), ("channels", (4, 40, 3, 5))])
+def test_one_probe_concept_on_a_float32_stream_runs_as_one_call_with_the_general_paths_exact_result(layout, shape):
+    from fused_helpers import Source, concept
+
+    model = Source(torch.randn(*shape, generator=torch.Generator().manual_seed(2)))
+    c = concept("itic")
+    outs, forms = {}, {}
+    for one_call in (True, False):
+        with attach([Site("s", model, None, layout)], {c: 1.5}) as handle, torch.no_grad():
+            handle.fused = one_call  # False: the general torch ops
+            for rows in (None, torch.tensor([2, 3, 2, 3])):  # also α paired across a CFG batch
+                handle.alpha_rows = rows
+                outs[one_call, rows is None] = model()
+            forms[one_call] = next(iter(model._forward_hooks.values())).plan[0]
+    assert forms[True].fused is not None and not forms[True].keeps_alpha and forms[False].fused is None
+    for unpaired in (True, False):
+        assert torch.equal(outs[True, unpaired], outs[False, unpaired])  # the same ops: bit for bit
+        assert outs[True, unpaired].shape == shape and not torch.equal(outs[True, unpaired], model.t)
+    assert not torch.equal(outs[True, True], outs[True, False])
+    with attach([Site("s", model, None, layout)], {c: 1.5}, record_alpha=True) as handle, torch.no_grad():
+        assert torch.equal(model(), outs[True, True])  # α recorded: the general path, the same numbers
+        assert len(handle.records) == 1
+
+
+def test_half_streams_and_two_concepts_at_a_site_take_no_one_call_form():
+    from fused_helpers import Source, concept
+
+    a, b = concept("mean_shift"), concept("itic")
+    for t, concepts in [(torch.randn(2, 6, 40).half(), {a: 1.0}), (torch.randn(2, 6, 40), {a: 1.0, b: 0.5})]:
+        model = Source(t)
+        with attach([Site("s", model, None, "tokens")], concepts), torch.no_grad():
+            model()
+            plan = next(iter(model._forward_hooks.values())).plan
+            assert len(plan) == len(concepts) and all(step.fused is None for step in plan)
