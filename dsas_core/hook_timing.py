@@ -78,11 +78,14 @@ def dispatch_us(calls: int = 2000, repeats: int = 7) -> float:
 
 def steering_times(run: Callable[[], Any], configs: dict[str, Callable[[], AbstractContextManager[Any]]],
                    sites: int, repeats: int = 7, device: torch.device | None = None,
-                   core: Callable[[Any], HookHandle] = lambda handle: handle) -> dict[str, Any]:
+                   core: Callable[[Any], HookHandle] = lambda handle: handle,
+                   limits: dict[str, float] | None = None) -> dict[str, Any]:
     """Per configuration (a factory of the steering's context; ``core(ctx)`` its :class:`HookHandle`): site hook
     calls per run, the median µs of a call (a site's first call of each run apart: it may plan), the site hooks'
     ms per run, the other hooks', the hooked calls' extra dispatch (:func:`dispatch_us` each), the run's ms
-    (medians over ``repeats`` runs after a warm-up run) and ``share``, the steering's ms over the run's."""
+    (medians over ``repeats`` runs after a warm-up run), ``share``, the steering's ms over the run's, and where
+    ``limits`` names the configuration's time budget (e.g. 1.03), that ``limit`` and ``within``: 1 + share ≤
+    limit."""
     extra_us = dispatch_us()
     out: dict[str, Any] = {}
     for name, make in configs.items():
@@ -107,5 +110,7 @@ def steering_times(run: Callable[[], Any], configs: dict[str, Callable[[], Abstr
                "dispatch_ms_per_run": extra_us * (len(calls[0]) + len(other[0])) / 1e3,
                "run_ms": statistics.median(runs)}
         steering_ms = row["hooks_ms_per_run"] + row["other_hooks_ms_per_run"] + row["dispatch_ms_per_run"]
-        out[name] = row | {"share": steering_ms / row["run_ms"]}
+        share = steering_ms / row["run_ms"]
+        limit = (limits or {}).get(name)
+        out[name] = row | {"share": share} | ({"limit": limit, "within": 1 + share <= limit} if limit else {})
     return {"per_hook": out, "sites": sites, "dispatch_us": extra_us}

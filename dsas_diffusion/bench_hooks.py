@@ -14,7 +14,7 @@ from dsas_core.hook_timing import steering_times
 from dsas_core.hooks import SteeringHandle
 from dsas_core.timing import kernel_profile, no_context
 
-from .bench import bench_concept, steering_configs
+from .bench import LIMITS, bench_concept, steering_configs
 
 
 def hook_times(denoiser: nn.Module, run: Callable[[], None], repeats: int = 7,
@@ -31,7 +31,7 @@ def hook_times(denoiser: nn.Module, run: Callable[[], None], repeats: int = 7,
             handle.fused = False
             return handle
         configs["dsas_torch_ops"] = torch_ops
-    out = steering_times(run, configs, len(concept.sites), repeats=repeats, device=device)
+    out = steering_times(run, configs, len(concept.sites), repeats=repeats, device=device, limits=LIMITS)
     if cuda:
         for name, make in {"unsteered": no_context, **configs}.items():
             out["per_hook"][name] = out["per_hook"].get(name, {}) | kernel_profile(run, device, make)

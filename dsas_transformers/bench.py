@@ -118,7 +118,8 @@ def hook_times(device: torch.device | str = "cpu", repeats: int = 7, new_tokens:
     concept = bench_concept(model).to(device)
     configs = {"lambda0": lambda: attach(model, {concept: 0.0}), "dsas": steering_configs(model, concept)["dsas"]}
     out = steering_times(generate_runner(model, new_tokens), configs, len(concept.config.sites), repeats=repeats,
-                         device=device, core=lambda steering: steering.core)
+                         device=device, core=lambda steering: steering.core,
+                         limits={"lambda0": 1.01, "dsas": 1.0 / MIN_TOKENS_PER_SECOND_RATIO})
     return out | {"workload": f"{new_tokens} greedy tokens from a 16-token prompt, batch 1, KV cache on"}
 
 

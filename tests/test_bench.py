@@ -189,6 +189,9 @@ def test_hook_times_count_every_site_call_in_place_and_leave_no_hook_behind():
         assert 0 < h["other_hooks_ms_per_run"] < h["run_ms"] and h["dispatch_ms_per_run"] >= 0
         steering = h["hooks_ms_per_run"] + h["other_hooks_ms_per_run"] + h["dispatch_ms_per_run"]
         assert h["share"] == pytest.approx(steering / h["run_ms"], rel=1e-12)
+        assert h["within"] == (1 + h["share"] <= h["limit"])
+    assert [per[n]["limit"] for n in ("lambda0", "plain", "dsas", "dsas_record", "dsas_prompt")] == [
+        1.01, 1.03, 1.03, 1.10, 1.03]
     assert all(not m._forward_hooks and not m._forward_pre_hooks for m in unet.modules())
 
 
