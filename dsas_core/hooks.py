@@ -324,9 +324,10 @@ class _SiteHook:
                               per_input))
             moving.append(e32)
             chosen.append(e)
-        if len(plan) == 1 and adaptive and handle.fused:  # one adaptive concept: one kernel where the device
+        # One adaptive concept: one kernel where the device allows, else (a float32 stream) its torch ops in one call
+        if len(plan) == 1 and adaptive and handle.fused:
             fused = fused_update(moving[0].transform, moving[0].scaler, plan[0].lam, self.site.layout, device,
-                                 handle.launches)  # allows, else (a float32 stream) the torch ops in one call
+                                 handle.launches)
             keeps = fused is not None
             if fused is None and plan[0].per_input is None and dtype == torch.float32:
                 fused = torch_update(chosen[0].transform, chosen[0].scaler, plan[0].lam, self.site.layout)
