@@ -102,3 +102,27 @@ def test_the_logit_of_a_feature_map_seen_width_last_reads_the_map_in_place_and_e
     tol = {torch.float32: 1e-5, torch.float16: 1e-2, torch.bfloat16: 1e-1}[dtype]  # |z| up to ≈ 8
     assert torch.allclose(z.float(), torch.nn.functional.linear(x.contiguous(), w, b).float(), atol=tol)
     assert torch.allclose(z.float(), (x.float() * w.float()).sum(-1, keepdim=True) + b.float(), atol=tol)
+
+
+def test_logistic_regression_reaches_the_optimum_by_newton_and_agrees_with_lbfgs(monkeypatch):
+    from dsas_core import linear
+
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(51, 16, generator=g, dtype=torch.float64)
+    y = (torch.arange(51) % 3 == 0).long()  # unbalanced classes: the balanced weights matter
+    x[y == 1] += 0.4
+
+    def gradient(w, b):  # of C·Σ sᵢ·softplus(−mᵢ) + ½‖w‖² at (w, b), by autograd
+        p = torch.cat([w, b[None]]).requires_grad_(True)
+        n, n1 = len(y), y.sum()
+        sw = torch.where(y > 0, n / (2 * n1), n / (2 * (n - n1))).double()
+        margin = (2 * y - 1).double() * (x @ p[:-1] + p[-1])
+        ((sw * torch.nn.functional.softplus(-margin)).sum() + 0.5 * p[:-1] @ p[:-1]).backward()
+        return p.grad
+
+    w, b = linear.fit_logistic(x, y)
+    assert gradient(w, b).abs().max() <= 1e-10  # Newton: stopped at its gradient tolerance
+    monkeypatch.setattr(linear, "NEWTON_MAX_FEATURES", 0)  # the L-BFGS path of wide inputs
+    w2, b2 = linear.fit_logistic(x, y)
+    assert gradient(w2, b2).abs().max() < 1e-6
+    assert torch.allclose(w, w2, atol=1e-6) and abs(float(b - b2)) < 1e-6
