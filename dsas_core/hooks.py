@@ -311,7 +311,7 @@ class _SiteHook:
         handle = self.handle
         device = like.device
         adaptive = handle.adaptive
-        plan, moving, chosen = [], [], []
+        plan, moving = [], []
         for e, e32 in zip(self.on_device(device, dtype), self.on_device(device)):
             lam = handle.strengths[e.name]
             if lam == 0.0 or (adaptive and e.gated):
@@ -323,14 +323,13 @@ class _SiteHook:
             plan.append(_Step(e.name, column, e.transform.delta, lam, handle.strengths.tensor(e.name, device), None,
                               per_input))
             moving.append(e32)
-            chosen.append(e)
         # One adaptive concept: one kernel where the device allows, else (a float32 stream) its torch ops in one call
         if len(plan) == 1 and adaptive and handle.fused:
             fused = fused_update(moving[0].transform, moving[0].scaler, plan[0].lam, self.site.layout, device,
                                  handle.launches)
             keeps = fused is not None
-            if fused is None and plan[0].per_input is None and dtype == torch.float32:
-                fused = torch_update(chosen[0].transform, chosen[0].scaler, plan[0].lam, self.site.layout)
+            if fused is None and plan[0].per_input is None and dtype == torch.float32:  # the plan's own entries
+                fused = torch_update(moving[0].transform, moving[0].scaler, plan[0].lam, self.site.layout)
             plan[0] = plan[0]._replace(fused=fused, keeps_alpha=keeps)
         self.plan = plan
         self.plan_records = adaptive and len(plan) == len(self.entries)
