@@ -62,65 +62,125 @@ class Launches:
 
 
 def fused_update(transform: Transform, scaler: Scaler, lam: float, layout: str, device: torch.device,
-                 launches: Launches | None = None) -> Update | None:
-    """``update(h, rows, alpha=None, reuse=False) -> h'`` (the steered stream, h's shape, dtype and memory format)
-    for one concept, or None where the concept or the device does not allow it; ``update`` itself returns None for
-    a stream whose memory layout it does not handle (the torch ops then run). ``alpha``, a float32 tensor with one
-    element per position (``tokens_last(h).shape[:-1]``, contiguous): the kernel writes each position's α there,
-    or, with ``reuse=True``, reads α from there instead of computing it (``rows`` must then be None). ``launches``:
-    where compiled kernels are kept for direct launches (a fresh store when None)."""
+                 launches: Launches | None = None) -> FusedUpdate | None:
+    """The one-kernel update of one concept (:class:`FusedUpdate`), or None where the concept or the device does
+    not allow it. ``launches``: where compiled kernels are kept for direct launches (a fresh store when None)."""
     gate, affine = scaler.logistic(), transform.affine()
     if gate is None or affine is None or not available(device):
         return None
-    launch = _Launcher(_kernel(device.type == "cpu"), launches or Launches())
-    weight, bias = (t.detach().to(device, torch.float32).contiguous() for t in gate)  # (d,), ()
-    scale, offset = affine
-    offset = offset.detach().to(device, torch.float32).contiguous()  # (d,)
-    scale = offset if scale is None else scale.detach().to(device, torch.float32).contiguous()  # (d,)
-    fixed = [weight, bias, scale, offset]
-    fixed_pointers = [t.data_ptr() for t in fixed]
-    has_scale = affine[0] is not None
-    channels = weight.shape[0]
-    shapes: dict[tuple[object, ...], _Spec | None] = {}
+    return FusedUpdate(gate, affine, lam, layout, _Launcher(_kernel(device.type == "cpu"), launches or Launches()),
+                       device)
 
-    def update(h: Tensor, rows: Tensor | None, alpha: Tensor | None = None, reuse: bool = False) -> Tensor | None:
+
+class FusedUpdate:
+    """``update(h, rows, alpha=None, reuse=False) -> h'``: the steered stream (h's shape, dtype and memory format)
+    from one kernel, or None for a stream whose memory layout it does not handle (the torch ops then run).
+    ``alpha``, a float32 tensor with one element per position (``tokens_last(h).shape[:-1]``, contiguous): the
+    kernel writes each position's α there, or, with ``reuse=True``, reads α from there instead of computing it
+    (``rows`` must then be None). :meth:`lane`: the common call (no α kept or reused) bound to one stream geometry."""
+
+    def __init__(self, gate: tuple[Tensor, Tensor], affine: tuple[Tensor | None, Tensor], lam: float, layout: str,
+                 launch: _Launcher, device: torch.device) -> None:
+        weight, bias = (t.detach().to(device, torch.float32).contiguous() for t in gate)  # (d,), ()
+        scale, offset = affine
+        offset = offset.detach().to(device, torch.float32).contiguous()  # (d,)
+        scale = offset if scale is None else scale.detach().to(device, torch.float32).contiguous()  # (d,)
+        self.fixed = [weight, bias, scale, offset]
+        self.fixed_pointers = [t.data_ptr() for t in self.fixed]
+        self.has_scale = affine[0] is not None
+        self.lam, self.layout, self.launch, self.channels = lam, layout, launch, weight.shape[0]
+        self.shapes: dict[tuple[object, ...], _Spec | None] = {}
+
+    def spec(self, h: Tensor) -> _Spec | None:
+        """:func:`_spec` of h, kept per (shape, strides, dtype)."""
         where = (h.shape, h.stride(), h.dtype)
-        spec = shapes.get(where, False)
+        spec = self.shapes.get(where, False)
         if spec is False:
-            if len(shapes) >= Launches.KEEP:
-                shapes.clear()
-            spec = shapes[where] = _spec(h, layout, channels, lam, has_scale)
+            if len(self.shapes) >= Launches.KEEP:
+                self.shapes.clear()
+            spec = self.shapes[where] = _spec(h, self.layout, self.channels, self.lam, self.has_scale)
+        return spec
+
+    def arguments(self, spec: _Spec, h: Tensor, out: Tensor | int, rows: Tensor | None, alpha: Tensor | None,
+                  reuse: bool) -> tuple[tuple[object, ...], list[Tensor], list[int], tuple[object, ...]]:
+        """(specialisation key, tensors, their pointers, constants) of a launch on h writing ``out`` (a tensor, or
+        the pointer it will have); ``rows`` on h's device."""
+        base, _, _, constants = spec
+        fixed, pointers = self.fixed, self.fixed_pointers
+        out_ptr = out if isinstance(out, int) else out.data_ptr()
+        tensors = [h, out, *fixed]  # type: ignore[list-item]
+        if rows is None and alpha is None:  # the common call
+            tensors += [fixed[3], fixed[3]]
+            ptrs = [h.data_ptr(), out_ptr, *pointers, pointers[3], pointers[3]]
+            return (base, ptrs[0] % 16, out_ptr % 16), tensors, ptrs, constants
+        tensors += [fixed[3] if rows is None else rows, fixed[3] if alpha is None else alpha]
+        ptrs = [h.data_ptr(), out_ptr, *pointers, tensors[6].data_ptr(), tensors[7].data_ptr()]
+        constants = (self.has_scale, rows is not None, 0 if alpha is None else 2 if reuse else 1, *constants[3:])
+        key = (base, ptrs[0] % 16, out_ptr % 16, constants, ptrs[6] % 16, ptrs[7] % 16, tensors[6].dtype)
+        return key, tensors, ptrs, constants
+
+    def __call__(self, h: Tensor, rows: Tensor | None, alpha: Tensor | None = None,
+                 reuse: bool = False) -> Tensor | None:
+        spec = self.spec(h)
         if spec is None or (rows is not None and (reuse or rows.shape != h.shape[:1])):
             return None  # a layout the kernel cannot walk; one α row per sample, and stored α unpaired
-        base, grid, scalars, constants = spec
-        if alpha is not None and (alpha.numel() != scalars[1] or alpha.dtype != torch.float32
+        if alpha is not None and (alpha.numel() != spec[2][1] or alpha.dtype != torch.float32
                                   or not alpha.is_contiguous() or alpha.device != h.device):
             return None  # α must be one float32 per position, contiguous, beside the stream
+        if rows is not None and rows.device != h.device:
+            rows = rows.to(h.device)
         out = torch.empty_like(h)  # same strides as h (contiguous or channels-last)
-        if rows is None and alpha is None:  # the common call
-            tensors = [h, out, *fixed, offset, offset]
-            pointers = [h.data_ptr(), out.data_ptr(), *fixed_pointers, fixed_pointers[3], fixed_pointers[3]]
-            key: tuple[object, ...] = (base, pointers[0] % 16, pointers[1] % 16)
-        else:
-            if rows is not None and rows.device != h.device:
-                rows = rows.to(h.device)
-            tensors = [h, out, *fixed, offset if rows is None else rows, offset if alpha is None else alpha]
-            pointers = [h.data_ptr(), out.data_ptr(), *fixed_pointers, tensors[6].data_ptr(), tensors[7].data_ptr()]
-            constants = (has_scale, rows is not None, 0 if alpha is None else 2 if reuse else 1, *constants[3:])
-            key = (base, pointers[0] % 16, pointers[1] % 16, constants, pointers[6] % 16, pointers[7] % 16,
-                   tensors[6].dtype)
-        device_index = base[2]
+        key, tensors, pointers, constants = self.arguments(spec, h, out, rows, alpha, reuse)
+        device_index = spec[0][2]
         try:
             if device_index < 0 or device_index == torch.cuda.current_device():
-                launch(key, grid, tensors, pointers, scalars, constants, device_index)
+                self.launch(key, spec[1], tensors, pointers, spec[2], constants, device_index)
             else:  # Triton launches on the current CUDA device: make it the stream's (a model on cuda:1, say)
                 with torch.cuda.device(device_index):
-                    launch(key, grid, tensors, pointers, scalars, constants, device_index)
+                    self.launch(key, spec[1], tensors, pointers, spec[2], constants, device_index)
         except Exception as err:  # compiling or launching failed: Triton's own error types vary by version
             raise FusedFailed(f"the fused steering kernel failed on {h.device}: {type(err).__name__}: {err}.") from err
         return out
 
-    return update
+    def lane(self, h: Tensor, rows: Tensor | None) -> Callable[[Tensor], Tensor | None] | None:
+        """``lane(h) -> h'``: the common call (no α kept or reused) for streams of h's shape, strides, dtype, device
+        and 16-byte alignment, steered with these ``rows`` (the caller checks all of that), launched straight
+        through the compiled kernel a call of this object already launched — the least host work per call. None
+        where there is none (the interpreter, a first call, a launch hook, another device's rows). The lane
+        returns None where it cannot launch now (a profiler listens, another current device, a launch that raised):
+        the caller then calls this object."""
+        spec = self.spec(h)
+        if spec is None or spec[0][2] < 0 or (rows is not None and (rows.shape != h.shape[:1]
+                                                                    or rows.device != h.device)):
+            return None
+        key, _, pointers, constants = self.arguments(spec, h, 0, rows, None, False)  # allocations: 16-byte aligned
+        launches = self.launch.launches
+        direct = launches.direct.get(key)
+        if direct is None:
+            return None
+        run, function, metadata, stream_of, hooks = direct
+        grid, device, align, rest = spec[1], spec[0][2], pointers[0] % 16, (*pointers[2:], *spec[2], *constants)
+        current = torch.cuda.current_device
+
+        def lane(h: Tensor) -> Tensor | None:
+            p = h.data_ptr()
+            enter, leave = hooks.launch_enter_hook, hooks.launch_exit_hook
+            if (p % 16 != align or (enter is not None and getattr(enter, "calls", True))
+                    or (leave is not None and getattr(leave, "calls", True)) or current() != device):
+                return None
+            out = torch.empty_like(h)
+            q = out.data_ptr()
+            if q % 16:
+                return None
+            try:
+                run(grid, 1, 1, stream_of(device), function, metadata, None, None, None, p, q, *rest)
+            except Exception:  # as in the launcher: this Triton's entry point from now on
+                launches.works = False
+                launches.direct.clear()
+                return None
+            return out
+
+        return lane
 
 
 def torch_update(transform: Transform, scaler: Scaler, lam: float, layout: str) -> Update | None:

@@ -35,7 +35,7 @@ from torch import Tensor, nn
 from . import traced
 from .concept import Concept
 from .errors import DsasError
-from .fused import FusedFailed, Launches, fused_update, torch_update
+from .fused import FusedFailed, FusedUpdate, Launches, fused_update, torch_update
 from .scaler import Scaler
 from .transforms import Transform
 
@@ -96,11 +96,11 @@ class HookHandle:
         ``torch.compile`` it runs eagerly (one graph break before the module): Python bookkeeping such as step
         counters would otherwise be baked into the graph and recompile it on every call. ``when()`` is traced
         instead: while it is false the graph has no break (its value is guarded: a change recompiles once)."""
-        eager = torch.compiler.disable(fn)
+        eager = torch.compiler.disable(fn)  # its wrapper costs µs on every eager call too: taken only when tracing
 
         def pre_hook(mod: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
             if when is None or when():
-                eager(args, kwargs)
+                (eager if torch.compiler.is_compiling() else fn)(args, kwargs)
 
         self._removables.append(module.register_forward_pre_hook(pre_hook, with_kwargs=True))
 
@@ -272,6 +272,11 @@ class _SiteHook:
     plan: list["_Step"] = field(default_factory=list)
     plan_records: bool = False  # the plan computes every concept's α here, so α recording can use it
     packed: traced.Packed | None = None  # the traced update's tensors, on the device the site was attached on
+    # the common call's direct launch (FusedUpdate.lane), for the knobs, α rows and stream it was made for
+    lane: Callable[[Tensor], Tensor | None] | None = None
+    lane_for: tuple[int, bool, bool, bool, str] | None = None  # strengths version, adaptive, fused, record, reuse
+    lane_rows: Tensor | None = None
+    lane_on: tuple[torch.Size, tuple[int, ...], torch.dtype, int] | None = None  # shape, strides, dtype, device
 
     def on_device(self, device: torch.device, scaler_dtype: torch.dtype = torch.float32) -> list[_Entry]:
         """The entries with their tensors on ``device`` (copied once per device, shared when already there), the
@@ -409,6 +414,8 @@ class _SiteHook:
             try:
                 if common:
                     new = step.fused(h, handle.alpha_rows)
+                    if new is not None and isinstance(step.fused, FusedUpdate):
+                        self.open_lane(step.fused, h)
                 else:
                     new = self.fused_keeping_alpha(step, h)
             except FusedFailed as err:  # e.g. a GPU the kernel compiler does not support: torch ops from now on
@@ -446,6 +453,38 @@ class _SiteHook:
         if res is not None:
             return write_output(self.site, output, res)
         return self.written(output, h, out)
+
+    def through(self, lane: Callable[[Tensor], Tensor | None], output: Any) -> Any:
+        """The module's output steered by ``lane`` where the knobs, α rows and stream are those it was opened for,
+        else None (and where the lane could not launch, it is closed)."""
+        handle = self.handle
+        if (self.lane_for != (handle.strengths.version, handle.adaptive, handle.fused, handle.record_alpha,
+                              handle.alpha_reuse) or handle.alpha_rows is not self.lane_rows):
+            return None
+        if self.check is not None:
+            self.check(output)
+        index = self.site.output_index
+        try:
+            h = output if index is None else output[index]
+            on = (h.shape, h.stride(), h.dtype, h.get_device())
+        except (TypeError, IndexError, KeyError, AttributeError):  # not the stream: the full checks explain
+            return None
+        if on != self.lane_on:
+            return None
+        new = lane(h)
+        if new is None:
+            self.lane = None
+            return None
+        return new if index is None else traced.replaced(output, index, new)
+
+    def open_lane(self, fused: FusedUpdate, h: Tensor) -> None:
+        """Keep ``fused``'s lane for the next calls like this one (see :meth:`through`)."""
+        handle = self.handle
+        self.lane = fused.lane(h, handle.alpha_rows)
+        self.lane_for = (handle.strengths.version, handle.adaptive, handle.fused, handle.record_alpha,
+                         handle.alpha_reuse)
+        self.lane_rows = handle.alpha_rows
+        self.lane_on = (h.shape, h.stride(), h.dtype, h.get_device())
 
     def fused_keeping_alpha(self, step: _Step, h: Tensor) -> Tensor | None:
         """The steered stream from the step's one kernel where α is stored, reused or recorded, or None where it
@@ -487,6 +526,11 @@ class _SiteHook:
             return self.full(output)
         if torch.is_grad_enabled():
             return self.full(output)
+        lane = self.lane
+        if lane is not None:  # the same knobs, rows and stream as the last call: straight to the kernel
+            new = self.through(lane, output)
+            if new is not None:
+                return new
         return self.fast(output)
 
     def full(self, output: Any) -> Any:

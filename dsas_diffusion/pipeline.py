@@ -249,6 +249,18 @@ class _StepTracker:
         self.running = RunningPipeline(denoiser, pipe)
         self.info: CallInfo | None = None
         self.prompt_concepts = [c for c in concepts if c.config.scaler == "prompt"]
+        self.rows: dict[tuple[int, torch.device | None], Tensor] = {}  # CFG pairings made so far
+
+    def cond_rows(self, info: CallInfo) -> Tensor:
+        """(B,): each sample of a CFG batch [unconditional; conditional] takes the α of its conditional twin. The
+        same tensor for every call of one batch size and device, so the hooks' kernels keep reading it (made once:
+        two kernel launches on a GPU)."""
+        n, device = info.batch // 2, info.text.device if info.text is not None else None
+        rows = self.rows.get((n, device))
+        if rows is None:
+            half = torch.arange(n, 2 * n, device=device)
+            rows = self.rows[(n, device)] = torch.cat([half, half])
+        return rows
 
     def __call__(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         pipe = self.running()
@@ -268,12 +280,7 @@ class _StepTracker:
         handle.context = context
         window = handle.step_window
         handle.in_window = window is None or window[0] <= step < window[1]
-        if cfg and handle.cfg_alpha == "cond":
-            n = info.batch // 2
-            rows = torch.arange(n, 2 * n, device=info.text.device if info.text is not None else None)
-            handle.alpha_rows = torch.cat([rows, rows])
-        else:
-            handle.alpha_rows = None
+        handle.alpha_rows = self.cond_rows(info) if cfg and handle.cfg_alpha == "cond" else None
         handle.alpha_reuse = "off"
         if len(branches) > 1 and handle.cfg_alpha == "cond":  # separate calls per step: later ones reuse the first's α
             if in_step == 0:
