@@ -138,3 +138,123 @@ def test_a_direct_launch_that_raises_falls_back_to_the_entry_point_for_good(monk
     for _ in range(3):
         launch("a", 3, ["h"], [10], [0.5], (True, False, 0, 16, 64), 0)
     assert launches == [("h", 0.5)] * 3 and launch.launches.direct == {} and not launch.launches.works
+
+
+def _stand_in_gpu(monkeypatch, current: list[int] | None = None) -> list:
+    """A GPU stand-in on CPU tensors: Triton's entry point and the compiled kernel's launcher record their
+    arguments (nothing is computed), streams count as on CUDA device 0; ``current[0]``: the current device."""
+    import triton.runtime
+
+    launches = []
+
+    class Compiled:
+        function, packed_metadata = "function", "metadata"
+
+        def run(self, *args):
+            launches.append(("direct", args))
+
+    class Kernel:
+        def __getitem__(self, grid):
+            def go(*args, **constants):
+                launches.append(("jit", grid, args, constants))
+                return Compiled()
+            return go
+
+    real_spec = fused._spec
+
+    def on_device_0(*args):
+        spec = real_spec(*args)
+        return spec and ((*spec[0][:2], 0, *spec[0][3:]), *spec[1:])
+
+    monkeypatch.setattr(triton.runtime, "driver", SimpleNamespace(active=SimpleNamespace(get_current_stream=lambda d: 1000 + d)))
+    monkeypatch.setattr(fused, "available", lambda device: True)
+    monkeypatch.setattr(fused, "_kernel", lambda interpret: Kernel())
+    monkeypatch.setattr(fused, "_spec", on_device_0)
+    current = current or [0]
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: current[0])
+    return launches
+
+
+def test_a_lane_launches_exactly_what_the_launcher_launches_for_its_stream_and_rows(monkeypatch):
+    from triton import knobs
+
+    current = [0]
+    launches = _stand_in_gpu(monkeypatch, current)
+    g = torch.Generator().manual_seed(0)
+    update = fused.fused_update(MeanShift(shift=torch.ones(C)), probe(g), 0.7, "tokens", torch.device("cpu"))
+    h = torch.randn(2, 5, C, generator=g)
+    for rows in [None, torch.tensor([1, 1])]:
+        assert update.lane(h, rows) is None  # nothing compiled for this specialisation yet
+        update(h, rows)  # Triton's entry point: compiles and keeps the kernel
+        update(h, rows)  # the launcher's direct launch
+        lane = update.lane(h, rows)
+        out = lane(h)
+        (kind, direct), (lane_kind, args) = launches[-2:]
+        assert kind == lane_kind == "direct" and len(args) == len(direct)
+        assert args[9:11] == (h.data_ptr(), out.data_ptr()) and args[:9] + args[11:] == direct[:9] + direct[11:]
+        assert out.shape == h.shape and out.stride() == h.stride() and out.dtype == h.dtype
+    lane = update.lane(h, None)
+    shifted = torch.randn(h.numel() + 1, generator=g)[1:].view(h.shape)  # 4 bytes past a 16-byte boundary
+    assert lane(shifted) is None  # another alignment: another specialisation
+    current[0] = 1
+    assert lane(h) is None  # another current device: the launcher switches devices
+    current[0] = 0
+    assert lane(h) is not None
+    monkeypatch.setattr(knobs.runtime, "launch_enter_hook", lambda *args: None)
+    assert lane(h) is None  # a profiler listens: Triton's entry point reports each launch to it
+    monkeypatch.undo()
+
+
+def test_a_lane_whose_launch_raises_sends_every_launch_back_to_the_entry_point(monkeypatch):
+    _stand_in_gpu(monkeypatch)
+    g = torch.Generator().manual_seed(0)
+    update = fused.fused_update(MeanShift(shift=torch.ones(C)), probe(g), 0.7, "tokens", torch.device("cpu"))
+    h = torch.randn(3, C, generator=g)
+    update(h, None)
+    lane = update.lane(h, None)
+    store = update.launch.launches
+    key, direct = next(iter(store.direct.items()))
+
+    def broken(*args):
+        raise TypeError("this launcher takes its arguments otherwise")
+
+    monkeypatch.setattr(fused, "_direct_launch", lambda compiled: (broken, *direct[1:]))
+    store.direct[key] = (broken, *direct[1:])
+    assert update.lane(h, None)(h) is None and store.direct == {} and not store.works
+    assert update.lane(h, None) is None and lane is not None
+    monkeypatch.undo()
+
+
+def test_the_hook_takes_the_lane_until_a_knob_the_rows_or_the_stream_change(monkeypatch):
+    launches = _stand_in_gpu(monkeypatch)
+    general = []
+    real_call = fused.FusedUpdate.__call__
+    monkeypatch.setattr(fused.FusedUpdate, "__call__", lambda self, *args: general.append(len(args)) or real_call(self, *args))
+    model = Source(torch.randn(2, 6, C))
+    with attach([Site("s", model, None, "tokens")], {concept(): 1.0}) as handle, torch.no_grad():
+        def calls(n: int = 1) -> tuple[int, int]:
+            before = len(launches), len(general)
+            for _ in range(n):
+                assert model().shape == model.t.shape
+            return len(launches) - before[0], len(general) - before[1]
+
+        assert calls() == (1, 1)  # Triton's entry point, then the lane is opened
+        assert calls(3) == (3, 0)  # the lane: straight to the kernel
+        handle.strengths["c_mean_shift"] = 0.5
+        assert calls(2) == (2, 1)  # a new plan, then its lane
+        handle.alpha_rows = torch.tensor([1, 1])
+        assert calls(2) == (2, 1)  # other rows: a specialisation of its own
+        handle.alpha_rows = torch.tensor([1, 1])  # equal, but another tensor: its pointer is what a kernel reads
+        assert calls(2) == (2, 1)
+        model.t = torch.randn(3, 6, C)
+        handle.alpha_rows = None
+        assert calls(2) == (2, 1)  # another stream shape
+        handle.record_alpha = True
+        assert calls(2) == (2, 2)  # α kept: the launcher every call
+        handle.record_alpha = False
+        handle.fused = False
+        assert calls(2) == (0, 0)  # torch ops
+        handle.fused = True
+        handle.enabled = False
+        assert calls(2) == (0, 0)
+    monkeypatch.undo()

@@ -68,6 +68,20 @@ def test_cfg_halves_get_per_sample_alpha_and_the_unconditional_twin_reuses_it(fi
     assert torch.equal(own[2:], a[2:]) and not torch.equal(own[0], a[0])
 
 
+def test_every_cfg_call_of_one_batch_size_pairs_rows_with_the_same_tensor(fitted):
+    _, pipe, concept = fitted
+    seen = []
+    with steer(pipe, {concept: 1.0}) as handle:
+        hook = pipe.unet.register_forward_hook(lambda *args: seen.append(handle.alpha_rows))
+        try:
+            run(pipe, [SOURCE[0], CONTROL[0]], steps=3)
+            run(pipe, [SOURCE[0]], steps=2)
+        finally:
+            hook.remove()
+    assert [r.tolist() for r in seen] == [[2, 3, 2, 3]] * 3 + [[1, 1]] * 2
+    assert seen[0] is seen[1] is seen[2] and seen[3] is seen[4]  # the hooks' kernels keep reading one tensor
+
+
 def test_an_img2img_pipeline_sharing_the_unet_is_steered_too(fitted):
     kind, pipe, concept = fitted
     from diffusers import StableDiffusionImg2ImgPipeline, StableDiffusionXLImg2ImgPipeline
