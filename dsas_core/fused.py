@@ -13,10 +13,12 @@ import functools
 import math
 import os
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor
 
+from . import traced
 from .scaler import ProbeScaler, Scaler
 from .transforms import Transform
 
@@ -142,13 +144,14 @@ class FusedUpdate:
             raise FusedFailed(f"the fused steering kernel failed on {h.device}: {type(err).__name__}: {err}.") from err
         return out
 
-    def lane(self, h: Tensor, rows: Tensor | None) -> Callable[[Tensor], Tensor | None] | None:
-        """``lane(h) -> h'``: the common call (no α kept or reused) for streams of h's shape, strides, dtype, device
-        and 16-byte alignment, steered with these ``rows`` (the caller checks all of that), launched straight
-        through the compiled kernel a call of this object already launched — the least host work per call. None
-        where there is none (the interpreter, a first call, a launch hook, another device's rows). The lane
-        returns None where it cannot launch now (a profiler listens, another current device, a launch that raised):
-        the caller then calls this object."""
+    def lane(self, h: Tensor, rows: Tensor | None, index: int | None = None) -> Callable[[Any], Any] | None:
+        """``lane(output) -> steered output``: the common call (no α kept or reused) on ``output[index]`` (the
+        output itself where ``index`` is None), steered with these ``rows`` (the caller checks they are still the
+        ones), for streams of h's shape, strides, dtype, device and 16-byte alignment, launched straight through
+        the compiled kernel a call of this object already launched — the least host work per call. None where
+        there is none (the interpreter, a first call, a launch hook, another device's rows). The lane returns None
+        where it cannot launch this output now (another stream, a profiler listens, another current device, a
+        launch that raised): the caller then calls this object."""
         spec = self.spec(h)
         if spec is None or spec[0][2] < 0 or (rows is not None and (rows.shape != h.shape[:1]
                                                                     or rows.device != h.device)):
@@ -159,13 +162,19 @@ class FusedUpdate:
         if direct is None:
             return None
         run, function, metadata, stream_of, hooks = direct
-        grid, device, align, rest = spec[1], spec[0][2], pointers[0] % 16, (*pointers[2:], *spec[2], *constants)
-        current = torch.cuda.current_device
+        grid, device, rest = spec[1], spec[0][2], (*pointers[2:], *spec[2], *constants)
+        stream, align = (h.shape, h.stride(), h.dtype, h.get_device()), pointers[0] % 16
+        current, replaced = torch.cuda.current_device, traced.replaced
 
-        def lane(h: Tensor) -> Tensor | None:
-            p = h.data_ptr()
+        def lane(output: Any) -> Any:
+            try:
+                h = output if index is None else output[index]
+                p = h.data_ptr()
+                same = (h.shape, h.stride(), h.dtype, h.get_device()) == stream
+            except (TypeError, IndexError, KeyError, AttributeError):  # not a stream: the full checks explain
+                return None
             enter, leave = hooks.launch_enter_hook, hooks.launch_exit_hook
-            if (p % 16 != align or (enter is not None and getattr(enter, "calls", True))
+            if (not same or p % 16 != align or (enter is not None and getattr(enter, "calls", True))
                     or (leave is not None and getattr(leave, "calls", True)) or current() != device):
                 return None
             out = torch.empty_like(h)
@@ -178,7 +187,7 @@ class FusedUpdate:
                 launches.works = False
                 launches.direct.clear()
                 return None
-            return out
+            return out if index is None else replaced(output, index, out)
 
         return lane
 

@@ -80,31 +80,38 @@ def steering_times(run: Callable[[], Any], configs: dict[str, Callable[[], Abstr
                    sites: int, repeats: int = 7, device: torch.device | None = None,
                    core: Callable[[Any], HookHandle] = lambda handle: handle,
                    limits: dict[str, float] | None = None) -> dict[str, Any]:
-    """Per configuration (a factory of the steering's context; ``core(ctx)`` its :class:`HookHandle`): site hook
-    calls per run, the median µs of a call (a site's first call of each run apart: it may plan), the site hooks'
-    ms per run, the other hooks', the hooked calls' extra dispatch (:func:`dispatch_us` each), the run's ms
-    (medians over ``repeats`` runs after a warm-up run), ``share``, the steering's ms over the run's, and where
-    ``limits`` names the configuration's time budget (e.g. 1.03), that ``limit`` and ``within``: 1 + share ≤
-    limit."""
+    """Per configuration (a factory of the steering's context; ``core(ctx)`` its :class:`HookHandle`), attached
+    once, then ``repeats`` runs timed after a warm-up run — the state of a pipeline steered for its next image:
+    site hook calls per run, the median µs of a call, the site hooks' ms per run, the other hooks', the hooked
+    calls' extra dispatch (:func:`dispatch_us` each), the run's ms (medians over the timed runs), ``share``, the
+    steering's ms over the run's, and where ``limits`` names the configuration's time budget (e.g. 1.03), that
+    ``limit`` and ``within``: 1 + share ≤ limit. The warm-up run's first call of each site (it may plan, and
+    compile or look up its kernel) is reported apart: ``us_first_call``, its median, and ``first_calls_ms``, what
+    all of them cost more than later calls do — paid once per attach."""
     extra_us = dispatch_us()
     out: dict[str, Any] = {}
     for name, make in configs.items():
         calls: list[list[float]] = []
         other: list[list[float]] = []
         runs: list[float] = []
-        for rep in range(repeats + 1):
-            into: list[float] = []
-            others: list[float] = []
-            with make() as ctx, timed_hooks(core(ctx), into, others):
+        into: list[float] = []
+        others: list[float] = []
+        with make() as ctx, timed_hooks(core(ctx), into, others):
+            for rep in range(repeats + 1):
                 seconds = _timed(run, time.perf_counter, device)
-            if rep > 0:
-                runs.append(seconds * 1e3)
-                calls.append(into)
-                other.append(others)
-        first = [t for c in calls for t in c[:sites]]
-        later = [t for c in calls for t in c[sites:]]
-        row = {"calls_per_run": len(calls[0]), "us_per_call": statistics.median(later or first),
-               "us_first_call": statistics.median(first),
+                if rep == 0:
+                    first = into[:sites]
+                else:
+                    runs.append(seconds * 1e3)
+                    calls.append(list(into))
+                    other.append(list(others))
+                into.clear()
+                others.clear()
+                if hasattr(ctx, "clear_records"):  # recorded α: as many records in every run
+                    ctx.clear_records()
+        us = statistics.median(t for c in calls for t in c)
+        row = {"calls_per_run": len(calls[0]), "us_per_call": us, "us_first_call": statistics.median(first),
+               "first_calls_ms": sum(t - us for t in first) / 1e3,
                "hooks_ms_per_run": statistics.median([sum(c) / 1e3 for c in calls]),
                "other_hooks_ms_per_run": statistics.median([sum(c) / 1e3 for c in other]),
                "dispatch_ms_per_run": extra_us * (len(calls[0]) + len(other[0])) / 1e3,

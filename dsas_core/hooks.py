@@ -272,11 +272,10 @@ class _SiteHook:
     plan: list["_Step"] = field(default_factory=list)
     plan_records: bool = False  # the plan computes every concept's α here, so α recording can use it
     packed: traced.Packed | None = None  # the traced update's tensors, on the device the site was attached on
-    # the common call's direct launch (FusedUpdate.lane), for the knobs, α rows and stream it was made for
-    lane: Callable[[Tensor], Tensor | None] | None = None
+    # the common call's direct launch (FusedUpdate.lane), for the knobs and α rows it was opened with
+    lane: Callable[[Any], Any] | None = None
     lane_for: tuple[int, bool, bool, bool, str] | None = None  # strengths version, adaptive, fused, record, reuse
     lane_rows: Tensor | None = None
-    lane_on: tuple[torch.Size, tuple[int, ...], torch.dtype, int] | None = None  # shape, strides, dtype, device
 
     def on_device(self, device: torch.device, scaler_dtype: torch.dtype = torch.float32) -> list[_Entry]:
         """The entries with their tensors on ``device`` (copied once per device, shared when already there), the
@@ -454,37 +453,13 @@ class _SiteHook:
             return write_output(self.site, output, res)
         return self.written(output, h, out)
 
-    def through(self, lane: Callable[[Tensor], Tensor | None], output: Any) -> Any:
-        """The module's output steered by ``lane`` where the knobs, α rows and stream are those it was opened for,
-        else None (and where the lane could not launch, it is closed)."""
-        handle = self.handle
-        if (self.lane_for != (handle.strengths.version, handle.adaptive, handle.fused, handle.record_alpha,
-                              handle.alpha_reuse) or handle.alpha_rows is not self.lane_rows):
-            return None
-        if self.check is not None:
-            self.check(output)
-        index = self.site.output_index
-        try:
-            h = output if index is None else output[index]
-            on = (h.shape, h.stride(), h.dtype, h.get_device())
-        except (TypeError, IndexError, KeyError, AttributeError):  # not the stream: the full checks explain
-            return None
-        if on != self.lane_on:
-            return None
-        new = lane(h)
-        if new is None:
-            self.lane = None
-            return None
-        return new if index is None else traced.replaced(output, index, new)
-
     def open_lane(self, fused: FusedUpdate, h: Tensor) -> None:
-        """Keep ``fused``'s lane for the next calls like this one (see :meth:`through`)."""
+        """Keep ``fused``'s lane for the next calls with the knobs and α rows of this one (see :meth:`__call__`)."""
         handle = self.handle
-        self.lane = fused.lane(h, handle.alpha_rows)
+        self.lane = fused.lane(h, handle.alpha_rows, self.site.output_index)
         self.lane_for = (handle.strengths.version, handle.adaptive, handle.fused, handle.record_alpha,
                          handle.alpha_reuse)
         self.lane_rows = handle.alpha_rows
-        self.lane_on = (h.shape, h.stride(), h.dtype, h.get_device())
 
     def fused_keeping_alpha(self, step: _Step, h: Tensor) -> Tensor | None:
         """The steered stream from the step's one kernel where α is stored, reused or recorded, or None where it
@@ -527,10 +502,14 @@ class _SiteHook:
         if torch.is_grad_enabled():
             return self.full(output)
         lane = self.lane
-        if lane is not None:  # the same knobs, rows and stream as the last call: straight to the kernel
-            new = self.through(lane, output)
+        if lane is not None and handle.alpha_rows is self.lane_rows and self.lane_for == (
+                handle.strengths.version, handle.adaptive, handle.fused, handle.record_alpha, handle.alpha_reuse):
+            if self.check is not None:  # the knobs and rows of the lane's call: straight to the kernel
+                self.check(output)
+            new = lane(output)
             if new is not None:
                 return new
+            self.lane = None  # another stream, or no launch now: the fast path decides (and may open another)
         return self.fast(output)
 
     def full(self, output: Any) -> Any:

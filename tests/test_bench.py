@@ -211,3 +211,20 @@ def test_bad_arguments_are_refused_before_any_benchmark_runs(tmp_path, capsys):
         err = capsys.readouterr().err
         assert err.startswith("dsas bench: error: ") and message in err, (args, err)
     assert capsys.readouterr().out == ""  # nothing ran
+
+
+def test_the_hook_timing_attaches_each_configuration_once_and_reports_the_first_calls_apart():
+    from dsas_core.hook_timing import steering_times
+    from dsas_core.hooks import Site, attach
+    from fused_helpers import C, Source, concept
+
+    model, handles = Source(torch.randn(2, 6, C)), []
+
+    def make(**kwargs):
+        return lambda: handles.append(attach([Site("s", model, None, "tokens")], {concept(): 1.0}, **kwargs)) or handles[-1]
+
+    out = steering_times(torch.no_grad()(model), {"dsas": make(), "record": make(record_alpha=True)}, sites=1, repeats=3)
+    assert len(handles) == 2 and all(not h.attached and h.records == [] for h in handles)  # α kept per run only
+    for row in out["per_hook"].values():
+        assert row["calls_per_run"] == 1 and row["us_first_call"] > 0
+        assert row["first_calls_ms"] == pytest.approx((row["us_first_call"] - row["us_per_call"]) / 1e3, rel=1e-9)
