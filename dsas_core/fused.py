@@ -147,11 +147,11 @@ class FusedUpdate:
     def lane(self, h: Tensor, rows: Tensor | None, index: int | None = None) -> Callable[[Any], Any] | None:
         """``lane(output) -> steered output``: the common call (no α kept or reused) on ``output[index]`` (the
         output itself where ``index`` is None), steered with these ``rows`` (the caller checks they are still the
-        ones), for streams of h's shape, strides, dtype, device and 16-byte alignment, launched straight through
-        the compiled kernel a call of this object already launched — the least host work per call. None where
-        there is none (the interpreter, a first call, a launch hook, another device's rows). The lane returns None
-        where it cannot launch this output now (another stream, a profiler listens, another current device, a
-        launch that raised): the caller then calls this object."""
+        ones), for streams of h's shape, strides, dtype and device, launched straight through the compiled kernel
+        that a call of this object already launched — the least host work per call. None where there is none (the
+        interpreter, a first call, another device's rows). Where the kernel cannot be launched that way now (another
+        alignment, a profiler listens, another current device) the lane calls this object instead; it returns
+        None for another stream, or after a direct launch raised: the caller then calls this object itself."""
         spec = self.spec(h)
         if spec is None or spec[0][2] < 0 or (rows is not None and (rows.shape != h.shape[:1]
                                                                     or rows.device != h.device)):
@@ -170,26 +170,34 @@ class FusedUpdate:
             try:
                 h = output if index is None else output[index]
                 p = h.data_ptr()
-                same = (h.shape, h.stride(), h.dtype, h.get_device()) == stream
+                if (h.shape, h.stride(), h.dtype, h.get_device()) != stream:
+                    return None
             except (TypeError, IndexError, KeyError, AttributeError):  # not a stream: the full checks explain
                 return None
             enter, leave = hooks.launch_enter_hook, hooks.launch_exit_hook
-            if (not same or p % 16 != align or (enter is not None and getattr(enter, "calls", True))
+            if (p % 16 != align or (enter is not None and getattr(enter, "calls", True))
                     or (leave is not None and getattr(leave, "calls", True)) or current() != device):
-                return None
-            out = torch.empty_like(h)
-            q = out.data_ptr()
-            if q % 16:
-                return None
-            try:
-                run(grid, 1, 1, stream_of(device), function, metadata, None, None, None, p, q, *rest)
-            except Exception:  # as in the launcher: this Triton's entry point from now on
-                launches.works = False
-                launches.direct.clear()
+                out = self.launched(h, rows)
+            else:
+                out = torch.empty_like(h)
+                try:
+                    run(grid, 1, 1, stream_of(device), function, metadata, None, None, None, p, out.data_ptr(), *rest)
+                except Exception:  # as in the launcher: this Triton's entry point from now on
+                    launches.works = False
+                    launches.direct.clear()
+                    return None
+            if out is None:
                 return None
             return out if index is None else replaced(output, index, out)
 
         return lane
+
+    def launched(self, h: Tensor, rows: Tensor | None) -> Tensor | None:
+        """This object's common call, or None where it failed (the caller's own call then raises and explains)."""
+        try:
+            return self(h, rows)
+        except FusedFailed:
+            return None
 
 
 def torch_update(transform: Transform, scaler: Scaler, lam: float, layout: str) -> Update | None:

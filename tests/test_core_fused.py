@@ -1,6 +1,7 @@
 """The one-kernel update (dsas_core.fused): which concepts have a fused form, where it is not offered, the fallback
 to torch ops when the kernel cannot run, and its numbers (tests/fused_cases.py, run by Triton's interpreter)."""
 
+import contextlib
 import os
 import re
 import subprocess
@@ -193,15 +194,17 @@ def test_a_lane_launches_exactly_what_the_launcher_launches_for_its_stream_and_r
         assert kind == lane_kind == "direct" and len(args) == len(direct)
         assert args[9:11] == (h.data_ptr(), out.data_ptr()) and args[:9] + args[11:] == direct[:9] + direct[11:]
         assert out.shape == h.shape and out.stride() == h.stride() and out.dtype == h.dtype
-    lane = update.lane(h, None)
+    lane, switched = update.lane(h, None), []
+    assert lane(h[:1]) is None and lane(h.half()) is None  # another stream: the caller's full path
     shifted = torch.randn(h.numel() + 1, generator=g)[1:].view(h.shape)  # 4 bytes past a 16-byte boundary
-    assert lane(shifted) is None  # another alignment: another specialisation
+    assert lane(shifted).shape == h.shape and launches[-1][0] == "jit"  # another specialisation: the launcher's
+    monkeypatch.setattr(torch.cuda, "device", lambda index: switched.append(index) or contextlib.nullcontext())
     current[0] = 1
-    assert lane(h) is None  # another current device: the launcher switches devices
+    assert lane(h).shape == h.shape and launches[-1][0] == "direct" and switched == [0]  # the launcher switches
     current[0] = 0
-    assert lane(h) is not None
     monkeypatch.setattr(knobs.runtime, "launch_enter_hook", lambda *args: None)
-    assert lane(h) is None  # a profiler listens: Triton's entry point reports each launch to it
+    assert lane(h).shape == h.shape and launches[-1][0] == "jit"  # a profiler listens: Triton's entry point tells it
+    assert switched == [0]
     monkeypatch.undo()
 
 
