@@ -215,7 +215,7 @@ def _print(name: str, result: dict[str, Any]) -> None:
         elif key == "per_hook":  # µs of one steering hook in place, per configuration
             for config, h in value.items():
                 first = (f" (after attaching, a site's first call {h['us_first_call']:.1f} µs: "
-                         f"{h['first_calls_ms']:.2f} ms more once)" if "first_calls_ms" in h else "")
+                         f"{h['first_calls_ms']:+.2f} ms in all, once)" if "first_calls_ms" in h else "")
                 hooks = (f"{h['calls_per_run']} hook calls a run, median {h['us_per_call']:.1f} µs each{first}; "
                          f"{h['hooks_ms_per_run']:.2f} ms a run in all, of {h['run_ms']:.2f} ms (medians over runs)"
                          if "calls_per_run" in h else "")
