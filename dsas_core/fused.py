@@ -156,7 +156,8 @@ class FusedUpdate:
         if spec is None or spec[0][2] < 0 or (rows is not None and (rows.shape != h.shape[:1]
                                                                     or rows.device != h.device)):
             return None
-        key, _, pointers, constants = self.arguments(spec, h, 0, rows, None, False)  # allocations: 16-byte aligned
+        # the output's pointer taken as 16-byte aligned: CUDA's caching allocator rounds every block to 512 bytes
+        key, _, pointers, constants = self.arguments(spec, h, 0, rows, None, False)
         launches = self.launch.launches
         direct = launches.direct.get(key)
         if direct is None:

@@ -82,11 +82,10 @@ def test_a_kernel_that_fails_to_run_warns_once_and_steering_goes_on_with_torch_o
             assert torch.equal(model(), expected)
 
 
-def test_after_its_first_launch_a_specialisation_goes_straight_to_the_compiled_kernel(monkeypatch):
+def _recording_kernel(monkeypatch, launches: list) -> object:
+    """A stand-in for the Triton kernel: its entry point (``kernel[grid](...)``, "jit") and its compiled kernel's
+    launcher ("direct") append their arguments to ``launches``; Triton's stream getter gives 1000 + device."""
     import triton.runtime
-    from triton import knobs
-
-    launches = []
 
     class Compiled:
         function, packed_metadata = "function", "metadata"
@@ -103,7 +102,14 @@ def test_after_its_first_launch_a_specialisation_goes_straight_to_the_compiled_k
 
     stream = SimpleNamespace(get_current_stream=lambda device: 1000 + device)
     monkeypatch.setattr(triton.runtime, "driver", SimpleNamespace(active=stream))
-    launch, constants = fused._Launcher(Kernel(), fused.Launches()), (True, False, 0, 16, 64)
+    return Kernel()
+
+
+def test_after_its_first_launch_a_specialisation_goes_straight_to_the_compiled_kernel(monkeypatch):
+    from triton import knobs
+
+    launches = []
+    launch, constants = fused._Launcher(_recording_kernel(monkeypatch, launches), fused.Launches()), (True, False, 0, 16, 64)
     named = dict(zip(("HAS_SCALE", "HAS_ROWS", "ALPHA", "BLOCK_P", "BLOCK_C"), constants))
     launch("a", 3, ["h", "out"], [10, 20], [0.5], constants, 1)  # tensors, their pointers, the other arguments
     launch("a", 5, ["h2", "out2"], [11, 21], [0.5], constants, 1)
@@ -144,32 +150,16 @@ def test_a_direct_launch_that_raises_falls_back_to_the_entry_point_for_good(monk
 def _stand_in_gpu(monkeypatch, current: list[int] | None = None) -> list:
     """A GPU stand-in on CPU tensors: Triton's entry point and the compiled kernel's launcher record their
     arguments (nothing is computed), streams count as on CUDA device 0; ``current[0]``: the current device."""
-    import triton.runtime
-
     launches = []
-
-    class Compiled:
-        function, packed_metadata = "function", "metadata"
-
-        def run(self, *args):
-            launches.append(("direct", args))
-
-    class Kernel:
-        def __getitem__(self, grid):
-            def go(*args, **constants):
-                launches.append(("jit", grid, args, constants))
-                return Compiled()
-            return go
-
+    kernel = _recording_kernel(monkeypatch, launches)
     real_spec = fused._spec
 
     def on_device_0(*args):
         spec = real_spec(*args)
         return spec and ((*spec[0][:2], 0, *spec[0][3:]), *spec[1:])
 
-    monkeypatch.setattr(triton.runtime, "driver", SimpleNamespace(active=SimpleNamespace(get_current_stream=lambda d: 1000 + d)))
     monkeypatch.setattr(fused, "available", lambda device: True)
-    monkeypatch.setattr(fused, "_kernel", lambda interpret: Kernel())
+    monkeypatch.setattr(fused, "_kernel", lambda interpret: kernel)
     monkeypatch.setattr(fused, "_spec", on_device_0)
     current = current or [0]
     monkeypatch.setattr(torch.cuda, "current_device", lambda: current[0])
