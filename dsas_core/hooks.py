@@ -40,6 +40,9 @@ from .scaler import Scaler
 from .transforms import Transform
 
 HALF = (torch.float16, torch.bfloat16)  # activations the fast path's scalers follow into their own dtype
+# Read by every site hook call. Bound once: where a hook runs between a model's kernels, each attribute lookup on
+# the way costs a µs (caches are cold there). torch.compile still folds the call (it knows the function itself).
+_compiling, _grad_enabled = torch.compiler.is_compiling, torch.is_grad_enabled
 
 Layout = Literal["tokens", "channels"]
 
@@ -493,13 +496,13 @@ class _SiteHook:
         handle.hooks_ran = True  # read by the root model's check (a store only: nothing to guard under compile)
         if not handle.enabled:
             return None
-        if torch.compiler.is_compiling():  # traced: from the packed form where it applies (few guards per call)
+        if _compiling():  # traced: from the packed form where it applies (few guards per call)
             packed = self.packed
             if (packed is not None and not handle.record_alpha and handle.alpha_reuse == "off"
                     and traced.takes(packed, output)):
                 return traced.steer(packed, output, handle.adaptive, handle.alpha_rows)
             return self.full(output)
-        if torch.is_grad_enabled():
+        if _grad_enabled():
             return self.full(output)
         lane = self.lane
         if lane is not None and handle.alpha_rows is self.lane_rows and self.lane_for == (
