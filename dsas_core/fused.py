@@ -49,9 +49,6 @@ def available(device: torch.device) -> bool:
     return device.type == "cpu" and interpreting() and _kernel(True) is not None
 
 
-Update = Callable[..., "Tensor | None"]
-
-
 class Launches:
     """The compiled kernels a steering handle launches directly, by specialisation (kept on the handle: every
     site and every re-plan after a strength change shares them)."""
@@ -201,30 +198,62 @@ class FusedUpdate:
             return None
 
 
-def torch_update(transform: Transform, scaler: Scaler, lam: float, layout: str) -> Update | None:
-    """``update(h, rows) -> h'`` as :func:`fused_update`'s common call (no α kept or reused), from torch ops, for
-    one concept with a probe scaler (α per position) and a constant update (mean shift, ITI-c); None for other
-    concepts. The same ops, in the same order, as the general fast path — so the same result — without its per-call
-    bookkeeping: where a hook runs between a model's large kernels, each Python step costs µs (caches are cold
-    there), and a 1-token decoding step of a small LM is short. ``update`` returns None (the general path runs) for
-    a stream that is not float32."""
+def torch_update(transform: Transform, scaler: Scaler, lam: float, layout: str) -> TorchUpdate | None:
+    """The one-call update of one concept with a probe scaler (α per position) and a constant update (mean shift,
+    ITI-c) from torch ops (:class:`TorchUpdate`), or None for other concepts."""
     affine = transform.affine()
     if not isinstance(scaler, ProbeScaler) or affine is None or affine[0] is not None:
         return None
-    weight, bias, offset, column = scaler.weight_row, scaler.bias_row, affine[1], scaler.column  # (1, d), (1,), (d,)
-    channels = layout == "channels"
+    return TorchUpdate(scaler, affine[1], lam, layout)
 
-    def update(h: Tensor, rows: Tensor | None) -> Tensor | None:
+
+class TorchUpdate:
+    """``update(h, rows) -> h'`` as :class:`FusedUpdate`'s common call (no α kept or reused), from torch ops. The
+    same ops, in the same order, as the general fast path — so the same result — without its per-call bookkeeping:
+    where a hook runs between a model's large kernels, each Python step costs µs (caches are cold there), and a
+    1-token decoding step of a small LM is short. ``update`` returns None (the general path runs) for a stream that
+    is not float32. :meth:`lane`: the same, bound to one stream geometry."""
+
+    def __init__(self, scaler: ProbeScaler, offset: Tensor, lam: float, layout: str) -> None:
+        self.weight, self.bias, self.column = scaler.weight_row, scaler.bias_row, scaler.column  # (1, d), (1,)
+        self.offset, self.lam, self.channels = offset, lam, layout == "channels"  # (d,)
+
+    def __call__(self, h: Tensor, rows: Tensor | None) -> Tensor | None:
         if h.dtype != torch.float32:
             return None
-        x = h.movedim(1, -1) if channels else h  # (..., d)
-        alpha = torch.sigmoid(torch.nn.functional.linear(x, weight, bias)) if x.stride(-1) == 1 else column(x)
+        x = h.movedim(1, -1) if self.channels else h  # (..., d)
+        alpha = (torch.sigmoid(torch.nn.functional.linear(x, self.weight, self.bias)) if x.stride(-1) == 1
+                 else self.column(x))
         if rows is not None:
             alpha = alpha[rows]  # (..., 1), e.g. the unconditional half of a CFG batch takes its pair's α
-        out = torch.addcmul(x, alpha, offset, value=lam)
-        return out.movedim(-1, 1) if channels else out
+        out = torch.addcmul(x, alpha, self.offset, value=self.lam)
+        return out.movedim(-1, 1) if self.channels else out
 
-    return update
+    def lane(self, h: Tensor, rows: Tensor | None, index: int | None = None) -> Callable[[Any], Any]:
+        """``lane(output) -> steered output``: this update on ``output[index]`` (the output itself where ``index``
+        is None) with these ``rows`` (the caller checks they are still the ones), for streams of h's shape,
+        strides, dtype and device; None for another stream (the caller's full path then runs)."""
+        return _stream_lane(lambda h: self(h, rows), h, index)
+
+
+def _stream_lane(update: Callable[[Tensor], Tensor | None], h: Tensor, index: int | None) -> Callable[[Any], Any]:
+    """``lane(output)``: ``update`` on the stream ``output[index]`` when it has h's shape, strides, dtype and device
+    (else None), put back into the output."""
+    stream, replaced = (h.shape, h.stride(), h.dtype, h.get_device()), traced.replaced
+
+    def lane(output: Any) -> Any:
+        try:
+            h = output if index is None else output[index]
+            if (h.shape, h.stride(), h.dtype, h.get_device()) != stream:
+                return None
+        except (TypeError, IndexError, KeyError, AttributeError):  # not a stream: the full checks explain
+            return None
+        out = update(h)
+        if out is None:
+            return None
+        return out if index is None else replaced(output, index, out)
+
+    return lane
 
 
 # (specialisation: (integers, dtype, device index, HAS_SCALE, blocks), grid, (λ, *integers), the common call's

@@ -35,7 +35,7 @@ from torch import Tensor, nn
 from . import traced
 from .concept import Concept
 from .errors import DsasError
-from .fused import FusedFailed, FusedUpdate, Launches, fused_update, torch_update
+from .fused import FusedFailed, FusedUpdate, Launches, TorchUpdate, fused_update, torch_update
 from .scaler import Scaler
 from .transforms import Transform
 
@@ -275,7 +275,8 @@ class _SiteHook:
     plan: list["_Step"] = field(default_factory=list)
     plan_records: bool = False  # the plan computes every concept's α here, so α recording can use it
     packed: traced.Packed | None = None  # the traced update's tensors, on the device the site was attached on
-    # the common call's direct launch (FusedUpdate.lane), for the knobs and α rows it was opened with
+    # the common call bound to its stream (FusedUpdate.lane, TorchUpdate.lane), for the knobs and α rows it was
+    # opened with
     lane: Callable[[Any], Any] | None = None
     lane_for: tuple[int, bool, bool, bool, str] | None = None  # strengths version, adaptive, fused, record, reuse
     lane_rows: Tensor | None = None
@@ -416,7 +417,7 @@ class _SiteHook:
             try:
                 if common:
                     new = step.fused(h, handle.alpha_rows)
-                    if new is not None and isinstance(step.fused, FusedUpdate):
+                    if new is not None and isinstance(step.fused, (FusedUpdate, TorchUpdate)):
                         self.open_lane(step.fused, h)
                 else:
                     new = self.fused_keeping_alpha(step, h)
@@ -456,7 +457,7 @@ class _SiteHook:
             return write_output(self.site, output, res)
         return self.written(output, h, out)
 
-    def open_lane(self, fused: FusedUpdate, h: Tensor) -> None:
+    def open_lane(self, fused: FusedUpdate | TorchUpdate, h: Tensor) -> None:
         """Keep ``fused``'s lane for the next calls with the knobs and α rows of this one (see :meth:`__call__`)."""
         handle = self.handle
         self.lane = fused.lane(h, handle.alpha_rows, self.site.output_index)

@@ -374,6 +374,32 @@ def test_one_probe_concept_on_a_float32_stream_runs_as_one_call_with_the_general
         assert len(handle.records) == 1
 
 
+@pytest.mark.parametrize("layout,shape", [("tokens", (4, 6, 40)), ("channels", (4, 40, 3, 5))])
+def test_the_one_call_form_keeps_a_lane_while_knobs_rows_and_stream_stay_with_the_same_numbers(monkeypatch, layout,
+                                                                                              shape):
+    from dsas_core import hooks
+    from fused_helpers import Source, concept
+
+    model = Source(torch.randn(*shape, generator=torch.Generator().manual_seed(3)))
+    general, real_fast = [], hooks._SiteHook.fast
+    monkeypatch.setattr(hooks._SiteHook, "fast", lambda self, output: general.append(1) or real_fast(self, output))
+    rows = torch.tensor([2, 3, 2, 3])
+    with attach([Site("s", model, None, layout)], {concept("itic"): 1.5}) as handle, torch.no_grad():
+        expected = {}
+        handle.fused = False  # the general torch ops
+        for r in (None, rows):
+            handle.alpha_rows = r
+            expected[r is None] = model()
+        handle.fused, handle.alpha_rows = True, None
+        assert [torch.equal(model(), expected[True]) for _ in range(3)] == [True] * 3
+        handle.alpha_rows = rows
+        assert [torch.equal(model(), expected[False]) for _ in range(2)] == [True] * 2
+        model.t = model.t[:2]  # another stream: the full path, then its own lane
+        handle.alpha_rows = None
+        assert [model().shape[0] for _ in range(2)] == [2, 2]
+    assert len(general) == 2 + 1 + 1 + 1  # the general calls, then each first call after a change; the rest lanes
+
+
 def test_half_streams_and_two_concepts_at_a_site_take_no_one_call_form():
     from fused_helpers import Source, concept
 
