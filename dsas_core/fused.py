@@ -149,13 +149,13 @@ class FusedUpdate:
         interpreter, a first call, another device's rows). Where the kernel cannot be launched that way now (another
         alignment, a profiler listens, another current device) the lane calls this object instead; it returns
         None for another stream, or after a direct launch raised: the caller then calls this object itself."""
-        spec = self.spec(h)
+        launches = self.launch.launches
+        spec = self.spec(h) if launches.works else None  # works: direct launches have not failed here
         if spec is None or spec[0][2] < 0 or (rows is not None and (rows.shape != h.shape[:1]
                                                                     or rows.device != h.device)):
             return None
         # the output's pointer taken as 16-byte aligned: CUDA's caching allocator rounds every block to 512 bytes
         key, _, pointers, constants = self.arguments(spec, h, 0, rows, None, False)
-        launches = self.launch.launches
         direct = launches.direct.get(key)
         if direct is None:
             return None
