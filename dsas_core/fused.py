@@ -233,13 +233,20 @@ class TorchUpdate:
         """``lane(output) -> steered output``: this update on ``output[index]`` (the output itself where ``index``
         is None) with these ``rows`` (the caller checks they are still the ones), for streams of h's shape,
         strides, dtype and device; None for another stream (the caller's full path then runs)."""
-        return _stream_lane(lambda h: self(h, rows), h, index)
+        replaced = traced.replaced
+
+        def steered(h: Tensor, output: Any) -> Any:
+            out = self(h, rows)
+            return out if out is None or index is None else replaced(output, index, out)
+
+        return stream_lane(steered, h, index)
 
 
-def _stream_lane(update: Callable[[Tensor], Tensor | None], h: Tensor, index: int | None) -> Callable[[Any], Any]:
-    """``lane(output)``: ``update`` on the stream ``output[index]`` when it has h's shape, strides, dtype and device
-    (else None), put back into the output."""
-    stream, replaced = (h.shape, h.stride(), h.dtype, h.get_device()), traced.replaced
+def stream_lane(steered: Callable[[Tensor, Any], Any], h: Tensor, index: int | None) -> Callable[[Any], Any]:
+    """``lane(output)``: ``steered(stream, output)`` (the steered output, or None) where the stream
+    ``output[index]`` (the output itself where ``index`` is None) has h's shape, strides, dtype and device, else
+    None."""
+    stream = (h.shape, h.stride(), h.dtype, h.get_device())
 
     def lane(output: Any) -> Any:
         try:
@@ -248,10 +255,7 @@ def _stream_lane(update: Callable[[Tensor], Tensor | None], h: Tensor, index: in
                 return None
         except (TypeError, IndexError, KeyError, AttributeError):  # not a stream: the full checks explain
             return None
-        out = update(h)
-        if out is None:
-            return None
-        return out if index is None else replaced(output, index, out)
+        return steered(h, output)
 
     return lane
 

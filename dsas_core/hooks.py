@@ -35,7 +35,7 @@ from torch import Tensor, nn
 from . import traced
 from .concept import Concept
 from .errors import DsasError
-from .fused import FusedFailed, FusedUpdate, Launches, TorchUpdate, fused_update, torch_update
+from .fused import FusedFailed, FusedUpdate, Launches, TorchUpdate, fused_update, stream_lane, torch_update
 from .scaler import Scaler
 from .transforms import Transform
 
@@ -427,6 +427,15 @@ class _SiteHook:
                 new = None
             if new is not None:
                 return write_output(self.site, output, new)
+        if common:  # the next calls like this one go straight to the ops below
+            self.open_lane(None, h)
+        return self.apply(output, h)
+
+    def apply(self, output: Any, h: Tensor) -> Any:
+        """The plan's torch ops on the checked stream h of ``output`` (see :meth:`fast`)."""
+        handle = self.handle
+        record = handle.record_alpha
+        half = h.dtype in HALF
         x = tokens_last(self.site, h)
         x = x if half or x.dtype == torch.float32 else x.float()  # .float() of a float32 tensor is still a dispatch
         res = torch.empty_like(h) if half else None  # the steered stream in h's layout, written by the last step
@@ -457,10 +466,13 @@ class _SiteHook:
             return write_output(self.site, output, res)
         return self.written(output, h, out)
 
-    def open_lane(self, fused: FusedUpdate | TorchUpdate, h: Tensor) -> None:
-        """Keep ``fused``'s lane for the next calls with the knobs and α rows of this one (see :meth:`__call__`)."""
+    def open_lane(self, fused: FusedUpdate | TorchUpdate | None, h: Tensor) -> None:
+        """Keep a lane for the next calls with the knobs and α rows of this one (see :meth:`__call__`): ``fused``'s,
+        or where None, :meth:`apply` on streams like h."""
         handle = self.handle
-        self.lane = fused.lane(h, handle.alpha_rows, self.site.output_index)
+        index = self.site.output_index
+        self.lane = (fused.lane(h, handle.alpha_rows, index) if fused is not None
+                     else stream_lane(lambda stream, output: self.apply(output, stream), h, index))
         self.lane_for = (handle.strengths.version, handle.adaptive, handle.fused, handle.record_alpha,
                          handle.alpha_reuse)
         self.lane_rows = handle.alpha_rows

@@ -400,6 +400,27 @@ def test_the_one_call_form_keeps_a_lane_while_knobs_rows_and_stream_stay_with_th
     assert len(general) == 2 + 1 + 1 + 1  # the general calls, then each first call after a change; the rest lanes
 
 
+@pytest.mark.parametrize("case", ["plain", "half", "two concepts"])
+def test_the_general_fast_path_keeps_a_lane_with_the_same_numbers(monkeypatch, case):
+    from dsas_core import hooks
+    from fused_helpers import Source, concept
+
+    t = torch.randn(4, 6, 40, generator=torch.Generator().manual_seed(5))
+    model = Source(t.half() if case == "half" else t)
+    first = concept()
+    concepts = {first: 1.5, concept("itic"): -0.5} if case == "two concepts" else {first: 1.5}
+    general, real_fast = [], hooks._SiteHook.fast
+    monkeypatch.setattr(hooks._SiteHook, "fast", lambda self, output: general.append(1) or real_fast(self, output))
+    with attach([Site("s", model, None, "tokens")], concepts, adaptive=case != "plain") as handle, torch.no_grad():
+        steered = model()  # the fast path, which opens the lane
+        assert [torch.equal(model(), steered) for _ in range(3)] == [True] * 3
+        handle.strengths[first.name] = 0.5
+        moved = model()
+        assert torch.equal(model(), moved) and not torch.equal(moved, steered)
+        assert next(iter(model._forward_hooks.values())).lane is not None
+    assert len(general) == 2  # 6 calls: the first, and the first after λ moved
+
+
 def test_half_streams_and_two_concepts_at_a_site_take_no_one_call_form():
     from fused_helpers import Source, concept
 
