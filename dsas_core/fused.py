@@ -164,7 +164,7 @@ class FusedUpdate:
         stream, align = (h.shape, h.stride(), h.dtype, h.get_device()), pointers[0] % 16
         current, replaced = torch.cuda.current_device, traced.replaced
 
-        def lane(output: Any) -> Any:
+        def lane(output: Any) -> Any:  # stream_lane's check inlined, with the pointer: one call less a hook call
             try:
                 h = output if index is None else output[index]
                 p = h.data_ptr()
@@ -235,15 +235,15 @@ class TorchUpdate:
         strides, dtype and device; None for another stream (the caller's full path then runs)."""
         replaced = traced.replaced
 
-        def steered(h: Tensor, output: Any) -> Any:
+        def steered(output: Any, h: Tensor) -> Any:
             out = self(h, rows)
             return out if out is None or index is None else replaced(output, index, out)
 
         return stream_lane(steered, h, index)
 
 
-def stream_lane(steered: Callable[[Tensor, Any], Any], h: Tensor, index: int | None) -> Callable[[Any], Any]:
-    """``lane(output)``: ``steered(stream, output)`` (the steered output, or None) where the stream
+def stream_lane(steered: Callable[[Any, Tensor], Any], h: Tensor, index: int | None) -> Callable[[Any], Any]:
+    """``lane(output)``: ``steered(output, stream)`` (the steered output, or None) where the stream
     ``output[index]`` (the output itself where ``index`` is None) has h's shape, strides, dtype and device, else
     None."""
     stream = (h.shape, h.stride(), h.dtype, h.get_device())
@@ -255,7 +255,7 @@ def stream_lane(steered: Callable[[Tensor, Any], Any], h: Tensor, index: int | N
                 return None
         except (TypeError, IndexError, KeyError, AttributeError):  # not a stream: the full checks explain
             return None
-        return steered(h, output)
+        return steered(output, h)
 
     return lane
 

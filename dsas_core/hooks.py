@@ -103,7 +103,7 @@ class HookHandle:
 
         def pre_hook(mod: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
             if when is None or when():
-                (eager if torch.compiler.is_compiling() else fn)(args, kwargs)
+                (eager if _compiling() else fn)(args, kwargs)
 
         self._removables.append(module.register_forward_pre_hook(pre_hook, with_kwargs=True))
 
@@ -255,7 +255,7 @@ class _Step(NamedTuple):
     delta: Callable[[Tensor], Tensor]
     lam: float
     lam_tensor: Tensor  # λ as the full path's 0-d tensor
-    fused: Callable[..., Tensor | None] | None  # the whole update in one kernel or one call of torch ops, or None
+    fused: FusedUpdate | TorchUpdate | None  # the whole update in one kernel or one call of torch ops, or None
     per_input: Callable[[Tensor, Tensor | None], Tensor] | None  # α once per call for a per-input scaler, or None
     keeps_alpha: bool = True  # ``fused`` also keeps or reuses α (the kernel); False: it takes the common call only
 
@@ -417,7 +417,7 @@ class _SiteHook:
             try:
                 if common:
                     new = step.fused(h, handle.alpha_rows)
-                    if new is not None and isinstance(step.fused, (FusedUpdate, TorchUpdate)):
+                    if new is not None:
                         self.open_lane(step.fused, h)
                 else:
                     new = self.fused_keeping_alpha(step, h)
@@ -472,7 +472,7 @@ class _SiteHook:
         handle = self.handle
         index = self.site.output_index
         self.lane = (fused.lane(h, handle.alpha_rows, index) if fused is not None
-                     else stream_lane(lambda stream, output: self.apply(output, stream), h, index))
+                     else stream_lane(self.apply, h, index))
         self.lane_for = (handle.strengths.version, handle.adaptive, handle.fused, handle.record_alpha,
                          handle.alpha_reuse)
         self.lane_rows = handle.alpha_rows
