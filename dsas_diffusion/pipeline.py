@@ -49,20 +49,24 @@ class RunningPipeline:
 
     def __init__(self, denoiser: nn.Module, fallback: Any, depth: int = 12) -> None:
         self.denoiser, self.fallback, self.depth = denoiser, fallback, depth
-        skip = (nn.Module._call_impl.__code__, nn.Module._wrapped_call_impl.__code__)
-        self.worth_reading: dict[Any, bool] = dict.fromkeys(skip, False)  # by code object, decided once
+        # by code object, decided once; keyed by id (hashing a code object hashes its constants on every call), the
+        # code held beside its answer so that its id cannot be reused
+        self.worth_reading: dict[int, tuple[Any, bool]] = {}
+        for skip in (nn.Module._call_impl.__code__, nn.Module._wrapped_call_impl.__code__):
+            self.worth_reading[id(skip)] = (skip, False)
 
     def __call__(self) -> Any:
         frame = sys._getframe(1)
+        known = self.worth_reading
         for _ in range(self.depth):
             frame = frame.f_back
             if frame is None:
                 break
             code = frame.f_code
-            worth = self.worth_reading.get(code)
-            if worth is None:
-                worth = self.worth_reading[code] = "self" in code.co_varnames
-            if not worth:  # reading a frame's locals copies them all
+            entry = known.get(id(code))
+            if entry is None or entry[0] is not code:
+                entry = known[id(code)] = (code, "self" in code.co_varnames)
+            if not entry[1]:  # reading a frame's locals copies them all
                 continue
             owner = frame.f_locals.get("self")
             if owner is not None and owner is not self.denoiser and any(
@@ -91,17 +95,17 @@ class StepClock:
         """(step, index of this call within the step) for the denoiser call about to run, made by ``pipe`` (by
         default the pipeline the clock was made for)."""
         pipe = self.pipe if pipe is None else pipe
-        scheduler = getattr(pipe, "scheduler", None)
+        called_directly = isinstance(pipe, nn.Module)  # a denoiser called by itself: no scheduler, no timestep
+        scheduler = None if called_directly else getattr(pipe, "scheduler", None)
         timesteps = getattr(scheduler, "timesteps", None)
         if timesteps is not self.timesteps or self.pipeline_calls == 0:  # set_timesteps ran: a new pipeline call
             self.timesteps, self.timestep, self.calls, self.step, self.in_step = timesteps, None, 0, -1, 0
             self.pipeline_calls += 1
-        index = getattr(scheduler, "step_index", _MISSING)
-        current = getattr(pipe, "_current_timestep", None)
+        index = getattr(scheduler, "step_index", _MISSING) if scheduler is not None else _MISSING
         if index is not _MISSING:  # None until the scheduler's first step() of this pipeline call
             step = 0 if index is None else int(index) - int(getattr(scheduler, "begin_index", None) or 0)
             in_step = self.in_step + 1 if step == self.step else 0
-        elif current is not None:
+        elif not called_directly and (current := getattr(pipe, "_current_timestep", None)) is not None:
             new = current is not self.timestep
             step, in_step = (self.step + 1, 0) if new else (self.step, self.in_step + 1)
             self.timestep = current
@@ -269,7 +273,8 @@ class _StepTracker:
         handle, branches = self.handle, self.arch.branches
         assert handle is not None
         branch = branches[in_step] if in_step < len(branches) else f"call{in_step}"
-        cfg = bool(getattr(pipe, "do_classifier_free_guidance", False)) and in_step == 0 and info.batch % 2 == 0
+        cfg = (in_step == 0 and info.batch % 2 == 0 and not isinstance(pipe, nn.Module)
+               and bool(getattr(pipe, "do_classifier_free_guidance", False)))
         context: dict[str, Any] = {"step": step, "branch": branch, "cfg": cfg, "latent_hw": info.latent_hw,
                                    "patch": info.patch, "call": self.clock.pipeline_calls - 1}
         if info.image_ids is not None:

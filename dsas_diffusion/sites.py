@@ -18,7 +18,7 @@ import math
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 from torch import Tensor, nn
 
@@ -35,9 +35,9 @@ class Candidate:
     stream: Literal["image", "text"] | None = None  # transformer blocks: which token stream the site steers
 
 
-@dataclass(frozen=True)
-class CallInfo:
-    """What one denoiser call's arguments say (shapes only: no host sync)."""
+class CallInfo(NamedTuple):
+    """What one denoiser call's arguments say (shapes only: no host sync). A named tuple: made on every denoiser
+    call, in half the time of a frozen dataclass."""
 
     batch: int
     latent_hw: tuple[int, int] | None  # the latent grid, when the input's shape shows it
