@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from . import traced
-from .scaler import ProbeScaler, Scaler
+from .scaler import Scaler
 from .transforms import Transform
 
 
@@ -196,68 +196,6 @@ class FusedUpdate:
             return self(h, rows)
         except FusedFailed:
             return None
-
-
-def torch_update(transform: Transform, scaler: Scaler, lam: float, layout: str) -> TorchUpdate | None:
-    """The one-call update of one concept with a probe scaler (α per position) and a constant update (mean shift,
-    ITI-c) from torch ops (:class:`TorchUpdate`), or None for other concepts."""
-    affine = transform.affine()
-    if not isinstance(scaler, ProbeScaler) or affine is None or affine[0] is not None:
-        return None
-    return TorchUpdate(scaler, affine[1], lam, layout)
-
-
-class TorchUpdate:
-    """``update(h, rows) -> h'`` as :class:`FusedUpdate`'s common call (no α kept or reused), from torch ops. The
-    same ops, in the same order, as the general fast path — so the same result — without its per-call bookkeeping:
-    where a hook runs between a model's large kernels, each Python step costs µs (caches are cold there), and a
-    1-token decoding step of a small LM is short. ``update`` returns None (the general path runs) for a stream that
-    is not float32. :meth:`lane`: the same, bound to one stream geometry."""
-
-    def __init__(self, scaler: ProbeScaler, offset: Tensor, lam: float, layout: str) -> None:
-        self.weight, self.bias, self.column = scaler.weight_row, scaler.bias_row, scaler.column  # (1, d), (1,)
-        self.offset, self.lam, self.channels = offset, lam, layout == "channels"  # (d,)
-
-    def __call__(self, h: Tensor, rows: Tensor | None) -> Tensor | None:
-        if h.dtype != torch.float32:
-            return None
-        x = h.movedim(1, -1) if self.channels else h  # (..., d)
-        alpha = (torch.sigmoid(torch.nn.functional.linear(x, self.weight, self.bias)) if x.stride(-1) == 1
-                 else self.column(x))
-        if rows is not None:
-            alpha = alpha[rows]  # (..., 1), e.g. the unconditional half of a CFG batch takes its pair's α
-        out = torch.addcmul(x, alpha, self.offset, value=self.lam)
-        return out.movedim(-1, 1) if self.channels else out
-
-    def lane(self, h: Tensor, rows: Tensor | None, index: int | None = None) -> Callable[[Any], Any]:
-        """``lane(output) -> steered output``: this update on ``output[index]`` (the output itself where ``index``
-        is None) with these ``rows`` (the caller checks they are still the ones), for streams of h's shape,
-        strides, dtype and device; None for another stream (the caller's full path then runs)."""
-        replaced = traced.replaced
-
-        def steered(output: Any, h: Tensor) -> Any:
-            out = self(h, rows)
-            return out if out is None or index is None else replaced(output, index, out)
-
-        return stream_lane(steered, h, index)
-
-
-def stream_lane(steered: Callable[[Any, Tensor], Any], h: Tensor, index: int | None) -> Callable[[Any], Any]:
-    """``lane(output)``: ``steered(output, stream)`` (the steered output, or None) where the stream
-    ``output[index]`` (the output itself where ``index`` is None) has h's shape, strides, dtype and device, else
-    None."""
-    stream = (h.shape, h.stride(), h.dtype, h.get_device())
-
-    def lane(output: Any) -> Any:
-        try:
-            h = output if index is None else output[index]
-            if (h.shape, h.stride(), h.dtype, h.get_device()) != stream:
-                return None
-        except (TypeError, IndexError, KeyError, AttributeError):  # not a stream: the full checks explain
-            return None
-        return steered(output, h)
-
-    return lane
 
 
 # (specialisation: (integers, dtype, device index, HAS_SCALE, blocks), grid, (λ, *integers), the common call's

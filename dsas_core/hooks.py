@@ -35,11 +35,11 @@ from torch import Tensor, nn
 from . import traced
 from .concept import Concept
 from .errors import DsasError
-from .fused import FusedFailed, FusedUpdate, Launches, TorchUpdate, fused_update, stream_lane, torch_update
+from .fused import FusedFailed, FusedUpdate, Launches, fused_update
+from .one_call import HALF, OneCall, input_update, stream_lane, torch_update
 from .scaler import Scaler
 from .transforms import Transform
 
-HALF = (torch.float16, torch.bfloat16)  # activations the fast path's scalers follow into their own dtype
 # Read by every site hook call. Bound once: where a hook runs between a model's kernels, each attribute lookup on
 # the way costs a µs (caches are cold there). torch.compile still folds the call (it knows the function itself).
 _compiling, _grad_enabled = torch.compiler.is_compiling, torch.is_grad_enabled
@@ -255,7 +255,7 @@ class _Step(NamedTuple):
     delta: Callable[[Tensor], Tensor]
     lam: float
     lam_tensor: Tensor  # λ as the full path's 0-d tensor
-    fused: FusedUpdate | TorchUpdate | None  # the whole update in one kernel or one call of torch ops, or None
+    fused: FusedUpdate | OneCall | None  # the whole update in one kernel or one call of torch ops, or None
     per_input: Callable[[Tensor, Tensor | None], Tensor] | None  # α once per call for a per-input scaler, or None
     keeps_alpha: bool = True  # ``fused`` also keeps or reuses α (the kernel); False: it takes the common call only
 
@@ -275,7 +275,7 @@ class _SiteHook:
     plan: list["_Step"] = field(default_factory=list)
     plan_records: bool = False  # the plan computes every concept's α here, so α recording can use it
     packed: traced.Packed | None = None  # the traced update's tensors, on the device the site was attached on
-    # the common call bound to its stream (FusedUpdate.lane, TorchUpdate.lane), for the knobs and α rows it was
+    # the common call bound to its stream (FusedUpdate.lane, OneCall.lane), for the knobs and α rows it was
     # opened with
     lane: Callable[[Any], Any] | None = None
     lane_for: tuple[int, bool, bool, bool, str] | None = None  # strengths version, adaptive, fused, record, reuse
@@ -331,14 +331,17 @@ class _SiteHook:
             plan.append(_Step(e.name, column, e.transform.delta, lam, handle.strengths.tensor(e.name, device), None,
                               per_input))
             moving.append(e32)
-        # One adaptive concept: one kernel where the device allows, else (a float32 stream) its torch ops in one call
+        # One adaptive concept: one kernel where the device allows, else its torch ops in one call (α per input:
+        # any float dtype; α per position: a float32 stream)
         if len(plan) == 1 and adaptive and handle.fused:
-            fused = fused_update(moving[0].transform, moving[0].scaler, plan[0].lam, self.site.layout, device,
-                                 handle.launches)
+            step, layout = plan[0], self.site.layout
+            fused = fused_update(moving[0].transform, moving[0].scaler, step.lam, layout, device, handle.launches)
             keeps = fused is not None
-            if fused is None and plan[0].per_input is None and dtype == torch.float32:  # the plan's own entries
-                fused = torch_update(moving[0].transform, moving[0].scaler, plan[0].lam, self.site.layout)
-            plan[0] = plan[0]._replace(fused=fused, keeps_alpha=keeps)
+            if fused is None and step.per_input is not None:
+                fused = input_update(moving[0].transform, step.per_input, step.lam, layout)
+            elif fused is None and dtype == torch.float32:  # the plan's own entries
+                fused = torch_update(moving[0].transform, moving[0].scaler, step.lam, layout)
+            plan[0] = step._replace(fused=fused, keeps_alpha=keeps)
         self.plan = plan
         self.plan_records = adaptive and len(plan) == len(self.entries)
         self.plan_for = (handle.strengths.version, adaptive, handle.fused)
@@ -466,7 +469,7 @@ class _SiteHook:
             return write_output(self.site, output, res)
         return self.written(output, h, out)
 
-    def open_lane(self, fused: FusedUpdate | TorchUpdate | None, h: Tensor) -> None:
+    def open_lane(self, fused: FusedUpdate | OneCall | None, h: Tensor) -> None:
         """Keep a lane for the next calls with the knobs and α rows of this one (see :meth:`__call__`): ``fused``'s,
         or where None, :meth:`apply` on streams like h."""
         handle = self.handle

@@ -421,6 +421,57 @@ def test_the_general_fast_path_keeps_a_lane_with_the_same_numbers(monkeypatch, c
     assert len(general) == 2  # 6 calls: the first, and the first after λ moved
 
 
+def one_site_prompt_concept(transform, g):
+    """A prompt-scaler concept on fused_helpers' one site "s" (text width 6)."""
+    from dsas_core import Concept, ConceptConfig, PromptScaler, SiteSteer
+    from fused_helpers import C, transforms
+
+    steer = SiteSteer(transforms(g)[transform], PromptScaler(weight=torch.randn(6, generator=g), bias=torch.tensor(0.1)))
+    cfg = ConceptConfig(name="p", transform=transform, scaler="prompt", sites=["s"], site_widths={"s": C},
+                        scaler_input_width=6)
+    return Concept(cfg, {"s": steer})
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("layout,shape", [("tokens", (4, 6, 40)), ("channels", (4, 40, 3, 5))])
+def test_a_prompt_scaled_concept_runs_as_one_call_in_its_dtype_with_the_general_paths_exact_result(monkeypatch,
+                                                                                                     layout, shape,
+                                                                                                     dtype):
+    from dsas_core import hooks
+    from dsas_core.one_call import InputUpdate
+    from fused_helpers import Source
+
+    g = torch.Generator().manual_seed(6)
+    c, other = one_site_prompt_concept("itic", g), one_site_prompt_concept("lineas", g)
+    model = Source(torch.randn(*shape, generator=g).to(dtype))
+    pooled = torch.randn(4, 6, generator=g)  # (B, D_text)
+    general, real_fast = [], hooks._SiteHook.fast
+    monkeypatch.setattr(hooks._SiteHook, "fast", lambda self, output: general.append(1) or real_fast(self, output))
+    outs, forms = {}, {}
+    for one_call in (True, False):
+        with attach([Site("s", model, None, layout)], {c: 1.5}) as handle, torch.no_grad():
+            handle.fused = one_call  # False: the general torch ops
+            for rows in (None, torch.tensor([2, 3, 2, 3])):  # also α paired across a CFG batch
+                handle.alpha_rows = rows
+                for flip in (False, True, False):  # a new model call each time: α follows its prompts
+                    handle.context = {"prompt_pooled": pooled.flip(0) if flip else pooled}
+                    outs[one_call, rows is None, flip] = model()
+            forms[one_call] = next(iter(model._forward_hooks.values())).plan[0].fused
+        assert len(general) == 2  # the first call of each rows setting; the rest on its lane
+        general.clear()
+    assert isinstance(forms[True], InputUpdate) and forms[False] is None
+    for key in [(unpaired, flip) for unpaired in (True, False) for flip in (False, True)]:
+        out = outs[(True, *key)]
+        assert torch.equal(out, outs[(False, *key)])  # the same op: bit for bit
+        assert out.dtype == dtype and out.shape == shape and out.stride() == model.t.stride()
+    assert not torch.equal(outs[True, True, False], outs[True, True, True])
+    assert not torch.equal(outs[True, True, False], outs[True, False, False])
+    with attach([Site("s", model, None, layout)], {other: 1.5}) as handle, torch.no_grad():  # scaled: general path
+        handle.context = {"prompt_pooled": pooled}
+        model()
+        assert next(iter(model._forward_hooks.values())).plan[0].fused is None
+
+
 def test_half_streams_and_two_concepts_at_a_site_take_no_one_call_form():
     from fused_helpers import Source, concept
 
