@@ -36,7 +36,7 @@ from . import traced
 from .concept import Concept
 from .errors import DsasError
 from .fused import FusedFailed, FusedUpdate, Launches, fused_update
-from .one_call import HALF, OneCall, input_update, stream_lane, torch_update
+from .one_call import HALF, OneCall, offset_update, stream_lane, torch_update
 from .scaler import Scaler
 from .transforms import Transform
 
@@ -331,16 +331,21 @@ class _SiteHook:
             plan.append(_Step(e.name, column, e.transform.delta, lam, handle.strengths.tensor(e.name, device), None,
                               per_input))
             moving.append(e32)
-        # One adaptive concept: one kernel where the device allows, else its torch ops in one call (α per input:
-        # any float dtype; α per position: a float32 stream)
-        if len(plan) == 1 and adaptive and handle.fused:
+        # One concept: one kernel where the device allows, else its torch ops in one call (plain steering and α per
+        # input: any float dtype; α per position: a float32 stream)
+        if len(plan) == 1 and handle.fused:
             step, layout = plan[0], self.site.layout
-            fused = fused_update(moving[0].transform, moving[0].scaler, step.lam, layout, device, handle.launches)
-            keeps = fused is not None
-            if fused is None and step.per_input is not None:
-                fused = input_update(moving[0].transform, step.per_input, step.lam, layout)
-            elif fused is None and dtype == torch.float32:  # the plan's own entries
-                fused = torch_update(moving[0].transform, moving[0].scaler, step.lam, layout)
+            if not adaptive:  # λ as the full path's 0-d tensor
+                fused, keeps = offset_update(moving[0].transform, functools.partial(_constant, step.lam_tensor), 1.0,
+                                             layout), False
+            else:
+                fused = fused_update(moving[0].transform, moving[0].scaler, step.lam, layout, device,
+                                     handle.launches)
+                keeps = fused is not None
+                if fused is None and step.per_input is not None:
+                    fused = offset_update(moving[0].transform, step.per_input, step.lam, layout)
+                elif fused is None and dtype == torch.float32:  # the plan's own entries
+                    fused = torch_update(moving[0].transform, moving[0].scaler, step.lam, layout)
             plan[0] = step._replace(fused=fused, keeps_alpha=keeps)
         self.plan = plan
         self.plan_records = adaptive and len(plan) == len(self.entries)
@@ -725,6 +730,11 @@ def attach(
         handle.remove()
         raise
     return handle
+
+
+def _constant(value: Tensor, x: Tensor, rows: Tensor | None) -> Tensor:
+    """α of plain steering in a one-call form: λ's 0-d tensor itself, whatever the stream and rows."""
+    return value
 
 
 def _expanded(per_input: Callable[[Tensor, Tensor | None], Tensor], x: Tensor, context: Any = None) -> Tensor:

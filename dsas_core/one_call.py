@@ -70,35 +70,36 @@ class TorchUpdate(OneCall):
         return out.movedim(-1, 1) if self.channels else out
 
 
-def input_update(transform: Transform, per_input: Callable[[Tensor, Tensor | None], Tensor], lam: float,
-                 layout: str) -> InputUpdate | None:
-    """The one-call update of one concept whose α is one value per input (the prompt scaler; ``per_input(x, rows)``
-    as ``_SiteHook.input_column`` gives it) and whose update is constant (mean shift, ITI-c), or None for others."""
+def offset_update(transform: Transform, alpha: Callable[[Tensor, Tensor | None], Tensor], value: float,
+                  layout: str) -> OffsetUpdate | None:
+    """The one-call update of one concept whose update is constant (mean shift, ITI-c) and whose α does not read
+    the stream (:class:`OffsetUpdate`), or None for other updates."""
     affine = transform.affine()
     if affine is None or affine[0] is not None:
         return None
-    return InputUpdate(per_input, affine[1], lam, layout)
+    return OffsetUpdate(alpha, affine[1], value, layout)
 
 
-class InputUpdate(OneCall):
-    """α one value per input, computed once per model call (``per_input``: (B, 1, …, 1), paired by rows), and a
-    constant update: one ``addcmul``. Half-precision streams are read in their dtype, computed in float32 and
+class OffsetUpdate(OneCall):
+    """``h + value · α · d``, one ``addcmul``, where ``alpha(x, rows)`` does not read the stream: one α per input
+    (the prompt scaler: (B, 1, …, 1), computed once per model call, paired by rows; ``value`` λ) or λ itself (plain
+    steering: its 0-d tensor, ``value`` 1). Half-precision streams are read in their dtype, computed in float32 and
     written in theirs, as the general path does; other non-float32 dtypes take the general path."""
 
-    def __init__(self, per_input: Callable[[Tensor, Tensor | None], Tensor], offset: Tensor, lam: float,
+    def __init__(self, alpha: Callable[[Tensor, Tensor | None], Tensor], offset: Tensor, value: float,
                  layout: str) -> None:
-        self.per_input, self.offset, self.lam, self.channels = per_input, offset, lam, layout == "channels"  # (d,)
+        self.alpha, self.offset, self.value, self.channels = alpha, offset, value, layout == "channels"  # (d,)
 
     def __call__(self, h: Tensor, rows: Tensor | None) -> Tensor | None:
         x = h.movedim(1, -1) if self.channels else h  # (..., d)
         if h.dtype in HALF:
             res = torch.empty_like(h)  # h's strides
-            torch.addcmul(x, self.per_input(x, rows), self.offset, value=self.lam,
+            torch.addcmul(x, self.alpha(x, rows), self.offset, value=self.value,
                           out=res.movedim(1, -1) if self.channels else res)
             return res
         if h.dtype != torch.float32:
             return None
-        out = torch.addcmul(x, self.per_input(x, rows), self.offset, value=self.lam)
+        out = torch.addcmul(x, self.alpha(x, rows), self.offset, value=self.value)
         return out.movedim(-1, 1) if self.channels else out
 
 

@@ -407,7 +407,7 @@ def test_the_general_fast_path_keeps_a_lane_with_the_same_numbers(monkeypatch, c
 
     t = torch.randn(4, 6, 40, generator=torch.Generator().manual_seed(5))
     model = Source(t.half() if case == "half" else t)
-    first = concept()
+    first = concept("linear_act" if case == "plain" else "mean_shift")  # a constant plain update: one call instead
     concepts = {first: 1.5, concept("itic"): -0.5} if case == "two concepts" else {first: 1.5}
     general, real_fast = [], hooks._SiteHook.fast
     monkeypatch.setattr(hooks._SiteHook, "fast", lambda self, output: general.append(1) or real_fast(self, output))
@@ -432,24 +432,26 @@ def one_site_prompt_concept(transform, g):
     return Concept(cfg, {"s": steer})
 
 
+@pytest.mark.parametrize("kind", ["prompt scaler", "plain"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("layout,shape", [("tokens", (4, 6, 40)), ("channels", (4, 40, 3, 5))])
-def test_a_prompt_scaled_concept_runs_as_one_call_in_its_dtype_with_the_general_paths_exact_result(monkeypatch,
-                                                                                                     layout, shape,
-                                                                                                     dtype):
+def test_prompt_scaled_and_plain_steering_run_as_one_call_in_the_streams_dtype_with_the_general_paths_result(
+        monkeypatch, layout, shape, dtype, kind):
     from dsas_core import hooks
-    from dsas_core.one_call import InputUpdate
-    from fused_helpers import Source
+    from dsas_core.one_call import OffsetUpdate
+    from fused_helpers import Source, concept
 
     g = torch.Generator().manual_seed(6)
-    c, other = one_site_prompt_concept("itic", g), one_site_prompt_concept("lineas", g)
+    prompt = kind == "prompt scaler"
+    c, other = ((one_site_prompt_concept("itic", g), one_site_prompt_concept("lineas", g)) if prompt
+                else (concept("itic"), concept("lineas")))
     model = Source(torch.randn(*shape, generator=g).to(dtype))
     pooled = torch.randn(4, 6, generator=g)  # (B, D_text)
     general, real_fast = [], hooks._SiteHook.fast
     monkeypatch.setattr(hooks._SiteHook, "fast", lambda self, output: general.append(1) or real_fast(self, output))
     outs, forms = {}, {}
     for one_call in (True, False):
-        with attach([Site("s", model, None, layout)], {c: 1.5}) as handle, torch.no_grad():
+        with attach([Site("s", model, None, layout)], {c: 1.5}, adaptive=prompt) as handle, torch.no_grad():
             handle.fused = one_call  # False: the general torch ops
             for rows in (None, torch.tensor([2, 3, 2, 3])):  # also α paired across a CFG batch
                 handle.alpha_rows = rows
@@ -459,16 +461,18 @@ def test_a_prompt_scaled_concept_runs_as_one_call_in_its_dtype_with_the_general_
             forms[one_call] = next(iter(model._forward_hooks.values())).plan[0].fused
         assert len(general) == 2  # the first call of each rows setting; the rest on its lane
         general.clear()
-    assert isinstance(forms[True], InputUpdate) and forms[False] is None
+    assert isinstance(forms[True], OffsetUpdate) and forms[False] is None
     for key in [(unpaired, flip) for unpaired in (True, False) for flip in (False, True)]:
         out = outs[(True, *key)]
         assert torch.equal(out, outs[(False, *key)])  # the same op: bit for bit
         assert out.dtype == dtype and out.shape == shape and out.stride() == model.t.stride()
-    assert not torch.equal(outs[True, True, False], outs[True, True, True])
-    assert not torch.equal(outs[True, True, False], outs[True, False, False])
-    with attach([Site("s", model, None, layout)], {other: 1.5}) as handle, torch.no_grad():  # scaled: general path
+        assert not torch.equal(out, model.t)
+    # α follows the prompts and their pairing; plain steering's α ≡ 1 follows neither
+    assert torch.equal(outs[True, True, False], outs[True, True, True]) is not prompt
+    assert torch.equal(outs[True, True, False], outs[True, False, False]) is not prompt
+    with attach([Site("s", model, None, layout)], {other: 1.5}, adaptive=prompt) as handle, torch.no_grad():
         handle.context = {"prompt_pooled": pooled}
-        model()
+        model()  # an update that reads the stream (LinEAS): the general path
         assert next(iter(model._forward_hooks.values())).plan[0].fused is None
 
 
