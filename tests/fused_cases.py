@@ -123,13 +123,18 @@ def test_the_hook_takes_the_fused_update_for_one_adaptive_concept_and_matches_to
 
 
 def test_plain_steering_and_two_concepts_keep_the_torch_ops():
+    from dsas_core.fused import FusedUpdate
+    from dsas_core.one_call import OffsetUpdate
+
     model = Source(torch.randn(2, 6, C).half())
     a, b = concept("mean_shift"), concept("itic")
     for concepts, adaptive in [({a: 1.0}, False), ({a: 1.0, b: 0.5}, True)]:
         with attach([Site("s", model, None, "tokens")], concepts, adaptive=adaptive), torch.no_grad():
             model()
             hook = next(iter(model._forward_hooks.values()))
-            assert len(hook.plan) == len(concepts) and all(step.fused is None for step in hook.plan)
+            assert len(hook.plan) == len(concepts) and not any(isinstance(s.fused, FusedUpdate) for s in hook.plan)
+            # plain steering: its one addcmul in one call; two concepts: the general path
+            assert [type(s.fused) for s in hook.plan] == ([OffsetUpdate] if not adaptive else [type(None)] * 2)
 
 
 def test_every_plan_of_a_handle_keeps_its_compiled_kernels_in_the_handles_store(monkeypatch):
