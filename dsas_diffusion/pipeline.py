@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import sys
+import weakref
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal
 
@@ -254,6 +255,7 @@ class _StepTracker:
         self.info: CallInfo | None = None
         self.prompt_concepts = [c for c in concepts if c.config.scaler == "prompt"]
         self.rows: dict[tuple[int, torch.device | None], Tensor] = {}  # CFG pairings made so far
+        self.texts: list[tuple[weakref.ref[Tensor], int, Tensor]] = []  # (text, its version, pooled), newest first
 
     def cond_rows(self, info: CallInfo) -> Tensor:
         """(B,): each sample of a CFG batch [unconditional; conditional] takes the α of its conditional twin. The
@@ -265,6 +267,20 @@ class _StepTracker:
             half = torch.arange(n, 2 * n, device=device)
             rows = self.rows[(n, device)] = torch.cat([half, half])
         return rows
+
+    def pooled(self, text: Tensor) -> Tensor:
+        """(B, T, D) -> (B, D): the text embeddings' mean over tokens, the prompt scaler's input. The same tensor
+        while the pipeline passes the same text tensor unchanged — every step of a pipeline call — so a prompt's α
+        is computed once per pipeline call, not once per step (the hooks keep it while their input is the same
+        object). A few texts are kept (true CFG alternates two); none kept alive."""
+        if text.is_inference():  # no version counter to tell an in-place change by
+            return text.float().mean(1)
+        for ref, version, pooled in self.texts:
+            if ref() is text and text._version == version:
+                return pooled
+        pooled = text.float().mean(1)
+        self.texts = [(weakref.ref(text), text._version, pooled), *self.texts[:3]]
+        return pooled
 
     def __call__(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         pipe = self.running()
@@ -281,7 +297,7 @@ class _StepTracker:
             context["image_ids"] = info.image_ids
         active = [c for c in self.prompt_concepts if handle.record_alpha or handle.strengths[c.name] != 0.0]
         if active and info.text is not None:
-            context["prompt_pooled"] = info.text.float().mean(1)  # (B, D): the prompt scaler's input
+            context["prompt_pooled"] = self.pooled(info.text)  # (B, D): the prompt scaler's input
         handle.context = context
         window = handle.step_window
         handle.in_window = window is None or window[0] <= step < window[1]

@@ -137,3 +137,40 @@ def test_dsas_fit_with_the_prompt_scaler_writes_a_prompt_concept(tmp_path, capsy
     concept = Concept.from_pretrained(tmp_path / "c")
     assert concept.config.scaler == "prompt" and concept.config.scaler_input_width == 32
     assert all(isinstance(s.scaler, PromptScaler) for s in concept.sites.values())
+
+
+def test_a_prompts_alpha_is_computed_once_per_pipeline_call_while_its_text_tensor_is_unchanged(monkeypatch):
+    from dsas_diffusion.bench import bench_concept, prompt_bench_concept
+    from dsas_diffusion.pipeline import _StepTracker
+
+    pipe = tiny_sd()
+    concept = prompt_bench_concept(pipe.unet, bench_concept(pipe.unet))
+    computed, alpha_of = [], PromptScaler.input_alpha
+    monkeypatch.setattr(PromptScaler, "input_alpha", lambda self, *a: computed.append(1) or alpha_of(self, *a))
+    images = {}
+    for kept in (True, False):
+        if not kept:  # every step pools the text anew: a new input each call, so α computed every call
+            monkeypatch.setattr(_StepTracker, "pooled", lambda self, text: text.float().mean(1))
+        with steer(pipe, {concept: 2.0}) as handle, torch.no_grad():
+            images[kept] = [run(pipe, p, steps=3) for p in (["a cat", "a dog"], ["a red house"])]
+            assert handle.context["prompt_pooled"].shape == (2, 32)  # the last call: one prompt, CFG-doubled
+        images[kept, "calls"] = len(computed)
+        computed.clear()
+    assert images[True, "calls"] == 2 and images[False, "calls"] == 6  # once per pipeline call, against per step
+    assert all(torch.equal(a, b) for a, b in zip(images[True], images[False]))
+    unsteered = run(pipe, ["a cat", "a dog"], steps=3)
+    assert not torch.equal(images[True][0], unsteered)
+
+    monkeypatch.undo()
+    tracker = _StepTracker(pipe, pipe.unet, [concept])
+    text = torch.randn(2, 5, 32)
+    first = tracker.pooled(text)
+    assert tracker.pooled(text) is first and torch.equal(first, text.mean(1))
+    other = torch.randn(2, 5, 32)
+    assert tracker.pooled(other) is not first and tracker.pooled(text) is first  # true CFG's two texts alternate
+    text.add_(1.0)  # changed in place: pooled anew
+    again = tracker.pooled(text)
+    assert again is not first and torch.equal(again, text.mean(1))
+    with torch.inference_mode():
+        frozen = torch.randn(2, 5, 32)
+        assert tracker.pooled(frozen) is not tracker.pooled(frozen)  # no version counter: never kept
