@@ -426,7 +426,8 @@ def one_site_prompt_concept(transform, g):
     from dsas_core import Concept, ConceptConfig, PromptScaler, SiteSteer
     from fused_helpers import C, transforms
 
-    steer = SiteSteer(transforms(g)[transform], PromptScaler(weight=torch.randn(6, generator=g), bias=torch.tensor(0.1)))
+    update = transforms(g)[transform]
+    steer = SiteSteer(update, PromptScaler(weight=torch.randn(6, generator=g), bias=torch.tensor(0.1)))
     cfg = ConceptConfig(name="p", transform=transform, scaler="prompt", sites=["s"], site_widths={"s": C},
                         scaler_input_width=6)
     return Concept(cfg, {"s": steer})
