@@ -91,15 +91,16 @@ class OffsetUpdate(OneCall):
         self.alpha, self.offset, self.value, self.channels = alpha, offset, value, layout == "channels"  # (d,)
 
     def __call__(self, h: Tensor, rows: Tensor | None) -> Tensor | None:
-        x = h.movedim(1, -1) if self.channels else h  # (..., d)
-        if h.dtype in HALF:
-            res = torch.empty_like(h)  # h's strides
-            torch.addcmul(x, self.alpha(x, rows), self.offset, value=self.value,
-                          out=res.movedim(1, -1) if self.channels else res)
-            return res
-        if h.dtype != torch.float32:
+        half = h.dtype in HALF
+        if not half and h.dtype != torch.float32:
             return None
-        out = torch.addcmul(x, self.alpha(x, rows), self.offset, value=self.value)
+        x = h.movedim(1, -1) if self.channels else h  # (..., d)
+        alpha = self.alpha(x, rows)
+        if half:
+            res = torch.empty_like(h)  # h's strides
+            torch.addcmul(x, alpha, self.offset, value=self.value, out=res.movedim(1, -1) if self.channels else res)
+            return res
+        out = torch.addcmul(x, alpha, self.offset, value=self.value)
         return out.movedim(-1, 1) if self.channels else out
 
 
