@@ -9,6 +9,7 @@ in float32 like the reference path.
 
 from __future__ import annotations
 
+import copy
 import functools
 import math
 import os
@@ -132,7 +133,7 @@ class FusedUpdate:
         key, tensors, pointers, constants = self.arguments(spec, h, out, rows, alpha, reuse)
         device_index = spec[0][2]
         try:
-            if device_index < 0 or device_index == torch.cuda.current_device():
+            if device_index < 0 or device_index == _device_getter()():
                 self.launch(key, spec[1], tensors, pointers, spec[2], constants, device_index)
             else:  # Triton launches on the current CUDA device: make it the stream's (a model on cuda:1, say)
                 with torch.cuda.device(device_index):
@@ -159,33 +160,36 @@ class FusedUpdate:
         direct = launches.direct.get(key)
         if direct is None:
             return None
-        run, function, metadata, stream_of, hooks = direct
+        launch, function, head, packed, stream_of, hooks = direct
         grid, device, rest = spec[1], spec[0][2], (*pointers[2:], *spec[2], *constants)
-        stream, align = (h.shape, h.stride(), h.dtype, h.get_device()), pointers[0] % 16
-        current, replaced = torch.cuda.current_device, traced.replaced
+        shape, strides, dtype, on, align = h.shape, h.stride(), h.dtype, h.get_device(), pointers[0] % 16
+        current, replaced, empty_like = _device_getter(), traced.replaced, torch.empty_like
 
         def lane(output: Any) -> Any:  # stream_lane's check inlined, with the pointer: one call less a hook call
             try:
                 h = output if index is None else output[index]
-                p = h.data_ptr()
-                if (h.shape, h.stride(), h.dtype, h.get_device()) != stream:
+                if h.shape != shape or h.stride() != strides or h.dtype is not dtype or h.get_device() != on:
                     return None
+                p = h.data_ptr()
             except (TypeError, IndexError, KeyError, AttributeError):  # not a stream: the full checks explain
                 return None
             enter, leave = hooks.launch_enter_hook, hooks.launch_exit_hook
-            if (p % 16 != align or (enter is not None and getattr(enter, "calls", True))
-                    or (leave is not None and getattr(leave, "calls", True)) or current() != device):
+            if (p % 16 != align or current() != device or (enter is not None and getattr(enter, "calls", True))
+                    or (leave is not None and getattr(leave, "calls", True))):
                 out = self.launched(h, rows)
+                if out is None:
+                    return None
             else:
-                out = torch.empty_like(h)
+                out = empty_like(h)
                 try:
-                    run(grid, 1, 1, stream_of(device), function, metadata, None, None, None, p, out.data_ptr(), *rest)
+                    if packed:
+                        launch(grid, 1, 1, stream_of(device), function, *head, (p, out.data_ptr(), *rest))
+                    else:
+                        launch(grid, 1, 1, stream_of(device), function, *head, p, out.data_ptr(), *rest)
                 except Exception:  # as in the launcher: this Triton's entry point from now on
                     launches.works = False
                     launches.direct.clear()
                     return None
-            if out is None:
-                return None
             return out if index is None else replaced(output, index, out)
 
         return lane
@@ -196,6 +200,12 @@ class FusedUpdate:
             return self(h, rows)
         except FusedFailed:
             return None
+
+
+def _device_getter() -> Callable[[], int]:
+    """The current CUDA device's index, read without ``torch.cuda.current_device``'s initialisation check (a launch
+    has initialised CUDA by then)."""
+    return getattr(torch._C, "_cuda_getDevice", torch.cuda.current_device)
 
 
 # (specialisation: (integers, dtype, device index, HAS_SCALE, blocks), grid, (λ, *integers), the common call's
@@ -236,13 +246,16 @@ class _Launcher:
         launches = self.launches
         direct = launches.direct.get(key)
         if direct is not None:
-            run, function, metadata, stream_of, hooks = direct
+            launch, function, head, packed, stream_of, hooks = direct
             enter, leave = hooks.launch_enter_hook, hooks.launch_exit_hook  # None or a hook chain, by version
             if not ((enter is not None and getattr(enter, "calls", True))
                     or (leave is not None and getattr(leave, "calls", True))):  # else a profiler listens
                 try:
-                    run(grid, 1, 1, stream_of(device), function, metadata, None, None, None, *pointers, *scalars,
-                        *constants)
+                    arguments = (*pointers, *scalars, *constants)
+                    if packed:
+                        launch(grid, 1, 1, stream_of(device), function, *head, arguments)
+                    else:
+                        launch(grid, 1, 1, stream_of(device), function, *head, *arguments)
                     return
                 except Exception:  # this Triton's launcher wants its arguments otherwise: its entry point from now on
                     launches.works = False
@@ -254,12 +267,14 @@ class _Launcher:
             launches.direct[key] = _direct_launch(compiled) if device >= 0 else None
 
 
-# a compiled kernel's (launcher, function, packed metadata), Triton's stream getter and its runtime knobs
-_Direct = tuple[Callable[..., object], object, object, Callable[[int], int], object]
+# a compiled kernel's direct launch: (launch, function, head, packed, Triton's stream getter, its runtime knobs), called
+# launch(grid, 1, 1, stream, function, *head, *arguments), or with the arguments as one tuple where packed
+_Direct = tuple[Callable[..., object], object, tuple[object, ...], bool, Callable[[int], int], object]
 
 
 def _direct_launch(compiled: object) -> _Direct | None:
-    """What launching straight through a compiled kernel's launcher needs (Triton 3.x), or None."""
+    """What launching straight through a compiled kernel's launcher needs (Triton 3.x), or None: its C launch
+    function where :func:`_c_launch` finds it, else the launcher object (``compiled.run``) itself."""
     try:
         from triton import knobs
         from triton.runtime import driver
@@ -270,7 +285,45 @@ def _direct_launch(compiled: object) -> _Direct | None:
         return None
     if function is None or not callable(run):
         return None
-    return run, function, metadata, stream_of, hooks
+    head = (metadata, None, None, None)  # packed metadata, launch metadata, enter and exit hooks
+    launch, head, packed = _c_launch(run, function, head) or (run, head, False)
+    return launch, function, head, packed, stream_of, hooks
+
+
+def _c_launch(run: Any, function: object, head: tuple[object, ...]) -> tuple[Callable[..., object], tuple[object, ...], bool] | None:
+    """(launch, head, packed): the C function Triton's launcher object calls, with the arguments it adds, or None.
+    Where the kernel needs no scratch memory the object only reorders its arguments (a Python frame, closures and
+    scratch checks: µs of host time a launch); its call is recorded twice on a copy whose C function records
+    instead of launching (another grid and stream each time), and taken only where every argument it adds is the
+    same both times and ours come through unchanged, in order, at the end or as a tuple there."""
+    if (getattr(run, "global_scratch_size", 1) != 0 or getattr(run, "profile_scratch_size", 1) != 0
+            or getattr(run, "gsan_enabled", False) or not callable(getattr(run, "launch", None))):
+        return None
+    found = []
+    for grid in (7, 11):
+        calls: list[tuple[object, ...]] = []
+        probe, stream, ours = copy.copy(run), object(), (object(), object(), object())
+        probe.launch = lambda *args: calls.append(args)
+        try:
+            probe(grid, 1, 1, stream, function, *head, *ours)
+        except Exception:  # noqa: BLE001 - another launcher: launch through the object
+            return None
+        if len(calls) != 1 or len(calls[0]) < 6 or calls[0][:5] != (grid, 1, 1, stream, function):
+            return None
+        added = calls[0][5:]
+        if len(added) > 3 and all(a is b for a, b in zip(added[-3:], ours)):
+            found.append((added[:-3], False))
+        elif added and isinstance(added[-1], tuple) and len(added[-1]) == 3 and all(
+                a is b for a, b in zip(added[-1], ours)):
+            found.append((added[:-1], True))
+        else:
+            return None
+        if any(a is stream or any(a is b for b in ours) for a in found[-1][0]):
+            return None
+    (head_a, packed_a), (head_b, packed_b) = found
+    if packed_a != packed_b or len(head_a) != len(head_b) or any(a is not b and a != b for a, b in zip(head_a, head_b)):
+        return None
+    return run.launch, head_a, packed_a
 
 
 def _blocks(layout: str, positions: int, channels: int) -> tuple[int, int]:

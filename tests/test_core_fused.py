@@ -162,7 +162,7 @@ def _stand_in_gpu(monkeypatch, current: list[int] | None = None) -> list:
     monkeypatch.setattr(fused, "_kernel", lambda interpret: kernel)
     monkeypatch.setattr(fused, "_spec", on_device_0)
     current = current or [0]
-    monkeypatch.setattr(torch.cuda, "current_device", lambda: current[0])
+    monkeypatch.setattr(fused, "_device_getter", lambda: lambda: current[0])
     return launches
 
 
