@@ -267,8 +267,8 @@ class _Launcher:
             launches.direct[key] = _direct_launch(compiled) if device >= 0 else None
 
 
-# a compiled kernel's direct launch: (launch, function, head, packed, Triton's stream getter, its runtime knobs), called
-# launch(grid, 1, 1, stream, function, *head, *arguments), or with the arguments as one tuple where packed
+# a compiled kernel's direct launch: (launch, function, head, packed, Triton's stream getter, its runtime knobs),
+# called launch(grid, 1, 1, stream, function, *head, *arguments), or with the arguments as one tuple where packed
 _Direct = tuple[Callable[..., object], object, tuple[object, ...], bool, Callable[[int], int], object]
 
 
@@ -290,7 +290,10 @@ def _direct_launch(compiled: object) -> _Direct | None:
     return launch, function, head, packed, stream_of, hooks
 
 
-def _c_launch(run: Any, function: object, head: tuple[object, ...]) -> tuple[Callable[..., object], tuple[object, ...], bool] | None:
+_CLaunch = tuple[Callable[..., object], tuple[object, ...], bool]  # (C function, head, packed)
+
+
+def _c_launch(run: Any, function: object, head: tuple[object, ...]) -> _CLaunch | None:
     """(launch, head, packed): the C function Triton's launcher object calls, with the arguments it adds, or None.
     Where the kernel needs no scratch memory the object only reorders its arguments (a Python frame, closures and
     scratch checks: µs of host time a launch); its call is recorded twice on a copy whose C function records
@@ -299,31 +302,35 @@ def _c_launch(run: Any, function: object, head: tuple[object, ...]) -> tuple[Cal
     if (getattr(run, "global_scratch_size", 1) != 0 or getattr(run, "profile_scratch_size", 1) != 0
             or getattr(run, "gsan_enabled", False) or not callable(getattr(run, "launch", None))):
         return None
-    found = []
-    for grid in (7, 11):
-        calls: list[tuple[object, ...]] = []
-        probe, stream, ours = copy.copy(run), object(), (object(), object(), object())
-        probe.launch = lambda *args: calls.append(args)
-        try:
-            probe(grid, 1, 1, stream, function, *head, *ours)
-        except Exception:  # noqa: BLE001 - another launcher: launch through the object
-            return None
-        if len(calls) != 1 or len(calls[0]) < 6 or calls[0][:5] != (grid, 1, 1, stream, function):
-            return None
-        added = calls[0][5:]
-        if len(added) > 3 and all(a is b for a, b in zip(added[-3:], ours)):
-            found.append((added[:-3], False))
-        elif added and isinstance(added[-1], tuple) and len(added[-1]) == 3 and all(
-                a is b for a, b in zip(added[-1], ours)):
-            found.append((added[:-1], True))
-        else:
-            return None
-        if any(a is stream or any(a is b for b in ours) for a in found[-1][0]):
-            return None
-    (head_a, packed_a), (head_b, packed_b) = found
-    if packed_a != packed_b or len(head_a) != len(head_b) or any(a is not b and a != b for a, b in zip(head_a, head_b)):
+    try:
+        (head_a, packed_a), (head_b, packed_b) = (_recorded(run, function, head, grid) for grid in (7, 11))
+        same = packed_a == packed_b and len(head_a) == len(head_b) and all(
+            a is b or a == b for a, b in zip(head_a, head_b))
+    except Exception:  # noqa: BLE001 - another launcher (or one call not like the other): launch through the object
         return None
-    return run.launch, head_a, packed_a
+    return (run.launch, head_a, packed_a) if same else None
+
+
+def _recorded(run: Any, function: object, head: tuple[object, ...], grid: int) -> tuple[tuple[object, ...], bool]:
+    """(what the launcher object adds before our arguments, whether it passes them as one tuple) in its call of
+    the C function for ``grid`` programs, recorded on a copy with new stand-ins for the stream and our arguments
+    (so anything derived from them differs between two recordings); raises where ours do not come through
+    unchanged and in order."""
+    calls: list[tuple[object, ...]] = []
+    probe, stream, ours = copy.copy(run), object(), (object(), object(), object())
+    probe.launch = lambda *args: calls.append(args)
+    probe(grid, 1, 1, stream, function, *head, *ours)
+    (args,) = calls
+    if len(args) < 6 or args[:5] != (grid, 1, 1, stream, function):
+        raise ValueError("another call")
+    added = args[5:]
+    if len(added) > 3 and all(a is b for a, b in zip(added[-3:], ours)):
+        head, packed = added[:-3], False
+    elif isinstance(added[-1], tuple) and len(added[-1]) == 3 and all(a is b for a, b in zip(added[-1], ours)):
+        head, packed = added[:-1], True
+    else:
+        raise ValueError("our arguments moved")
+    return head, packed
 
 
 def _blocks(layout: str, positions: int, channels: int) -> tuple[int, int]:

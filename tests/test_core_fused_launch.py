@@ -44,6 +44,13 @@ class PerGrid(Flat):
         self.launch(gridX, gridY, gridZ, stream, function, gridX * gridY * gridZ, *args)
 
 
+class Twice(Flat):
+    """Passes our arguments twice: each launch needs the object."""
+
+    def __call__(self, gridX, gridY, gridZ, stream, function, *args):
+        self.launch(gridX, gridY, gridZ, stream, function, *args, *args)
+
+
 class Scratch(Flat):
     global_scratch_size = 8
 
@@ -69,7 +76,7 @@ def on_gpu_0(monkeypatch):
 
 
 @pytest.mark.parametrize("kind,direct", [(Flat, True), (Packed, True), (PerGrid, False), (Scratch, False),
-                                         (Reordering, False)])
+                                         (Reordering, False), (Twice, False)])
 def test_launches_pass_the_c_function_what_the_launcher_object_would(on_gpu_0, monkeypatch, kind, direct):
     calls = []
     run = kind(calls)
