@@ -336,8 +336,7 @@ class _SiteHook:
         if len(plan) == 1 and handle.fused:
             step, layout = plan[0], self.site.layout
             if not adaptive:  # λ as the full path's 0-d tensor
-                fused, keeps = offset_update(moving[0].transform, functools.partial(_constant, step.lam_tensor), 1.0,
-                                             layout), False
+                fused, keeps = offset_update(moving[0].transform, step.lam_tensor, 1.0, layout), False
             else:
                 fused = fused_update(moving[0].transform, moving[0].scaler, step.lam, layout, device,
                                      handle.launches)
@@ -730,11 +729,6 @@ def attach(
         handle.remove()
         raise
     return handle
-
-
-def _constant(value: Tensor, x: Tensor, rows: Tensor | None) -> Tensor:
-    """α of plain steering in a one-call form: λ's 0-d tensor itself, whatever the stream and rows."""
-    return value
 
 
 def _expanded(per_input: Callable[[Tensor, Tensor | None], Tensor], x: Tensor, context: Any = None) -> Tensor:

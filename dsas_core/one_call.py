@@ -70,7 +70,7 @@ class TorchUpdate(OneCall):
         return out.movedim(-1, 1) if self.channels else out
 
 
-def offset_update(transform: Transform, alpha: Callable[[Tensor, Tensor | None], Tensor], value: float,
+def offset_update(transform: Transform, alpha: Callable[[Tensor, Tensor | None], Tensor] | Tensor, value: float,
                   layout: str) -> OffsetUpdate | None:
     """The one-call update of one concept whose update is constant (mean shift, ITI-c) and whose α does not read
     the stream (:class:`OffsetUpdate`), or None for other updates."""
@@ -81,27 +81,34 @@ def offset_update(transform: Transform, alpha: Callable[[Tensor, Tensor | None],
 
 
 class OffsetUpdate(OneCall):
-    """``h + value · α · d``, one ``addcmul``, where ``alpha(x, rows)`` does not read the stream: one α per input
-    (the prompt scaler: (B, 1, …, 1), computed once per model call, paired by rows; ``value`` λ) or λ itself (plain
-    steering: its 0-d tensor, ``value`` 1). Half-precision streams are read in their dtype, computed in float32 and
-    written in theirs, as the general path does; other non-float32 dtypes take the general path."""
+    """``h + value · α · d``, one ``addcmul`` on the stream in its own layout, where α does not read the stream:
+    ``alpha(h, rows)``, one α per input (the prompt scaler: (B, 1, …, 1), computed once per model call, paired by
+    rows; ``value`` λ), or a tensor (plain steering: λ's 0-d tensor, ``value`` 1). Half-precision streams are read
+    in their dtype, computed in float32 and written in theirs, as the general path does; other non-float32 dtypes
+    take the general path. The same elementwise arithmetic as the general path's ``addcmul`` on the width-last view,
+    so the same numbers."""
 
-    def __init__(self, alpha: Callable[[Tensor, Tensor | None], Tensor], offset: Tensor, value: float,
+    def __init__(self, alpha: Callable[[Tensor, Tensor | None], Tensor] | Tensor, offset: Tensor, value: float,
                  layout: str) -> None:
+        self.fixed = alpha if isinstance(alpha, Tensor) else None
         self.alpha, self.offset, self.value, self.channels = alpha, offset, value, layout == "channels"  # (d,)
+        self.offsets: dict[int, Tensor] = {}  # channels layouts: d as (d, 1, …, 1) for a stream of each rank
 
     def __call__(self, h: Tensor, rows: Tensor | None) -> Tensor | None:
         half = h.dtype in HALF
         if not half and h.dtype != torch.float32:
             return None
-        x = h.movedim(1, -1) if self.channels else h  # (..., d)
-        alpha = self.alpha(x, rows)
+        d = self.offset
+        if self.channels:
+            d = self.offsets.get(h.ndim)
+            if d is None:
+                d = self.offsets[h.ndim] = self.offset.view(-1, *([1] * (h.ndim - 2)))
+        alpha = self.fixed if self.fixed is not None else self.alpha(h, rows)  # 0-d, or (B, 1, …, 1)
         if half:
             res = torch.empty_like(h)  # h's strides
-            torch.addcmul(x, alpha, self.offset, value=self.value, out=res.movedim(1, -1) if self.channels else res)
+            torch.addcmul(h, alpha, d, value=self.value, out=res)
             return res
-        out = torch.addcmul(x, alpha, self.offset, value=self.value)
-        return out.movedim(-1, 1) if self.channels else out
+        return torch.addcmul(h, alpha, d, value=self.value)
 
 
 def stream_lane(steered: Callable[[Any, Tensor], Any], h: Tensor, index: int | None) -> Callable[[Any], Any]:
