@@ -101,10 +101,11 @@ class FusedUpdate:
             spec = self.shapes[where] = _spec(h, self.layout, self.channels, self.lam, self.has_scale)
         return spec
 
-    def arguments(self, spec: _Spec, h: Tensor, out: Tensor | int, rows: Tensor | None, alpha: Tensor | None,
-                  reuse: bool) -> tuple[tuple[object, ...], list[Tensor], list[int], tuple[object, ...]]:
+    def arguments(self, spec: _Spec, h: Tensor, out: Tensor | int, rows: Tensor | None,
+                  alpha: Tensor | int | None, reuse: bool) -> tuple[tuple[object, ...], list[Tensor], list[int],
+                                                                 tuple[object, ...]]:
         """(specialisation key, tensors, their pointers, constants) of a launch on h writing ``out`` (a tensor, or
-        the pointer it will have); ``rows`` on h's device."""
+        the pointer it will have; ``alpha`` likewise); ``rows`` on h's device."""
         base, _, _, constants = spec
         fixed, pointers = self.fixed, self.fixed_pointers
         out_ptr = out if isinstance(out, int) else out.data_ptr()
@@ -114,7 +115,8 @@ class FusedUpdate:
             ptrs = [h.data_ptr(), out_ptr, *pointers, pointers[3], pointers[3]]
             return (base, ptrs[0] % 16, out_ptr % 16), tensors, ptrs, constants
         tensors += [fixed[3] if rows is None else rows, fixed[3] if alpha is None else alpha]
-        ptrs = [h.data_ptr(), out_ptr, *pointers, tensors[6].data_ptr(), tensors[7].data_ptr()]
+        alpha_ptr = alpha if isinstance(alpha, int) else tensors[7].data_ptr()
+        ptrs = [h.data_ptr(), out_ptr, *pointers, tensors[6].data_ptr(), alpha_ptr]
         constants = (self.has_scale, rows is not None, 0 if alpha is None else 2 if reuse else 1, *constants[3:])
         key = (base, ptrs[0] % 16, out_ptr % 16, constants, ptrs[6] % 16, ptrs[7] % 16, tensors[6].dtype)
         return key, tensors, ptrs, constants
@@ -142,28 +144,35 @@ class FusedUpdate:
             raise FusedFailed(f"the fused steering kernel failed on {h.device}: {type(err).__name__}: {err}.") from err
         return out
 
-    def lane(self, h: Tensor, rows: Tensor | None, index: int | None = None) -> Callable[[Any], Any] | None:
+    def lane(self, h: Tensor, rows: Tensor | None, index: int | None = None,
+             keep: Callable[[Tensor], None] | None = None) -> Callable[[Any], Any] | None:
         """``lane(output) -> steered output``: the common call (no α kept or reused) on ``output[index]`` (the
         output itself where ``index`` is None), steered with these ``rows`` (the caller checks they are still the
         ones), for streams of h's shape, strides, dtype and device, launched straight through the compiled kernel
-        that a call of this object already launched — the least host work per call. None where there is none (the
-        interpreter, a first call, another device's rows). Where the kernel cannot be launched that way now (another
-        alignment, a profiler listens, another current device) the lane calls this object instead; it returns
-        None for another stream, or after a direct launch raised: the caller then calls this object itself."""
+        that a call of this object already launched — the least host work per call. With ``keep``, the α-recording
+        call instead: the kernel writes each position's α into a new float32 tensor (``tokens_last(h).shape[:-1]``
+        + (1,)), handed to ``keep`` after the launch. None where there is none (the interpreter, a first call,
+        another device's rows). Where the kernel cannot be launched that way now (another alignment, a profiler
+        listens, another current device) the lane calls this object instead; it returns None for another stream,
+        or after a direct launch raised: the caller then calls this object itself (nothing kept)."""
         launches = self.launch.launches
         spec = self.spec(h) if launches.works else None  # works: direct launches have not failed here
         if spec is None or spec[0][2] < 0 or (rows is not None and (rows.shape != h.shape[:1]
                                                                     or rows.device != h.device)):
             return None
-        # the output's pointer taken as 16-byte aligned: CUDA's caching allocator rounds every block to 512 bytes
-        key, _, pointers, constants = self.arguments(spec, h, 0, rows, None, False)
+        # the output's (and α's) pointer taken as 16-byte aligned: CUDA's caching allocator rounds every block to
+        # 512 bytes
+        key, _, pointers, constants = self.arguments(spec, h, 0, rows, None if keep is None else 0, False)
         direct = launches.direct.get(key)
         if direct is None:
             return None
         launch, function, head, packed, stream_of, hooks = direct
-        grid, device, rest = spec[1], spec[0][2], (*pointers[2:], *spec[2], *constants)
+        grid, device, tail = spec[1], spec[0][2], (*spec[2], *constants)
+        rest, middle = (*pointers[2:], *tail), pointers[2:7]  # after (h, out); between (h, out) and α
         shape, strides, dtype, on, align = h.shape, h.stride(), h.dtype, h.get_device(), pointers[0] % 16
-        current, replaced, empty_like = _device_getter(), traced.replaced, torch.empty_like
+        positions = (*((h.shape[0], *h.shape[2:]) if self.layout == "channels" else h.shape[:-1]), 1)
+        current, replaced, empty_like, empty = _device_getter(), traced.replaced, torch.empty_like, torch.empty
+        place, f32 = h.device, torch.float32
 
         def lane(output: Any) -> Any:  # stream_lane's check inlined, with the pointer: one call less a hook call
             try:
@@ -174,30 +183,36 @@ class FusedUpdate:
             except (TypeError, IndexError, KeyError, AttributeError):  # not a stream: the full checks explain
                 return None
             enter, leave = hooks.launch_enter_hook, hooks.launch_exit_hook
+            alpha = None if keep is None else empty(positions, dtype=f32, device=place)
             if (p % 16 != align or current() != device or (enter is not None and getattr(enter, "calls", True))
                     or (leave is not None and getattr(leave, "calls", True))):
-                out = self.launched(h, rows)
+                out = self.launched(h, rows, alpha)
                 if out is None:
                     return None
             else:
                 out = empty_like(h)
+                args = ((p, out.data_ptr(), *rest) if alpha is None
+                        else (p, out.data_ptr(), *middle, alpha.data_ptr(), *tail))
                 try:
                     if packed:
-                        launch(grid, 1, 1, stream_of(device), function, *head, (p, out.data_ptr(), *rest))
+                        launch(grid, 1, 1, stream_of(device), function, *head, args)
                     else:
-                        launch(grid, 1, 1, stream_of(device), function, *head, p, out.data_ptr(), *rest)
+                        launch(grid, 1, 1, stream_of(device), function, *head, *args)
                 except Exception:  # as in the launcher: this Triton's entry point from now on
                     launches.works = False
                     launches.direct.clear()
                     return None
+            if alpha is not None:
+                keep(alpha)
             return out if index is None else replaced(output, index, out)
 
         return lane
 
-    def launched(self, h: Tensor, rows: Tensor | None) -> Tensor | None:
-        """This object's common call, or None where it failed (the caller's own call then raises and explains)."""
+    def launched(self, h: Tensor, rows: Tensor | None, alpha: Tensor | None = None) -> Tensor | None:
+        """This object's call (writing α where given), or None where it failed (the caller's own call then raises
+        and explains)."""
         try:
-            return self(h, rows)
+            return self(h, rows, alpha)
         except FusedFailed:
             return None
 

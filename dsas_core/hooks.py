@@ -428,6 +428,8 @@ class _SiteHook:
                         self.open_lane(step.fused, h)
                 else:
                     new = self.fused_keeping_alpha(step, h)
+                    if new is not None and record and handle.alpha_reuse == "off":  # α recorded: its own lane
+                        self.open_lane(step.fused, h, self.recorder(step.name))
             except FusedFailed as err:  # e.g. a GPU the kernel compiler does not support: torch ops from now on
                 warnings.warn(f"{err} Steering continues with torch ops (handle.fused = False).", stacklevel=3)
                 handle.fused = False
@@ -473,13 +475,20 @@ class _SiteHook:
             return write_output(self.site, output, res)
         return self.written(output, h, out)
 
-    def open_lane(self, fused: FusedUpdate | OneCall | None, h: Tensor) -> None:
+    def open_lane(self, fused: FusedUpdate | OneCall | None, h: Tensor,
+                  keep: Callable[[Tensor], None] | None = None) -> None:
         """Keep a lane for the next calls with the knobs and α rows of this one (see :meth:`__call__`): ``fused``'s,
-        or where None, :meth:`apply` on streams like h."""
+        or where None, :meth:`apply` on streams like h; with ``keep`` (a :meth:`recorder`), the kernel's
+        α-recording lane."""
         handle = self.handle
         index = self.site.output_index
-        self.lane = (fused.lane(h, handle.alpha_rows, index) if fused is not None
-                     else stream_lane(self.apply, h, index))
+        if fused is None:
+            self.lane = stream_lane(self.apply, h, index)
+        elif keep is None:
+            self.lane = fused.lane(h, handle.alpha_rows, index)
+        else:
+            assert isinstance(fused, FusedUpdate)  # the only update that records α in its call
+            self.lane = fused.lane(h, handle.alpha_rows, index, keep)
         self.lane_for = (handle.strengths.version, handle.adaptive, handle.fused, handle.record_alpha,
                          handle.alpha_reuse)
         self.lane_rows = handle.alpha_rows
@@ -506,6 +515,17 @@ class _SiteHook:
         if record:
             self.keep([(step.name, alpha, False)], positions, h.device)
         return new
+
+    def recorder(self, name: str) -> Callable[[Tensor], None]:
+        """``keep(alpha)``: the :class:`AlphaRecord` of concept ``name`` for this call, α (..., 1) as given (what
+        :meth:`keep` does for one concept)."""
+        handle, site = self.handle, self.site.name
+
+        def keep(alpha: Tensor) -> None:
+            handle.records.append(AlphaRecord(name, site, self.recorded, dict(handle.context), alpha))
+            self.recorded += 1
+
+        return keep
 
     def written(self, output: Any, h: Tensor, out: Tensor) -> Any:
         """The module's output with the steered stream replaced by ``out`` (width last, float32)."""

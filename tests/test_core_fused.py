@@ -198,6 +198,36 @@ def test_a_lane_launches_exactly_what_the_launcher_launches_for_its_stream_and_r
     monkeypatch.undo()
 
 
+def test_a_recording_lane_launches_what_the_launcher_launches_and_keeps_the_alpha_it_wrote(monkeypatch):
+    current = [0]
+    launches = _stand_in_gpu(monkeypatch, current)
+    g = torch.Generator().manual_seed(0)
+    update = fused.fused_update(MeanShift(shift=torch.ones(C)), probe(g), 0.7, "channels", torch.device("cpu"))
+    h = torch.randn(2, C, 3, 5, generator=g)
+    for rows in [None, torch.tensor([1, 1])]:
+        kept = []
+        alpha = torch.empty(2, 3, 5, 1)
+        update(h, rows, alpha)  # Triton's entry point: compiles and keeps the kernel that writes α
+        update(h, rows, alpha)  # the launcher's direct launch
+        assert update.lane(h, rows, keep=kept.append) is not None and update.lane(h, rows) is None  # its own kernel
+        out = update.lane(h, rows, keep=kept.append)(h)
+        (kind, direct), (lane_kind, args) = launches[-2:]
+        assert kind == lane_kind == "direct" and len(args) == len(direct)
+        ours = (9, 10, 16)  # h, out and α among the arguments (after grid, stream, function and the head)
+        assert [args[i] for i in ours] == [h.data_ptr(), out.data_ptr(), kept[0].data_ptr()]
+        assert [a for i, a in enumerate(args) if i not in ours] == [a for i, a in enumerate(direct) if i not in ours]
+        assert direct[16] == alpha.data_ptr() and len(kept) == 1
+        assert kept[0].shape == (2, 3, 5, 1) and kept[0].dtype == torch.float32
+        assert out.shape == h.shape and out.stride() == h.stride()
+    kept = []
+    lane = update.lane(h, None, keep=kept.append)
+    current[0] = 1  # the launcher switches device: it gets the α tensor the lane keeps
+    monkeypatch.setattr(torch.cuda, "device", lambda index: contextlib.nullcontext())
+    assert lane(h).shape == h.shape and launches[-1][1][16] == kept[0].data_ptr() and len(kept) == 1
+    assert lane(h[:1]) is None and len(kept) == 1  # another stream: nothing kept, the caller's path records
+    monkeypatch.undo()
+
+
 def test_a_lane_whose_launch_raises_sends_every_launch_back_to_the_entry_point(monkeypatch):
     _stand_in_gpu(monkeypatch)
     g = torch.Generator().manual_seed(0)
@@ -243,7 +273,8 @@ def test_the_hook_takes_the_lane_until_a_knob_the_rows_or_the_stream_change(monk
         handle.alpha_rows = None
         assert calls(2) == (2, 1)  # another stream shape
         handle.record_alpha = True
-        assert calls(2) == (2, 2)  # α kept: the launcher every call
+        assert calls(3) == (3, 1)  # α recorded: the launcher once, then the recording lane
+        assert [r.call for r in handle.alpha_records()] == [0, 1, 2]
         handle.record_alpha = False
         handle.fused = False
         assert calls(2) == (0, 0)  # torch ops
