@@ -61,15 +61,23 @@ class Launches:
         self.works = True  # False once a direct launch raised: Triton's entry point from then on
 
 
-def fused_update(transform: Transform, scaler: Scaler, lam: float, layout: str, device: torch.device,
-                 launches: Launches | None = None) -> FusedUpdate | None:
+PROBE, CONSTANT, PER_SAMPLE = 0, 3, 4  # the kernel's ALPHA in the common call: sigmoid(w·h + b), ≡ 1, per sample
+Source = Callable[[int, "Tensor | None"], Tensor]  # (batch, rows) -> α per sample, (B,) float32 contiguous, paired
+
+
+def fused_update(transform: Transform, scaler: Scaler | None, lam: float, layout: str, device: torch.device,
+                 launches: Launches | None = None, source: Source | None = None) -> FusedUpdate | None:
     """The one-kernel update of one concept (:class:`FusedUpdate`), or None where the concept or the device does
-    not allow it. ``launches``: where compiled kernels are kept for direct launches (a fresh store when None)."""
-    gate, affine = scaler.logistic(), transform.affine()
-    if gate is None or affine is None or not available(device):
+    not allow it: ``scaler`` logistic (α per position), None (plain steering: α ≡ 1), or one α per input read
+    from ``source(batch, rows)`` at each call (the prompt scaler). ``launches``: where compiled kernels are kept for
+    direct launches (a fresh store when None)."""
+    affine = transform.affine()
+    gate = None if scaler is None or source is not None else scaler.logistic()
+    mode = CONSTANT if scaler is None else PER_SAMPLE if source is not None else PROBE
+    if affine is None or (mode == PROBE and gate is None) or not available(device):
         return None
     return FusedUpdate(gate, affine, lam, layout, _Launcher(_kernel(device.type == "cpu"), launches or Launches()),
-                       device)
+                       device, source)
 
 
 class FusedUpdate:
@@ -77,18 +85,24 @@ class FusedUpdate:
     from one kernel, or None for a stream whose memory layout it does not handle (the torch ops then run).
     ``alpha``, a float32 tensor with one element per position (``tokens_last(h).shape[:-1]``, contiguous): the
     kernel writes each position's α there, or, with ``reuse=True``, reads α from there instead of computing it
-    (``rows`` must then be None). :meth:`lane`: the common call (no α kept or reused) bound to one stream geometry."""
+    (``rows`` must then be None). Without a gate (``mode`` not PROBE) only the common call: α ≡ 1, or α per sample
+    from ``source`` (``alpha``: one float32 per sample instead, paired already; ``rows`` are the source's).
+    :meth:`lane`: the common call (no α kept or reused) bound to one stream geometry."""
 
-    def __init__(self, gate: tuple[Tensor, Tensor], affine: tuple[Tensor | None, Tensor], lam: float, layout: str,
-                 launch: _Launcher, device: torch.device) -> None:
-        weight, bias = (t.detach().to(device, torch.float32).contiguous() for t in gate)  # (d,), ()
+    def __init__(self, gate: tuple[Tensor, Tensor] | None, affine: tuple[Tensor | None, Tensor], lam: float,
+                 layout: str, launch: _Launcher, device: torch.device, source: Source | None = None) -> None:
         scale, offset = affine
         offset = offset.detach().to(device, torch.float32).contiguous()  # (d,)
         scale = offset if scale is None else scale.detach().to(device, torch.float32).contiguous()  # (d,)
+        # (d,), (): the probe's (the kernel reads neither without one)
+        weight, bias = (offset, offset) if gate is None else (t.detach().to(device, torch.float32).contiguous()
+                                                              for t in gate)
         self.fixed = [weight, bias, scale, offset]
         self.fixed_pointers = [t.data_ptr() for t in self.fixed]
         self.has_scale = affine[0] is not None
-        self.lam, self.layout, self.launch, self.channels = lam, layout, launch, weight.shape[0]
+        self.mode = PROBE if gate is not None else CONSTANT if source is None else PER_SAMPLE
+        self.source = source
+        self.lam, self.layout, self.launch, self.channels = lam, layout, launch, offset.shape[0]
         self.shapes: dict[tuple[object, ...], _Spec | None] = {}
 
     def spec(self, h: Tensor) -> _Spec | None:
@@ -98,7 +112,7 @@ class FusedUpdate:
         if spec is False:
             if len(self.shapes) >= Launches.KEEP:
                 self.shapes.clear()
-            spec = self.shapes[where] = _spec(h, self.layout, self.channels, self.lam, self.has_scale)
+            spec = self.shapes[where] = _spec(h, self.layout, self.channels, self.lam, self.has_scale, self.mode)
         return spec
 
     def arguments(self, spec: _Spec, h: Tensor, out: Tensor | int, rows: Tensor | None,
@@ -117,7 +131,8 @@ class FusedUpdate:
         tensors += [fixed[3] if rows is None else rows, fixed[3] if alpha is None else alpha]
         alpha_ptr = alpha if isinstance(alpha, int) else tensors[7].data_ptr()
         ptrs = [h.data_ptr(), out_ptr, *pointers, tensors[6].data_ptr(), alpha_ptr]
-        constants = (self.has_scale, rows is not None, 0 if alpha is None else 2 if reuse else 1, *constants[3:])
+        mode = self.mode or (0 if alpha is None else 2 if reuse else 1)
+        constants = (self.has_scale, rows is not None, mode, *constants[3:])
         key = (base, ptrs[0] % 16, out_ptr % 16, constants, ptrs[6] % 16, ptrs[7] % 16, tensors[6].dtype)
         return key, tensors, ptrs, constants
 
@@ -126,9 +141,13 @@ class FusedUpdate:
         spec = self.spec(h)
         if spec is None or (rows is not None and (reuse or rows.shape != h.shape[:1])):
             return None  # a layout the kernel cannot walk; one α row per sample, and stored α unpaired
-        if alpha is not None and (alpha.numel() != spec[2][1] or alpha.dtype != torch.float32
-                                  or not alpha.is_contiguous() or alpha.device != h.device):
-            return None  # α must be one float32 per position, contiguous, beside the stream
+        if self.mode != PROBE:  # α ≡ 1, or per sample from the source, which pairs it
+            alpha = self.source(h.shape[0], rows) if alpha is None and self.source is not None else alpha
+            rows, reuse = None, False
+        if alpha is not None and (alpha.numel() != (h.shape[0] if self.mode == PER_SAMPLE else spec[2][1])
+                                  or alpha.dtype != torch.float32 or not alpha.is_contiguous()
+                                  or alpha.device != h.device):
+            return None  # α must be one float32 per position (or sample), contiguous, beside the stream
         if rows is not None and rows.device != h.device:
             rows = rows.to(h.device)
         out = torch.empty_like(h)  # same strides as h (contiguous or channels-last)
@@ -149,20 +168,26 @@ class FusedUpdate:
         """``lane(output) -> steered output``: the common call (no α kept or reused) on ``output[index]`` (the
         output itself where ``index`` is None), steered with these ``rows`` (the caller checks they are still the
         ones), for streams of h's shape, strides, dtype and device, launched straight through the compiled kernel
-        that a call of this object already launched — the least host work per call. With ``keep``, the α-recording
-        call instead: the kernel writes each position's α into a new float32 tensor (``tokens_last(h).shape[:-1]``
-        + (1,)), handed to ``keep`` after the launch. None where there is none (the interpreter, a first call,
-        another device's rows). Where the kernel cannot be launched that way now (another alignment, a profiler
-        listens, another current device) the lane calls this object instead; it returns None for another stream,
-        or after a direct launch raised: the caller then calls this object itself (nothing kept)."""
+        that a call of this object already launched — the least host work per call (α per sample read from the
+        source at each call). With ``keep`` (a gate's kernel only), the α-recording call instead: the kernel writes
+        each position's α into a new float32 tensor (``tokens_last(h).shape[:-1]`` + (1,)), handed to ``keep``
+        after the launch. None where there is none (the interpreter, a first call, another device's rows). Where
+        the kernel cannot be launched that way now (another alignment, a profiler listens, another current device)
+        the lane calls this object instead; it returns None for another stream, or after a direct launch raised:
+        the caller then calls this object itself (nothing kept)."""
         launches = self.launch.launches
         spec = self.spec(h) if launches.works else None  # works: direct launches have not failed here
         if spec is None or spec[0][2] < 0 or (rows is not None and (rows.shape != h.shape[:1]
                                                                     or rows.device != h.device)):
             return None
-        # the output's (and α's) pointer taken as 16-byte aligned: CUDA's caching allocator rounds every block to
-        # 512 bytes
-        key, _, pointers, constants = self.arguments(spec, h, 0, rows, None if keep is None else 0, False)
+        if keep is not None and self.mode != PROBE:
+            return None  # only a gate's kernel computes α to keep
+        source, gated = self.source, self.mode == PROBE
+        # the output's pointer taken as 16-byte aligned (CUDA's caching allocator rounds every block to 512 bytes);
+        # α's, where the kernel takes one, checked at each call
+        takes_alpha = keep is not None or source is not None
+        key, _, pointers, constants = self.arguments(spec, h, 0, rows if gated else None, 0 if takes_alpha else None,
+                                                     False)
         direct = launches.direct.get(key)
         if direct is None:
             return None
@@ -171,8 +196,9 @@ class FusedUpdate:
         rest, middle = (*pointers[2:], *tail), pointers[2:7]  # after (h, out); between (h, out) and α
         shape, strides, dtype, on, align = h.shape, h.stride(), h.dtype, h.get_device(), pointers[0] % 16
         positions = (*((h.shape[0], *h.shape[2:]) if self.layout == "channels" else h.shape[:-1]), 1)
-        current, replaced, empty_like, empty = _device_getter(), traced.replaced, torch.empty_like, torch.empty
-        place, f32 = h.device, torch.float32
+        current, replaced, empty_like = _device_getter(), traced.replaced, torch.empty_like
+        alpha_of = (functools.partial(torch.empty, positions, dtype=torch.float32, device=h.device) if keep is not None
+                    else functools.partial(source, h.shape[0], rows) if source is not None else None)
 
         def lane(output: Any) -> Any:  # stream_lane's check inlined, with the pointer: one call less a hook call
             try:
@@ -183,16 +209,19 @@ class FusedUpdate:
             except (TypeError, IndexError, KeyError, AttributeError):  # not a stream: the full checks explain
                 return None
             enter, leave = hooks.launch_enter_hook, hooks.launch_exit_hook
-            alpha = None if keep is None else empty(positions, dtype=f32, device=place)
-            if (p % 16 != align or current() != device or (enter is not None and getattr(enter, "calls", True))
+            alpha = a = None
+            if alpha_of is not None:
+                alpha = alpha_of()
+                a = alpha.data_ptr()
+            if (p % 16 != align or (a is not None and (a % 16 or alpha.get_device() != on)) or current() != device
+                    or (enter is not None and getattr(enter, "calls", True))
                     or (leave is not None and getattr(leave, "calls", True))):
                 out = self.launched(h, rows, alpha)
                 if out is None:
                     return None
             else:
                 out = empty_like(h)
-                args = ((p, out.data_ptr(), *rest) if alpha is None
-                        else (p, out.data_ptr(), *middle, alpha.data_ptr(), *tail))
+                args = (p, out.data_ptr(), *rest) if a is None else (p, out.data_ptr(), *middle, a, *tail)
                 try:
                     if packed:
                         launch(grid, 1, 1, stream_of(device), function, *head, args)
@@ -202,7 +231,7 @@ class FusedUpdate:
                     launches.works = False
                     launches.direct.clear()
                     return None
-            if alpha is not None:
+            if keep is not None:
                 keep(alpha)
             return out if index is None else replaced(output, index, out)
 
@@ -228,7 +257,8 @@ def _device_getter() -> Callable[[], int]:
 _Spec = tuple[tuple[object, ...], int, tuple[object, ...], tuple[object, ...]]
 
 
-def _spec(h: Tensor, layout: str, channels: int, lam: float, has_scale: bool) -> _Spec | None:
+def _spec(h: Tensor, layout: str, channels: int, lam: float, has_scale: bool,
+          mode: int = PROBE) -> _Spec | None:
     """What a launch needs of a stream's shape, strides, dtype and device (the integers: positions, positions per
     sample, channels, sample, position and channel strides), or None for a layout the kernel cannot walk or a
     stream too large for its 32-bit offsets. Triton specialises a compiled kernel on every one of these."""
@@ -239,8 +269,8 @@ def _spec(h: Tensor, layout: str, channels: int, lam: float, has_scale: bool) ->
     n = h.numel() // channels
     block_p, block_c = _blocks(layout, n, channels)
     integers = (n, per_sample, channels, stride_sample, stride_position, stride_channel)
-    base = (integers, h.dtype, h.get_device(), has_scale, block_p, block_c)
-    return base, -(-n // block_p), (lam, *integers), (has_scale, False, 0, block_p, block_c)
+    base = (integers, h.dtype, h.get_device(), has_scale, block_p, block_c, mode)
+    return base, -(-n // block_p), (lam, *integers), (has_scale, False, mode, block_p, block_c)
 
 
 class _Launcher:

@@ -7,7 +7,9 @@ Per position p of a stream with C channels, for one concept with a logistic scal
 read once for the dot product and once for the update, computed in float32, written in the stream's dtype. r(p)
 maps a sample to the sample whose α it uses (classifier-free guidance pairs); it is the identity without rows.
 ALPHA = 1 also writes α (float32, one per position) to ``alpha``; ALPHA = 2 reads α from there instead of computing
-it (a call that reuses an earlier call's α).
+it (a call that reuses an earlier call's α). Two modes read no probe: ALPHA = 3 steers with α ≡ 1 (plain
+steering), ALPHA = 4 with one α per sample read from ``alpha`` (float32, one per sample, already paired: the
+prompt scaler).
 """
 
 from __future__ import annotations
@@ -30,6 +32,10 @@ def dsas_update(x_ptr, out_ptr, w_ptr, b_ptr, a_ptr, d_ptr, rows_ptr, alpha_ptr,
         source = tl.load(rows_ptr + sample, mask=inside, other=0) * stride_sample + place
     if ALPHA == 2:
         alpha = tl.load(alpha_ptr + p, mask=inside, other=0.0)
+    elif ALPHA == 3:
+        alpha = tl.full([BLOCK_P], 1.0, tl.float32)
+    elif ALPHA == 4:
+        alpha = tl.load(alpha_ptr + sample, mask=inside, other=0.0)
     else:
         z = tl.zeros([BLOCK_P], dtype=tl.float32)
         for c0 in range(0, channels, BLOCK_C):

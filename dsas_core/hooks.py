@@ -35,7 +35,7 @@ from torch import Tensor, nn
 from . import traced
 from .concept import Concept
 from .errors import DsasError
-from .fused import FusedFailed, FusedUpdate, Launches, fused_update
+from .fused import PROBE, FusedFailed, FusedUpdate, Launches, fused_update
 from .one_call import HALF, OneCall, offset_update, stream_lane, torch_update
 from .scaler import Scaler
 from .transforms import Transform
@@ -334,46 +334,55 @@ class _SiteHook:
         # One concept: one kernel where the device allows, else its torch ops in one call (plain steering and α per
         # input: any float dtype; α per position: a float32 stream)
         if len(plan) == 1 and handle.fused:
-            step, layout = plan[0], self.site.layout
-            if not adaptive:  # λ as the full path's 0-d tensor
-                fused, keeps = offset_update(moving[0].transform, step.lam_tensor, 1.0, layout), False
+            step, layout, launches = plan[0], self.site.layout, handle.launches
+            transform, scaler = moving[0].transform, moving[0].scaler
+            fused: FusedUpdate | OneCall | None
+            if not adaptive:  # α ≡ 1: the kernel, else one addcmul with λ as the full path's 0-d tensor
+                fused = fused_update(transform, None, step.lam, layout, device, launches)
+                if fused is None:
+                    fused = offset_update(transform, step.lam_tensor, 1.0, layout)
+            elif step.per_input is not None:  # α per input: the kernel reads it, else one addcmul
+                source = self.input_column(step.name, scaler, flat=True)
+                fused = fused_update(transform, scaler, step.lam, layout, device, launches, source)
+                if fused is None:
+                    fused = offset_update(transform, step.per_input, step.lam, layout)
             else:
-                fused = fused_update(moving[0].transform, moving[0].scaler, step.lam, layout, device,
-                                     handle.launches)
-                keeps = fused is not None
-                if fused is None and step.per_input is not None:
-                    fused = offset_update(moving[0].transform, step.per_input, step.lam, layout)
-                elif fused is None and dtype == torch.float32:  # the plan's own entries
-                    fused = torch_update(moving[0].transform, moving[0].scaler, step.lam, layout)
+                fused = fused_update(transform, scaler, step.lam, layout, device, launches)
+                if fused is None and dtype == torch.float32:  # the plan's own entries
+                    fused = torch_update(transform, scaler, step.lam, layout)
+            keeps = isinstance(fused, FusedUpdate) and fused.mode == PROBE
             plan[0] = step._replace(fused=fused, keeps_alpha=keeps)
         self.plan = plan
         self.plan_records = adaptive and len(plan) == len(self.entries)
         self.plan_for = (handle.strengths.version, adaptive, handle.fused)
         self.plan_on = (like.get_device(), dtype)
 
-    def input_column(self, name: str, scaler: Scaler) -> Callable[[Tensor, Tensor | None], Tensor]:
+    def input_column(self, name: str, scaler: Scaler, flat: bool = False) -> Callable[[Any, Tensor | None], Tensor]:
         """``column(x, rows)``: α of a per-input scaler (one value per input, e.g. the prompt scaler) as a column
         (B, 1, ..., 1) that broadcasts over x's positions, paired by ``rows``. Computed once per call, from the first
         site that asks, for every site of the concept where all of them hold the same scaler (else once per site and
-        call)."""
+        call). ``flat``: ``column(B, rows)``, α as (B,) float32, contiguous (what the kernel reads)."""
         handle = self.handle
         memos = handle.input_alphas
         key = name if name in handle.shared_input_alpha else (name, self.site.name)
         source = scaler.context_key
 
-        def column(x: Tensor, rows: Tensor | None) -> Tensor:
+        def column(x: Any, rows: Tensor | None) -> Tensor:  # x: the stream, or with ``flat`` its batch size
             context = handle.context
             given = context.get(source)
             memo = memos.get(key)
+            batch = x if flat else x.shape[0]
             if memo is None or memo[0] is not given or memo[1] is not rows:
-                alpha = scaler.input_alpha(context, x.shape[0])  # (B,) or (1,)
+                alpha = scaler.input_alpha(context, batch)  # (B,) or (1,)
                 if rows is not None:
-                    alpha = alpha.expand(x.shape[0])[rows]
+                    alpha = alpha.expand(batch)[rows]
                 memo = memos[key] = (given, rows, alpha, {})
-            views = memo[3]  # one view per rank, made once per call: each is a dispatch
-            if x.ndim not in views:
-                views[x.ndim] = memo[2].view(-1, *([1] * (x.ndim - 1)))
-            return views[x.ndim]
+            views = memo[3]  # one view per rank (or flat copy per batch), made once per call: each is a dispatch
+            form = ("flat", batch) if flat else x.ndim
+            if form not in views:
+                views[form] = (memo[2].float().expand(batch).contiguous() if flat
+                               else memo[2].view(-1, *([1] * (x.ndim - 1))))
+            return views[form]
 
         return column
 
@@ -641,7 +650,7 @@ class SteeringHandle(HookHandle):
         self.alpha_reuse: Literal["off", "store", "load"] = "off"
         self.alpha_memory: dict[tuple[str, str], Tensor] = {}  # (concept, site) -> α of the last "store" call
         # per-input α (the prompt scaler) of the current call: key -> (context input, alpha_rows, α (B,), its views)
-        self.input_alphas: dict[object, tuple[Tensor | None, Tensor | None, Tensor, dict[int, Tensor]]] = {}
+        self.input_alphas: dict[object, tuple[Tensor | None, Tensor | None, Tensor, dict[object, Tensor]]] = {}
         self.shared_input_alpha: set[str] = set()  # concepts whose sites all hold one per-input scaler
         self.records: list[AlphaRecord] = []
         self.hooks_ran = False  # set by every site hook; checked and cleared after each call of the root model

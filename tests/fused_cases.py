@@ -122,19 +122,75 @@ def test_the_hook_takes_the_fused_update_for_one_adaptive_concept_and_matches_to
     assert torch.allclose(outs[True].float(), outs[False].float(), atol=4e-3, rtol=2e-3)
 
 
-def test_plain_steering_and_two_concepts_keep_the_torch_ops():
-    from dsas_core.fused import FusedUpdate
-    from dsas_core.one_call import OffsetUpdate
+@pytest.mark.parametrize("layout,shape,memory", CASES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_plain_steering_and_alpha_per_sample_run_in_the_kernel_without_a_probe(layout, shape, memory, dtype):
+    from dsas_core import PromptScaler
 
+    g = torch.Generator().manual_seed(5)
+    per_sample = torch.rand(shape[0], generator=g)
+    prompt = PromptScaler(weight=torch.randn(6, generator=g), bias=torch.tensor(0.1))  # its α: the source's
+    asked = []
+
+    def source(batch, rows):  # the hook's: α per sample, paired by rows
+        asked.append((batch, rows))
+        return per_sample if rows is None else per_sample[rows]
+
+    rows = torch.arange(shape[0]).flip(0)
+    for name, transform in transforms(g).items():
+        h = torch.randn(*shape, generator=g).to(dtype).contiguous(memory_format=memory)
+        plain = fused.fused_update(transform, None, 0.7, layout, torch.device("cpu"))
+        each = fused.fused_update(transform, prompt, 0.7, layout, torch.device("cpu"), source=source)
+        assert (plain.mode, each.mode) == (fused.CONSTANT, fused.PER_SAMPLE)
+        for out, alpha in [(plain(h, rows), None), (each(h, rows), per_sample[rows])]:
+            ref = reference(h, layout, None, transform, 0.7, None, alpha)
+            assert out.dtype == dtype and out.shape == h.shape and out.stride() == h.stride()
+            tol = max(torch.finfo(dtype).eps, 8 * torch.finfo(torch.float32).eps) * ref.abs().clamp_min(1.0)
+            assert ((out.double() - ref).abs() <= tol).all(), (name, alpha is None)
+            assert not torch.equal(out, h)
+    assert asked == [(shape[0], rows)] * 3
+
+
+@pytest.mark.parametrize("kind", ["prompt scaler", "plain"])
+@pytest.mark.parametrize("layout,shape", [("tokens", (4, 6, C)), ("channels", (4, C, 3, 5))])
+def test_the_hook_runs_plain_and_prompt_scaled_steering_in_the_kernel_with_the_torch_ops_numbers(
+        layout, shape, kind):
+    from fused_helpers import one_site_prompt_concept
+
+    g = torch.Generator().manual_seed(6)
+    prompt = kind == "prompt scaler"
+    c = one_site_prompt_concept("itic", g) if prompt else concept("itic")
+    model = Source(torch.randn(*shape, generator=g).half())
+    pooled = torch.randn(4, 6, generator=g)  # (B, D_text)
+    outs, modes = {}, {}
+    for kernel in (True, False):
+        with attach([Site("s", model, None, layout)], {c: 1.5}, adaptive=prompt) as handle, torch.no_grad():
+            handle.fused = kernel  # False: the torch ops
+            for rows in (None, torch.tensor([2, 3, 2, 3])):
+                handle.alpha_rows = rows
+                for flip in (False, True):
+                    handle.context = {"prompt_pooled": pooled.flip(0) if flip else pooled}
+                    outs[kernel, rows is None, flip] = model()
+            step = next(iter(model._forward_hooks.values())).plan[0]
+            modes[kernel] = getattr(step.fused, "mode", None), step.keeps_alpha
+    assert modes == {True: (fused.PER_SAMPLE if prompt else fused.CONSTANT, False), False: (None, True)}
+    for key in [(unpaired, flip) for unpaired in (True, False) for flip in (False, True)]:
+        out = outs[(True, *key)]
+        assert out.dtype == torch.float16 and out.stride() == model.t.stride() and not torch.equal(out, model.t)
+        # float32 arithmetic rounded once (kernel) against one mixed-precision addcmul (torch ops)
+        assert torch.allclose(out.float(), outs[(False, *key)].float(), atol=2e-3, rtol=1e-3)
+    # α follows the prompts and their pairing; plain steering's α ≡ 1 follows neither
+    assert torch.equal(outs[True, True, False], outs[True, True, True]) is not prompt
+    assert torch.equal(outs[True, True, False], outs[True, False, False]) is not prompt
+
+
+def test_two_concepts_at_a_site_keep_the_torch_ops():
     model = Source(torch.randn(2, 6, C).half())
     a, b = concept("mean_shift"), concept("itic")
-    for concepts, adaptive in [({a: 1.0}, False), ({a: 1.0, b: 0.5}, True)]:
-        with attach([Site("s", model, None, "tokens")], concepts, adaptive=adaptive), torch.no_grad():
-            model()
-            hook = next(iter(model._forward_hooks.values()))
-            assert len(hook.plan) == len(concepts) and not any(isinstance(s.fused, FusedUpdate) for s in hook.plan)
-            # plain steering: its one addcmul in one call; two concepts: the general path
-            assert [type(s.fused) for s in hook.plan] == ([OffsetUpdate] if not adaptive else [type(None)] * 2)
+    with attach([Site("s", model, None, "tokens")], {a: 1.0, b: 0.5}), torch.no_grad():
+        model()
+        hook = next(iter(model._forward_hooks.values()))
+        assert [s.fused for s in hook.plan] == [None, None]
 
 
 def test_every_plan_of_a_handle_keeps_its_compiled_kernels_in_the_handles_store(monkeypatch):

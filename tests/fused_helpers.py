@@ -3,7 +3,7 @@
 import torch
 from torch import nn
 
-from dsas_core import Concept, fit_from_activations
+from dsas_core import Concept, ConceptConfig, PromptScaler, SiteSteer, fit_from_activations
 from dsas_core.scaler import ProbeScaler
 from dsas_core.transforms import ITIc, Lineas, MeanShift, Transform
 
@@ -24,11 +24,16 @@ def transforms(g: torch.Generator) -> dict[str, Transform]:
             "lineas": Lineas(omega=1 + torch.randn(C, generator=g) / 3, beta=torch.randn(C, generator=g))}
 
 
-def reference(h: torch.Tensor, layout: str, scaler: ProbeScaler, transform: Transform, lam: float,
-              rows: torch.Tensor | None) -> torch.Tensor:
-    """x + λ·α·Δ in float64, α of sample rows[b] when rows are given."""
+def reference(h: torch.Tensor, layout: str, scaler: ProbeScaler | None, transform: Transform, lam: float,
+              rows: torch.Tensor | None, per_sample: torch.Tensor | None = None) -> torch.Tensor:
+    """x + λ·α·Δ in float64, α of sample rows[b] when rows are given; without a scaler α is ``per_sample`` (B,),
+    or 1."""
     x = (h.movedim(1, -1) if layout == "channels" else h).double()
-    alpha = torch.sigmoid(x @ scaler.weight.double() + scaler.bias.double())[..., None]
+    if scaler is None:
+        alpha = torch.ones(()) if per_sample is None else per_sample.view(-1, *[1] * (x.ndim - 1))
+        alpha = alpha.double()
+    else:
+        alpha = torch.sigmoid(x @ scaler.weight.double() + scaler.bias.double())[..., None]
     if rows is not None:
         alpha = alpha[rows]
     a, d = transform.affine()
@@ -54,3 +59,12 @@ def concept(transform: str = "mean_shift") -> Concept:
     acts = {k: {"s": torch.randn(16, C, generator=g) + (i == 0)} for i, k in enumerate(("source", "target", "control"))}
     return fit_from_activations(f"c_{transform}", acts["source"], acts["target"], acts["control"],
                                 transform=transform, scaler="probe", gate=0.0, progress=False)
+
+
+def one_site_prompt_concept(transform: str, g: torch.Generator) -> Concept:
+    """A prompt-scaler concept on the one site "s" (text width 6)."""
+    update = transforms(g)[transform]
+    steer = SiteSteer(update, PromptScaler(weight=torch.randn(6, generator=g), bias=torch.tensor(0.1)))
+    cfg = ConceptConfig(name="p", transform=transform, scaler="prompt", sites=["s"], site_widths={"s": C},
+                        scaler_input_width=6)
+    return Concept(cfg, {"s": steer})

@@ -28,8 +28,8 @@ def test_the_interpreted_kernel_cases_pass_in_a_fresh_process():
     run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(HERE / "fused_cases.py")],
                          cwd=HERE.parent, env=env, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
-    # 12 kernel cases (3 transforms each), 2 block-shape cases, 3 hook cases: none skipped
-    assert re.search(r"^25 passed in", run.stdout, re.M), run.stdout[-600:]
+    # every case of fused_cases.py (the kernel with a probe and without, 12 each, 3 transforms a case): none skipped
+    assert re.search(r"^41 passed in", run.stdout, re.M), run.stdout[-600:]
 
 
 def test_only_logistic_scalers_and_affine_updates_have_a_fused_form():
@@ -228,6 +228,35 @@ def test_a_recording_lane_launches_what_the_launcher_launches_and_keeps_the_alph
     monkeypatch.undo()
 
 
+def test_lanes_without_a_probe_launch_what_the_launcher_launches_with_alpha_per_sample_read_at_each_call(
+        monkeypatch):
+    launches = _stand_in_gpu(monkeypatch)
+    g = torch.Generator().manual_seed(0)
+    given = []
+
+    def source(batch, rows):  # a new α tensor at every call, as each model call's prompts give
+        given.append(torch.rand(batch, generator=g))
+        return given[-1]
+
+    shift = MeanShift(shift=torch.ones(C))
+    plain = fused.fused_update(shift, None, 0.7, "tokens", torch.device("cpu"))
+    each = fused.fused_update(shift, PromptScaler(weight=torch.ones(6), bias=torch.tensor(0.0)), 0.7, "tokens",
+                              torch.device("cpu"), source=source)
+    h, rows = torch.randn(2, 5, C, generator=g), torch.tensor([1, 1])
+    for update, mode in [(plain, fused.CONSTANT), (each, fused.PER_SAMPLE)]:
+        update(h, rows)  # Triton's entry point
+        update(h, rows)  # the launcher's direct launch
+        out = update.lane(h, rows)(h)
+        (kind, direct), (lane_kind, args) = launches[-2:]
+        assert kind == lane_kind == "direct" and len(args) == len(direct)
+        assert args[-5:-2] == (False, False, mode)  # no scale, no rows in the kernel, the mode's α
+        assert args[9:11] == (h.data_ptr(), out.data_ptr())
+        if mode == fused.PER_SAMPLE:  # α of this call, as the launcher had the one of its call
+            assert [args[16], direct[16]] == [given[-1].data_ptr(), given[-2].data_ptr()] and len(given) == 3
+        assert args[:9] + args[11:16] + args[17:] == direct[:9] + direct[11:16] + direct[17:]
+    assert plain.lane(h, rows, keep=print) is None  # no probe: no α to record
+
+
 def test_a_lane_whose_launch_raises_sends_every_launch_back_to_the_entry_point(monkeypatch):
     _stand_in_gpu(monkeypatch)
     g = torch.Generator().manual_seed(0)
@@ -281,4 +310,30 @@ def test_the_hook_takes_the_lane_until_a_knob_the_rows_or_the_stream_change(monk
         handle.fused = True
         handle.enabled = False
         assert calls(2) == (0, 0)
+    monkeypatch.undo()
+
+
+@pytest.mark.parametrize("kind", ["plain", "prompt scaler"])
+def test_the_hook_takes_the_kernels_lane_for_plain_and_prompt_scaled_steering(monkeypatch, kind):
+    from fused_helpers import one_site_prompt_concept
+
+    launches = _stand_in_gpu(monkeypatch)
+    general = []
+    real_call = fused.FusedUpdate.__call__
+    monkeypatch.setattr(fused.FusedUpdate, "__call__", lambda self, *args: general.append(1) or real_call(self, *args))
+    g = torch.Generator().manual_seed(3)
+    prompt = kind == "prompt scaler"
+    model = Source(torch.randn(2, 6, C, generator=g))
+    pooled = torch.randn(2, 6, generator=g)
+    c = one_site_prompt_concept("itic", g) if prompt else concept("itic")
+    with attach([Site("s", model, None, "tokens")], {c: 1.0}, adaptive=prompt) as handle, torch.no_grad():
+        for texts, calls in [(pooled, 3), (pooled.flip(0), 2)]:  # a new pipeline call's prompts: the same lane
+            handle.context = {"prompt_pooled": texts}
+            for _ in range(calls):
+                model()
+        assert len(general) == 1 and [k[0] for k in launches] == ["jit"] + ["direct"] * 4  # then the lane
+        assert launches[-1][1][-5:-2] == (False, False, fused.PER_SAMPLE if prompt else fused.CONSTANT)
+        # α per sample read at each call: the prompts' α, computed once per text tensor (else the fixed pointer)
+        alphas = [args[16] for _, args in launches[1:]]
+        assert (alphas[0] == alphas[1] != alphas[2] == alphas[3]) is prompt
     monkeypatch.undo()

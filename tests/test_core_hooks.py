@@ -421,18 +421,6 @@ def test_the_general_fast_path_keeps_a_lane_with_the_same_numbers(monkeypatch, c
     assert len(general) == 2  # 6 calls: the first, and the first after λ moved
 
 
-def one_site_prompt_concept(transform, g):
-    """A prompt-scaler concept on fused_helpers' one site "s" (text width 6)."""
-    from dsas_core import Concept, ConceptConfig, PromptScaler, SiteSteer
-    from fused_helpers import C, transforms
-
-    update = transforms(g)[transform]
-    steer = SiteSteer(update, PromptScaler(weight=torch.randn(6, generator=g), bias=torch.tensor(0.1)))
-    cfg = ConceptConfig(name="p", transform=transform, scaler="prompt", sites=["s"], site_widths={"s": C},
-                        scaler_input_width=6)
-    return Concept(cfg, {"s": steer})
-
-
 @pytest.mark.parametrize("kind", ["prompt scaler", "plain"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("layout,shape", [("tokens", (4, 6, 40)), ("channels", (4, 40, 3, 5))])
@@ -440,7 +428,7 @@ def test_prompt_scaled_and_plain_steering_run_as_one_call_in_the_streams_dtype_w
         monkeypatch, layout, shape, dtype, kind):
     from dsas_core import hooks
     from dsas_core.one_call import OffsetUpdate
-    from fused_helpers import Source, concept
+    from fused_helpers import Source, concept, one_site_prompt_concept
 
     g = torch.Generator().manual_seed(6)
     prompt = kind == "prompt scaler"
