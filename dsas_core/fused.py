@@ -4,7 +4,7 @@ On a GPU an eager steering hook costs mostly kernel launches, not arithmetic: th
 update (product with the scaler's weights, sigmoid, update) are four launches per site and call. Where a site is
 steered by one concept whose scaler is logistic (``sigmoid(w·h + b)``) and whose update is affine
 (``a ⊙ h + d``: mean shift, ITI-c, LinEAS), the hook runs the whole update as one Triton kernel instead, computed
-in float32 like the reference path.
+in float32 like the reference path; with α ≡ 1 (plain steering) or one α per input (the prompt scaler) too.
 """
 
 from __future__ import annotations

@@ -14,8 +14,8 @@ recompiles; λ = 0 then adds an exact zero. Bookkeeping (step tracking, α recor
 Inference (no gradients, eager) takes a fast path with the same arithmetic: a plan per site cached until a
 strength or ``adaptive`` changes (made when attaching), λ·α·Δ in one ``addcmul``, and a per-input scaler's α (the
 prompt scaler's: one value per input) computed once per call for every site of its concept; on a GPU with Triton,
-a site steered by one logistic-scaler concept runs its whole update, α records and stored α included, as one
-kernel (:mod:`.fused`). While ``torch.compile`` traces, sites whose concepts all have that form read them from one
+a site steered by one concept with an affine update runs its whole update as one kernel (:mod:`.fused`): with a
+logistic scaler α records and stored α included, and plain steering and the prompt scaler too. While ``torch.compile`` traces, sites whose concepts all have that form read them from one
 packed tensor shared by the sites of one width (:mod:`.traced`): fewer objects read, fewer guards checked
 before every compiled call.
 """
@@ -410,8 +410,8 @@ class _SiteHook:
         ``addcmul``, which reads the activations in their own dtype, computes in float32 and writes the output's
         dtype. Half-precision activations get α from a copy of the scaler in their dtype (no float32 copy of the
         stream); float32 activations, and plain steering in any dtype, give exactly the full path's result. Where
-        the plan's one step has a fused form (GPU, Triton), that one kernel runs instead: float32 arithmetic like
-        the full path, rounded once to the stream's dtype. Stored α (``alpha_reuse``) works as on the full path;
+        the plan's one step has a fused form (GPU, Triton; plain steering and the prompt scaler included), that one
+        kernel runs instead: float32 arithmetic like the full path, rounded once to the stream's dtype. Stored α (``alpha_reuse``) works as on the full path;
         α recording too where the plan computes every concept's α at this site (else the full path runs)."""
         handle = self.handle
         record = handle.record_alpha

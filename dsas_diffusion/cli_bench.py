@@ -114,7 +114,7 @@ def _machine(device: Any) -> dict[str, Any]:
         info["gpu"] = torch.cuda.get_device_name(device)
         from dsas_core.fused import available
 
-        info["fused_update"] = available(device)  # DSAS as one Triton kernel per site (else torch ops)
+        info["fused_update"] = available(device)  # one Triton kernel per steered site (else torch ops)
     return info
 
 
