@@ -15,7 +15,8 @@ Inference (no gradients, eager) takes a fast path with the same arithmetic: a pl
 strength or ``adaptive`` changes (made when attaching), λ·α·Δ in one ``addcmul``, and a per-input scaler's α (the
 prompt scaler's: one value per input) computed once per call for every site of its concept; on a GPU with Triton,
 a site steered by one concept with an affine update runs its whole update as one kernel (:mod:`.fused`): with a
-logistic scaler α records and stored α included, and plain steering and the prompt scaler too. While ``torch.compile`` traces, sites whose concepts all have that form read them from one
+logistic scaler (α records and stored α included), with plain steering, or with the prompt scaler. While
+``torch.compile`` traces, sites whose concepts all have a logistic scaler and an affine update read them from one
 packed tensor shared by the sites of one width (:mod:`.traced`): fewer objects read, fewer guards checked
 before every compiled call.
 """
@@ -411,8 +412,9 @@ class _SiteHook:
         dtype. Half-precision activations get α from a copy of the scaler in their dtype (no float32 copy of the
         stream); float32 activations, and plain steering in any dtype, give exactly the full path's result. Where
         the plan's one step has a fused form (GPU, Triton; plain steering and the prompt scaler included), that one
-        kernel runs instead: float32 arithmetic like the full path, rounded once to the stream's dtype. Stored α (``alpha_reuse``) works as on the full path;
-        α recording too where the plan computes every concept's α at this site (else the full path runs)."""
+        kernel runs instead: float32 arithmetic like the full path, rounded once to the stream's dtype. Stored α
+        (``alpha_reuse``) works as on the full path; α recording too where the plan computes every concept's α at
+        this site (else the full path runs)."""
         handle = self.handle
         record = handle.record_alpha
         current = self.plan_for == (handle.strengths.version, handle.adaptive, handle.fused)
