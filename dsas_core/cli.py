@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import textwrap
 from collections.abc import Sequence
@@ -131,11 +132,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except DsasError as err:
-        # subcommand names by depth: `command`, then a package's nested `<name>_command` (e.g. llm_command)
-        names = sorted((k for k, v in vars(args).items() if k.endswith("command") and isinstance(v, str)), key=len)
-        command = " ".join(getattr(args, k) for k in names)
-        print(f"dsas {command}: error: {err}", file=sys.stderr)
+        print(f"dsas {_command(args)}: error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # files are written whole (a temporary file, then renamed): none is left half-written
+        print(f"\ndsas {_command(args)}: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # the reader went away (`dsas inspect DIR | head`): stop quietly, as shell tools do
+        _silence_stdout()
+        return 141
+
+
+def _command(args: argparse.Namespace) -> str:
+    """The subcommand as typed, e.g. 'llm fit'."""
+    # subcommand names by depth: `command`, then a package's nested `<name>_command` (e.g. llm_command)
+    names = sorted((k for k, v in vars(args).items() if k.endswith("command") and isinstance(v, str)), key=len)
+    return " ".join(getattr(args, k) for k in names)
+
+
+def _silence_stdout() -> None:
+    """Point stdout at the null device, so that flushing it at exit raises no second BrokenPipeError."""
+    try:
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, sys.stdout.fileno())
+    except (AttributeError, OSError, ValueError):  # stdout replaced by an object without a file descriptor
+        pass
 
 
 if __name__ == "__main__":
