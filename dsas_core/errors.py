@@ -5,12 +5,23 @@ Every error says what was received, what was expected, and how to fix it.
 
 from __future__ import annotations
 
+import os
+
 import torch
 from torch import Tensor
 
 
 class DsasError(ValueError):
     """Bad input to dsas: the message names the problem and the fix."""
+
+
+def loading_failed(what: str, err: Exception, fix: str) -> DsasError:
+    """The error for a model that would not load: the library's reason, without its pointer to a traceback dsas
+    does not print, then ``fix``, and a word on the hub when ``HF_HUB_OFFLINE`` keeps it out of reach."""
+    reason = str(err).replace(" Please check out the root cause in the stacktrace above.", "").strip()
+    offline = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+    note = " (HF_HUB_OFFLINE is set: only models already in the local cache load)" if offline else ""
+    return DsasError(f"could not load {what}: {reason}\n{fix}{note}.")
 
 
 def check_activations(x: Tensor, what: str, min_rows: int = 2) -> Tensor:

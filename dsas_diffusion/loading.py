@@ -8,6 +8,7 @@ from typing import Any
 import torch
 
 from dsas_core import DsasError
+from dsas_core.errors import loading_failed
 from dsas_core.files import prompt_lines, read_text
 
 
@@ -34,7 +35,9 @@ def load_pipeline(model: str, device: str | torch.device | None = None, dtype: t
     try:
         pipe = DiffusionPipeline.from_pretrained(model, local_files_only=local, **dtype_kwargs(dtype))
     except (OSError, ValueError) as err:
-        raise DsasError(f"could not load the pipeline {model!r}: {err}") from None
+        raise loading_failed(f"the pipeline {model!r}", err, "Give 'demo', a hub id you can reach (e.g. "
+                             "stable-diffusion-v1-5/stable-diffusion-v1-5) or a local diffusers folder holding "
+                             "model_index.json") from None
     pipe.set_progress_bar_config(leave=False)
     return pipe.to(device)
 

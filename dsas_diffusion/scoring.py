@@ -11,6 +11,7 @@ from PIL import Image
 from torch import Tensor
 
 from dsas_core import DsasError
+from dsas_core.errors import loading_failed
 
 ATTRIBUTES = ("colour", "shape", "background")
 
@@ -59,7 +60,8 @@ def load_clip(spec: str, device: str | torch.device = "cpu") -> ClipScorer:
     try:
         model, _, preprocess = open_clip.create_model_and_transforms(arch, pretrained=pretrained, device=device)
     except (RuntimeError, ValueError, OSError) as err:
-        raise DsasError(f"could not load CLIP {spec!r}: {err}") from None
+        raise loading_failed(f"CLIP {spec!r}", err, "Give an open_clip ARCH:PRETRAINED you can download (e.g. "
+                             "ViT-L-14:openai), ARCH:/path/to/weights, or 'demo' for the bundled world") from None
     return ClipScorer(model, preprocess, open_clip.get_tokenizer(arch), device=device)
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from dsas_core import DsasError
+from dsas_core.errors import loading_failed
 from dsas_core.cli import HelpFormatter, output_file, output_folder, parse_concept_arg, torch_device
 from dsas_core.e2e import add_e2e_arguments, e2e_config_from_args
 from dsas_core.files import prompt_lines, read_text
@@ -145,8 +146,8 @@ def load(model_id: str, dtype: str = "auto", device: str | None = None) -> tuple
         tokenizer = AutoTokenizer.from_pretrained(model_id)
         model = AutoModelForCausalLM.from_pretrained(model_id, **kwargs)
     except (OSError, ValueError) as err:
-        raise DsasError(f"could not load model {model_id!r}: {err}\nGive a hub id (e.g. Qwen/Qwen2.5-1.5B) or a local "
-                        "folder holding config.json, the weights and the tokenizer files.") from None
+        raise loading_failed(f"model {model_id!r}", err, "Give a hub id (e.g. Qwen/Qwen2.5-1.5B) or a local folder "
+                             "holding config.json, the weights and the tokenizer files") from None
     if device != "auto":
         model = model.to(target or ("cuda" if torch.cuda.is_available() else "cpu"))
     return model.eval(), tokenizer

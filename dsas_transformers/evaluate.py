@@ -23,6 +23,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from dsas_core import Concept, DsasError
+from dsas_core.errors import loading_failed
 from dsas_core.files import prompt_lines, read_text, write_json
 from dsas_core.plots import Axis, Panel, plot_panels
 
@@ -142,9 +143,9 @@ class ClassifierToxicity(Toxicity):
             self.tokenizer = AutoTokenizer.from_pretrained(model)
             self.model = AutoModelForSequenceClassification.from_pretrained(model).to(device).eval()
         except (OSError, ValueError) as err:
-            raise DsasError(f"could not load the toxicity classifier {model!r}: {err}\nGive a hub id you can reach "
-                            f"(default {DEFAULT_CLASSIFIER}), a local folder, or --toxicity demo for the bundled "
-                            "world.") from None
+            raise loading_failed(f"the toxicity classifier {model!r}", err, f"Give a hub id you can reach (default "
+                                 f"{DEFAULT_CLASSIFIER}), a local folder, or --toxicity demo for the bundled "
+                                 "world") from None
         labels = {str(v).lower(): int(k) for k, v in self.model.config.id2label.items()}
         if label not in labels:
             raise DsasError(f"classifier {model!r} has labels {sorted(labels)}, none named {label!r}: use a binary "

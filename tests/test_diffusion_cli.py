@@ -5,6 +5,7 @@ import pytest
 from PIL import Image
 
 from dsas_core.cli import main, parse_concept_arg
+from dsas_core.errors import loading_failed
 from dsas_diffusion.loading import read_prompts
 from tiny_diffusion import tiny_sd
 
@@ -63,6 +64,29 @@ def test_a_missing_prompt_file_exits_2_with_the_reason(workdir, capsys):
     assert main(["fit", "--model", str(workdir / "pipe"), "--source", str(workdir / "nope.txt"), "--target",
                  str(workdir / "tgt.txt"), "--control", str(workdir / "ctl.txt"), "--out", str(workdir / "x")]) == 2
     assert "source file" in capsys.readouterr().err
+
+
+def test_a_hub_id_that_will_not_load_says_what_to_give_and_that_the_hub_is_off(capsys, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert main(["sites", "nobody/no-such-pipeline"]) == 2
+    first, fix = capsys.readouterr().err.rstrip("\n").split("\n")[-2:]
+    assert first.startswith("dsas sites: error: could not load the pipeline 'nobody/no-such-pipeline': ")
+    assert "stacktrace" not in first
+    assert fix == ("Give 'demo', a hub id you can reach (e.g. stable-diffusion-v1-5/stable-diffusion-v1-5) or a local "
+                   "diffusers folder holding model_index.json (HF_HUB_OFFLINE is set: only models already in the "
+                   "local cache load).")
+
+
+def test_loading_errors_name_the_hub_only_where_it_is_off(monkeypatch):
+    err = OSError("no such model. Please check out the root cause in the stacktrace above.")
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    assert str(loading_failed("model 'x/y'", err, "Give another")) == ("could not load model 'x/y': no such model.\n"
+                                                                       "Give another.")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    assert str(loading_failed("model 'x/y'", err, "Give another")).endswith("\nGive another.")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "true")
+    assert str(loading_failed("model 'x/y'", err, "Give another")).endswith(
+        "\nGive another (HF_HUB_OFFLINE is set: only models already in the local cache load).")
 
 
 def test_generate_refuses_an_image_side_the_pipeline_cannot_make(workdir, capsys):
