@@ -113,7 +113,7 @@ def build_app(studio: Studio) -> gr.Blocks:
         several = len({c for c, _, _ in studio_result.profile}) > 1
         rows = [{"site": f"{c}: {short_site(s)}" if several else short_site(s), "alpha": a}
                 for c, s, a in studio_result.profile]
-        frame = pd.DataFrame(rows or [{"site": "-", "alpha": 0.0}])
+        frame = pd.DataFrame(rows or [{"site": "nothing steered", "alpha": 0.0}])  # every strength 0
         words: list[tuple[str, float | None]] = []
         several = len({c for c, _, _ in studio_result.words}) > 1
         for concept, group in groupby(studio_result.words, key=lambda t: t[0]):
