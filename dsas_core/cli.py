@@ -134,7 +134,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except DsasError as err:
         print(f"dsas {_command(args)}: error: {err}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:  # files are written whole (a temporary file, then renamed): none is left half-written
+    except KeyboardInterrupt:  # concepts and JSON results go through a temporary file and a rename: none half-written
         print(f"\ndsas {_command(args)}: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:  # the reader went away (`dsas inspect DIR | head`): stop quietly, as shell tools do

@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from dsas_core import DsasError
-from dsas_core.errors import loading_failed
 from dsas_core.cli import HelpFormatter, output_file, output_folder, parse_concept_arg, torch_device
 from dsas_core.e2e import add_e2e_arguments, e2e_config_from_args
+from dsas_core.errors import loading_failed
 from dsas_core.files import prompt_lines, read_text
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
