@@ -52,6 +52,18 @@ def test_demo_clip_scores_a_red_circle_as_red_rather_than_blue():
     assert p_blue[0].item() < 0.5 < p_blue[1].item()
 
 
+def test_a_clip_that_will_not_load_says_what_to_give_instead(tmp_path):
+    from dsas_diffusion.scoring import load_clip
+
+    missing = tmp_path / "weights.bin"
+    with pytest.raises(DsasError) as err:
+        load_clip(f"ViT-B-32:{missing}")
+    first, fix = str(err.value).split("\n")
+    assert first.startswith(f"could not load CLIP 'ViT-B-32:{missing}': ")
+    assert fix.startswith("Give an open_clip ARCH:PRETRAINED you can download (e.g. ViT-L-14:openai), "
+                          "ARCH:/path/to/weights, or 'demo' for the bundled world")
+
+
 def points(*rows):
     """A curve for compare(): (strength, concept, preservation) per point."""
     return [{"strength": s, "concept": c, "preservation": p} for s, c, p in rows]
