@@ -1,4 +1,4 @@
-"""Commands that need only the core: ``dsas inspect``."""
+"""Commands that need only the core: ``dsas inspect``, ``dsas push``."""
 
 from __future__ import annotations
 
@@ -16,16 +16,30 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "scaler accuracy and gate, and what it was fitted on.",
         epilog="example:\n  dsas inspect assets/concepts/circles-on-black\n  dsas inspect concepts/pear --json",
         formatter_class=HelpFormatter)
-    p.add_argument("concept", metavar="DIR", help="a concept directory (dsas_config.json + dsas_model.safetensors)")
+    p.add_argument("concept", metavar="DIR", help="a concept directory (dsas_config.json + dsas_model.safetensors), "
+                                                  "or a hub repository id holding one")
     p.add_argument("--json", action="store_true", help="print the full config as JSON")
     p.set_defaults(func=inspect_command)
+
+    p = sub.add_parser(
+        "push", help="upload a saved concept to the Hugging Face Hub",
+        description="Upload a concept directory — its two files and a model card (README.md) saying what it steers, "
+                    "what it was fitted on and how to load it — to a hub repository, made if missing. Log in first "
+                    "(`hf auth login`) or set HF_TOKEN to a token with write access. Anyone can then load it by its "
+                    "id: `dsas generate --concept OWNER/NAME=1.5`, `load_concept(\"OWNER/NAME\")`.",
+        epilog="example:\n  dsas push concepts/pear my-name/pear --private", formatter_class=HelpFormatter)
+    p.add_argument("concept", metavar="DIR", help="a concept directory (dsas_config.json + dsas_model.safetensors)")
+    p.add_argument("repo_id", metavar="OWNER/NAME", help="the hub repository to upload to")
+    p.add_argument("--private", action="store_true", help="make the repository private when it is created")
+    p.add_argument("--message", default=None, help="the commit message (default: 'Upload dsas concept NAME')")
+    p.set_defaults(func=push_command)
 
 
 def inspect_command(args: argparse.Namespace) -> int:
     """Print a concept's summary."""
-    from .concept import Concept
+    from .hub import load_concept
 
-    concept = Concept.from_pretrained(args.concept)
+    concept = load_concept(args.concept)
     cfg = concept.config
     if args.json:
         print(json.dumps(cfg.to_dict(), indent=2, sort_keys=True))
@@ -45,4 +59,14 @@ def inspect_command(args: argparse.Namespace) -> int:
         d = cfg.diagnostics.get(site, {})
         acc = f"{d['accuracy']:.3f}" if "accuracy" in d else "-"
         print(f"  {site:<60} {cfg.site_widths[site]:>6} {acc:>9} {'off' if d.get('gated') else 'on':>6}")
+    return 0
+
+
+def push_command(args: argparse.Namespace) -> int:
+    """Upload a concept directory to the hub."""
+    from .concept import Concept
+
+    concept = Concept.from_pretrained(args.concept)
+    url = concept.push_to_hub(args.repo_id, private=True if args.private else None, commit_message=args.message)
+    print(f"pushed {concept.name!r} to {args.repo_id}: {url}")
     return 0

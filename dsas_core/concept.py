@@ -216,6 +216,14 @@ class Concept:
                 tmp.unlink(missing_ok=True)
         return path
 
+    def push_to_hub(self, repo_id: str, private: bool | None = None, token: str | None = None,
+                    commit_message: str | None = None) -> str:
+        """Upload this concept with a model card to the hub repository ``repo_id`` (made if missing); returns the
+        commit's URL. Load it back anywhere with ``load_concept(repo_id)`` (:mod:`dsas_core.hub`)."""
+        from .hub import push_to_hub
+
+        return push_to_hub(self, repo_id, private=private, token=token, commit_message=commit_message)
+
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike[str]) -> "Concept":
         """Load and validate a concept directory written by :meth:`save_pretrained`."""

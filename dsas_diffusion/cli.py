@@ -57,7 +57,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", default="demo", help=MODEL_HELP)
     p.add_argument("--prompt", required=True, help="the prompt text")
     p.add_argument("--negative-prompt", default=None, help="the negative prompt (with classifier-free guidance)")
-    p.add_argument("--concept", action="append", default=[], metavar="DIR[=STRENGTH]", help="repeatable")
+    p.add_argument("--concept", action="append", default=[], metavar="DIR[=STRENGTH]",
+                   help="a concept folder or hub id, then =strength (default 1); repeatable")
     p.add_argument("--constant", action="store_true", help="plain steering: α = 1 everywhere (the baseline)")
     p.add_argument("--seed", type=int, default=0, help="seed of the initial latents (same seed: same unsteered image)")
     p.add_argument("--steps", type=int, default=20, help="inference steps")

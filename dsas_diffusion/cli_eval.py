@@ -22,7 +22,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval", help="compare DSAS with plain steering over a strength sweep",
                        description=__doc__, epilog=EXAMPLE, formatter_class=HelpFormatter)
     p.add_argument("--model", default="demo", help="'demo', a local diffusers folder, or a hub id")
-    p.add_argument("--concept", required=True, help="concept folder")
+    p.add_argument("--concept", required=True, help="concept folder or hub id")
     p.add_argument("--steer-prompts", required=True, help="prompts where the concept should act")
     p.add_argument("--control-prompts", required=True, help="prompts that should not change")
     p.add_argument("--strengths", default="0,0.5,1,1.5,2", help="comma-separated λ values (0 = unsteered)")

@@ -24,6 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from dsas_core import AlphaRecord, Concept, DsasError, PromptScaler, SteeringHandle, attach as core_attach
+from dsas_core.hub import load_concept
 
 from .prompt_scaler import word_alpha
 from .sites import (CallInfo, Candidate, architecture_of, candidates, check_stream, denoiser_of, fingerprint, latent_hw,
@@ -358,22 +359,6 @@ def guard_stream(candidate: Candidate, tracker: _StepTracker, output: Any) -> No
 
 
 steer = attach  # ``with steer(pipe, {concept: 0.8}) as handle: ...`` reads best as a context manager
-
-
-def load_concept(path_or_repo: str) -> Concept:
-    """Load a concept from a local folder, or from a hub repository id (for users who can reach one)."""
-    from pathlib import Path
-
-    if Path(path_or_repo).exists():
-        return Concept.from_pretrained(path_or_repo)
-    if path_or_repo.count("/") == 1 and not path_or_repo.startswith((".", "/")):
-        from huggingface_hub import snapshot_download
-
-        from dsas_core.concept import CONFIG_NAME, WEIGHTS_NAME
-
-        local = snapshot_download(path_or_repo, allow_patterns=[CONFIG_NAME, WEIGHTS_NAME])
-        return Concept.from_pretrained(local)
-    raise DsasError(f"no concept at {path_or_repo!r}: give a folder holding dsas_config.json + dsas_model.safetensors.")
 
 
 __all__ = ["DiffusionHandle", "attach", "check_concept_fits", "load_concept", "steer"]

@@ -82,7 +82,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     _model_args(gen)
     gen.add_argument("--prompt", required=True, help="the prompt text")
     gen.add_argument("--concept", action="append", default=[], metavar="DIR[=STRENGTH]",
-                     help="a concept directory and its strength λ; repeat for several")
+                     help="a concept directory or hub id and its strength λ; repeat for several")
     gen.add_argument("--constant", action="store_true", help="plain steering: α ≡ 1 at every fitted site")
     gen.add_argument("--show-alpha", action="store_true", help="print each token coloured by its mean α")
     gen.add_argument("--html", type=Path, default=None, help="also write the α map as HTML to this file")
@@ -200,9 +200,9 @@ def generate_command(args: argparse.Namespace) -> int:
         raise DsasError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}.")
     if args.html:
         output_file(args.html, "--html")
-    from dsas_core import Concept
+    from dsas_core.hub import load_concept
 
-    concepts = {Concept.from_pretrained(p): s for p, s in map(parse_concept_arg, args.concept)}
+    concepts = {load_concept(p): s for p, s in map(parse_concept_arg, args.concept)}
     model, tokenizer = load(args.model, args.dtype, args.device)
     prompt = apply_chat_template(tokenizer, [args.prompt], add_generation_prompt=True)[0] if args.chat_template else args.prompt
     enc = tokenizer(prompt, return_tensors="pt", add_special_tokens=not args.chat_template)

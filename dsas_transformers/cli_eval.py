@@ -30,7 +30,7 @@ def add_parser(cmds: argparse._SubParsersAction) -> None:
     p.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"),
                    help="weights dtype ('auto': as saved)")
     p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if available)")
-    p.add_argument("--concept", required=True, help="concept folder (e.g. assets/concepts/detox)")
+    p.add_argument("--concept", required=True, help="concept folder (e.g. assets/concepts/detox) or hub id")
     p.add_argument("--prompts", required=True,
                    help="RealToxicityPrompts-style .jsonl (prompt.text, optional continuation.text) or a text file")
     p.add_argument("--limit", type=int, default=None, help="keep this many prompts (seeded shuffle)")
@@ -54,7 +54,8 @@ def eval_command(args: argparse.Namespace) -> int:
     """Run the sweep and write results, csv and the Pareto plot."""
     import torch
 
-    from dsas_core import Concept, DsasError
+    from dsas_core import DsasError
+    from dsas_core.hub import load_concept
     from dsas_core.paths import assets_dir
 
     from .cli import load
@@ -82,7 +83,7 @@ def eval_command(args: argparse.Namespace) -> int:
                             batch_size=args.batch_size, toxicity=toxicity_spec)
     prompts = read_prompts(args.prompts, limit=args.limit)
     neutral = read_texts(ppl_path) if ppl_path else []
-    concept = Concept.from_pretrained(args.concept)
+    concept = load_concept(args.concept)
     model, tokenizer = load(args.model, args.dtype, args.device)
     check_fits(model, [concept])  # before the unsteered generations, not after them
     device = next(model.parameters()).device

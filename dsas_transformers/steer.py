@@ -16,6 +16,7 @@ from torch import Tensor, nn
 
 from dsas_core import AlphaRecord, Concept, DsasError, SteeringHandle, refuse_compiled
 from dsas_core import attach as core_attach
+from dsas_core.hub import load_concept
 
 from .alpha import AlphaTokens
 from .sites import LMSite, candidate_modules, fingerprint, resolve, resolve_static
@@ -188,7 +189,7 @@ class LMSteering:
 
 
 def _load(concept: ConceptLike) -> Concept:
-    return concept if isinstance(concept, Concept) else Concept.from_pretrained(concept)
+    return concept if isinstance(concept, Concept) else load_concept(concept)
 
 
 def check_fits(model: nn.Module, concepts: list[Concept]) -> list[LMSite]:
