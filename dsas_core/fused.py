@@ -72,9 +72,9 @@ def fused_update(transform: Transform, scaler: Scaler | None, lam: float, layout
     from ``source(batch, rows)`` at each call (the prompt scaler). ``launches``: where compiled kernels are kept for
     direct launches (a fresh store when None)."""
     affine = transform.affine()
-    gate = None if scaler is None or source is not None else scaler.logistic()
-    mode = CONSTANT if scaler is None else PER_SAMPLE if source is not None else PROBE
-    if affine is None or (mode == PROBE and gate is None) or not available(device):
+    probe = scaler is not None and source is None  # α per position: the scaler must be logistic
+    gate = scaler.logistic() if probe else None
+    if affine is None or (probe and gate is None) or not available(device):
         return None
     return FusedUpdate(gate, affine, lam, layout, _Launcher(_kernel(device.type == "cpu"), launches or Launches()),
                        device, source)
