@@ -1,9 +1,11 @@
-"""dsas studio: steer a text-to-image model with concept sliders, see where DSAS acted, fit new concepts.
+"""dsas studio: steer a text-to-image model or a language model with concept sliders, see where DSAS acted, fit
+new concepts.
 
-    python app.py                      # the bundled demo model, on http://127.0.0.1:7860
+    python app.py                      # the bundled demo models, on http://127.0.0.1:7860
     python app.py --model demo --model stable-diffusion-v1-5/stable-diffusion-v1-5 --workers 1
+    python app.py --lm Qwen/Qwen2.5-1.5B  # the Text tab's language model
 
-Wiring only: the logic lives in ``dsas_diffusion.studio``.
+Wiring only: the logic lives in ``dsas_diffusion.studio`` and ``dsas_transformers.studio``.
 """
 
 from __future__ import annotations
@@ -19,10 +21,14 @@ import gradio as gr
 
 from dsas_core import DsasError
 from dsas_core.paths import assets_dir
-from dsas_diffusion.studio import MAX_STRENGTH, ConceptRegistry, Request, Studio
+from dsas_core.concept import Concept
+from dsas_core.registry import MAX_STRENGTH, ConceptRegistry, StudioBase, read_upload
+from dsas_diffusion.studio import Request, Studio
+from dsas_transformers.studio import TextRequest, TextStudio
 
 SLOTS = 8  # concept sliders shown at most
 DEFAULT_PROMPT = "a red circle on a white background"
+DEFAULT_TEXT_PROMPT = "feeling grumpy about the bread , the pirate shoved the door and said"  # the demo LM's world
 # Enter in a slider's number box commits the typed strength as leaving the box does (a slider's release event fires
 # on blur, not on Enter); run once when the page loads.
 ENTER_COMMITS = """() => {
@@ -59,46 +65,225 @@ def _loader(model: str) -> Any:
     return lambda: load_pipeline(model)
 
 
+def _lm_loader(model: str) -> Any:
+    from dsas_transformers.cli import load
+
+    return lambda: load(model)
+
+
 def make_studio(models: list[str], concept_dir: Path, workers: int) -> Studio:
-    """The app's state: launch-listed models, bundled + user concepts."""
+    """The image tabs' state: launch-listed pipelines, bundled + user concepts."""
     registry = ConceptRegistry([assets_dir() / "concepts"], concept_dir)
     return Studio({m: _loader(m) for m in models}, registry, workers=workers)
 
 
-def build_app(studio: Studio) -> gr.Blocks:
-    """The Gradio UI over a :class:`Studio`."""
+def make_text_studio(lms: list[str], studio: Studio, workers: int) -> TextStudio:
+    """The Text tab's state: launch-listed language models, sharing the image tabs' concepts and load lock."""
+    return TextStudio({m: _lm_loader(m) for m in lms}, studio.registry, workers=workers, load_lock=studio.pools.lock)
 
-    def fail(err: DsasError) -> gr.Error:
-        return gr.Error(str(err))
 
-    def slots(available: list[str], chosen: list[str], names: list[str] | None, values: tuple[Any, ...]) -> list[Any]:
-        """Sliders for ``chosen`` (each keeping the strength it had), the concept picker and the download list."""
+def fail(err: DsasError) -> gr.Error:
+    """The error a user sees: the library's message, which names the problem and the fix."""
+    return gr.Error(str(err))
+
+
+def parse_strengths(text: str | None) -> dict[str, float]:
+    """The API's strengths: a JSON object of concept names and numbers."""
+    try:
+        strengths = json.loads(text or "{}")
+    except json.JSONDecodeError as err:
+        raise DsasError(f"strengths is not valid JSON ({err}).") from None
+    if not isinstance(strengths, dict):
+        raise DsasError('strengths must be a JSON object such as {"red-to-blue": 0.8}.')
+    return strengths
+
+
+def strengths_of(names: list[str], values: tuple[Any, ...]) -> dict[str, float]:
+    """The sliders' strengths by concept name; an emptied number box reads as 0."""
+    return {n: float(v or 0.0) for n, v in zip(names, values)}
+
+
+class Sliders:
+    """A concept picker and up to :data:`SLOTS` strength sliders for the concepts that fit the chosen model; every
+    handler returns updates for :meth:`outputs` (the names shown, each slider, the download list, the picker)."""
+
+    def __init__(self, studio: StudioBase, prefix: str = "slot") -> None:
+        self.studio = studio
+        self.names = gr.State([])
+        self.shown = gr.Dropdown([], value=[], multiselect=True, max_choices=SLOTS,
+                                 label=f"concepts with a slider (up to {SLOTS} at a time)")
+        self.sliders = [gr.Slider(-MAX_STRENGTH, MAX_STRENGTH, value=0.0, step=0.05, label="", visible=False,
+                                  elem_id=f"{prefix}{i}")
+                        for i in range(SLOTS)]
+
+    def outputs(self, pick: Any) -> list[Any]:
+        """The components every handler updates (``pick``: the Concepts tab's download list)."""
+        return [self.names, *self.sliders, pick, self.shown]
+
+    def _slots(self, available: list[str], chosen: list[str], names: list[str] | None,
+               values: tuple[Any, ...]) -> list[Any]:
+        """Sliders for ``chosen`` (each keeping the strength it had), the download list and the picker."""
         kept = dict(zip(names or [], values))
         updates = [gr.update(visible=True, label=n, value=kept.get(n) or 0.0) for n in chosen]
         updates += [gr.update(visible=False, label="", value=0.0)] * (SLOTS - len(chosen))
-        return [chosen, *updates, gr.update(choices=studio.registry.names()),
+        return [chosen, *updates, gr.update(choices=self.studio.registry.names()),
                 gr.update(choices=available, value=chosen)]
 
-    def available_for(model: str) -> list[str]:
+    def _available(self, model: str) -> list[str]:
         try:
-            return studio.concepts_for(model)
+            return self.studio.concepts_for(model)
         except DsasError as err:
             raise gr.Error(f"model {model!r} is not available: {err}") from None
 
-    def first_slots(model):  # noqa: ANN001, ANN202
-        available = available_for(model)
-        return slots(available, available[:SLOTS], None, ())
+    def first(self, model):  # noqa: ANN001, ANN201
+        """A model was chosen: sliders for its first concepts."""
+        available = self._available(model)
+        return self._slots(available, available[:SLOTS], None, ())
 
-    def chosen_slots(model, shown, names, *values):  # noqa: ANN001, ANN202
-        available = available_for(model)
-        return slots(available, [n for n in shown or [] if n in available][:SLOTS], names, values)
+    def chosen(self, model, shown, names, *values):  # noqa: ANN001, ANN201
+        """The picker changed: sliders for the concepts picked, in its order."""
+        available = self._available(model)
+        return self._slots(available, [n for n in shown or [] if n in available][:SLOTS], names, values)
 
-    def slots_with(model, shown, added, names, *values):  # noqa: ANN001, ANN202
+    def with_added(self, model, shown, added, names, *values):  # noqa: ANN001, ANN201
         """After a fit or an upload: the new concept gets a slider (the first one shown gives way when all are
         taken); every other slider keeps its strength."""
-        available = available_for(model)
+        available = self._available(model)
         chosen = [n for n in shown or [] if n in available and n != added] + ([added] if added in available else [])
-        return slots(available, chosen[-SLOTS:], names, values)
+        return self._slots(available, chosen[-SLOTS:], names, values)
+
+
+class TextTab:
+    """The Text tab: continue a prompt with a language model, unsteered beside steered, tokens coloured by α; fit
+    a text concept from three lists. Build it inside ``gr.Blocks``, then :meth:`wire` it."""
+
+    def __init__(self, text: TextStudio) -> None:
+        self.text = text
+        with gr.Tab("Text"):
+            with gr.Row():
+                self.model = gr.Dropdown(text.models(), value=text.models()[0], label="language model")
+                self.prompt = gr.Textbox(DEFAULT_TEXT_PROMPT, label="prompt", scale=3)
+            with gr.Row():
+                self.seed = gr.Number(0, label="seed (sampling)", precision=0)
+                self.tokens = gr.Slider(1, 128, value=24, step=1, label="new tokens")
+                self.decoding = gr.Radio(["greedy", "sample"], value="greedy", label="decoding")
+                self.mode = gr.Radio(["DSAS", "plain"], value="DSAS", label="steering")
+                self.go = gr.Button("Generate", variant="primary")
+            self.sliders = Sliders(text, prefix="slot-text")
+            with gr.Row():
+                self.plain_out = gr.Textbox(label="unsteered continuation", lines=3, interactive=False,
+                                            elem_id="text-unsteered")
+                self.steered_out = gr.Textbox(label="steered continuation", lines=3, interactive=False,
+                                              elem_id="text-steered")
+            self.alpha = gr.HighlightedText(label="the steered text, each token coloured by its α (the mean over "
+                                                  "active layers; the last token is never read)",
+                                            color_map=None, show_legend=False)
+            self.profile = gr.BarPlot(x="layer", y="alpha", label="mean α per layer (0 = left alone)", y_lim=[0, 1],
+                                      sort=None, height=300)
+            self.note = gr.Markdown()
+            with gr.Accordion("Fit a text concept", open=False):
+                with gr.Row():
+                    self.src = gr.Textbox(lines=6, label="source texts (steer these), one per line")
+                    self.tgt = gr.Textbox(lines=6, label="target texts (what they should become)")
+                    self.ctl = gr.Textbox(lines=6, label="control texts (leave these alone)")
+                with gr.Row():
+                    self.cname = gr.Textbox("my-text-concept", label="name")
+                    self.transform = gr.Dropdown(["mean_shift", "linear_act", "itic"], value="mean_shift",
+                                                 label="transform")
+                    self.scaler = gr.Dropdown(["probe", "constant"], value="probe", label="scaler")
+                    self.fit_btn = gr.Button("Fit", variant="primary")
+                self.fit_msg = gr.Markdown()
+                self.fit_files = gr.File(label="download the concept", file_count="multiple")
+
+    def request(self, model: str, prompt: str, seed: float | None, tokens: float, decoding: str, mode: str,
+                strengths: dict[str, float]) -> TextRequest:
+        """The request the controls describe, validated."""
+        if seed is None:
+            raise DsasError("the seed box is empty: type a whole number (the same seed samples the same text).")
+        req = TextRequest(model=model, prompt=prompt, seed=int(round(seed)), max_new_tokens=int(tokens),
+                          sample=(decoding == "sample"), plain=(mode == "plain"), strengths=strengths)
+        self.text.validate(req)
+        return req
+
+    def generate(self, model, prompt, seed, tokens, decoding, mode, names, *values):  # noqa: ANN001, ANN201
+        """Unsteered (cached) and steered continuations, the steered text's α per token and per layer."""
+        import pandas as pd
+
+        try:
+            req = self.request(model, prompt, seed, tokens, decoding, mode, strengths_of(names, values))
+            unsteered, result = self.text.unsteered(req), self.text.steered(req)
+        except DsasError as err:
+            raise fail(err) from None
+        several = len({c for c, _, _ in result.profile}) > 1
+        rows = [{"layer": f"{c}: {s}" if several else s, "alpha": a} for c, s, a in result.profile]
+        frame = pd.DataFrame(rows or [{"layer": "nothing steered", "alpha": 0.0}])  # every strength 0
+        tokens = [(piece, None if a is None else round(a, 2)) for piece, a in result.tokens]
+        note = (f"{result.unknown} word(s) of the prompt are not in the model's vocabulary (read as its unknown "
+                "token)." if result.unknown else "")
+        return unsteered, result.text, tokens, frame, note
+
+    def api_generate(self, model, prompt, seed, tokens, decoding, mode, strengths_json):  # noqa: ANN001, ANN201
+        """Unsteered and steered continuations for a JSON object of strengths, e.g. {"detox": 1.5}."""
+        try:
+            req = self.request(model, prompt, seed, tokens, decoding, mode, parse_strengths(strengths_json))
+            return self.text.unsteered(req), self.text.steered(req).text
+        except DsasError as err:
+            raise fail(err) from None
+
+    def fit(self, model, source, target, control, name, transform, scaler,  # noqa: ANN001, ANN201
+            progress=gr.Progress(track_tqdm=True)):
+        """Fit a text concept and save it; it gets a slider on this tab."""
+        try:
+            concept, replaces = self.text.fit(model, source, target, control, name, transform, scaler)
+            return fitted_message(concept, replaces, "Text"), self.text.export(concept.name), concept.name
+        except DsasError as err:
+            raise fail(err) from None
+
+    def wire(self, app: gr.Blocks, pick: Any, added: Any) -> None:
+        """Connect the events (``pick``: the Concepts tab's download list; ``added``: the concept just added)."""
+        sl = self.sliders
+        outputs = sl.outputs(pick)
+        app.load(sl.first, self.model, outputs, api_visibility="private")
+        shown_outputs = [self.plain_out, self.steered_out, self.alpha, self.profile, self.note]
+        private = {"api_visibility": "private"}
+        self.model.change(sl.first, self.model, outputs, **private).then(
+            lambda: [None] * len(shown_outputs), None, shown_outputs, **private)  # the last model's texts go
+        sl.shown.input(sl.chosen, [self.model, sl.shown, sl.names, *sl.sliders], outputs, **private)
+        common = [self.model, self.prompt, self.seed, self.tokens, self.decoding, self.mode]
+        steering = {"fn": self.generate, "inputs": [*common, sl.names, *sl.sliders], "outputs": shown_outputs,
+                    "concurrency_limit": self.text.workers, **private}
+        self.go.click(**steering)
+        self.prompt.submit(**steering)
+        self.seed.submit(**steering)
+        for s in sl.sliders:
+            s.release(**steering)
+        self.mode.change(**steering)
+        strengths_json = gr.Textbox(visible=False)
+        gr.Button(visible=False).click(self.api_generate, [*common, strengths_json],
+                                       [self.plain_out, self.steered_out], api_name="generate_text",
+                                       concurrency_limit=self.text.workers)
+        self.fit_btn.click(lambda: ("", None), None, [self.fit_msg, self.fit_files], **private).then(
+            self.fit, [self.model, self.src, self.tgt, self.ctl, self.cname, self.transform, self.scaler],
+            [self.fit_msg, self.fit_files, added], api_name="fit_text").success(**self.new_slot(pick, added))
+
+    def new_slot(self, pick: Any, added: Any) -> dict[str, Any]:
+        """The event that gives a just-added concept a slider here, when it fits this tab's model."""
+        sl = self.sliders
+        return {"fn": sl.with_added, "inputs": [self.model, sl.shown, added, sl.names, *sl.sliders],
+                "outputs": sl.outputs(pick), "api_visibility": "private"}
+
+
+def fitted_message(concept: Concept, replaces: bool, tab: str) -> str:
+    """What a fit reports: the name, what it replaced, how many sites are active, where its slider is."""
+    diag = concept.config.diagnostics
+    active = sum(not d.get("gated") for d in diag.values())
+    note = f" (it replaces the earlier **{concept.name}**)" if replaces else ""
+    return f"Fitted **{concept.name}**{note}: {active} of {len(diag)} sites active; its slider is on the {tab} tab."
+
+
+def build_app(studio: Studio, text: TextStudio | None = None) -> gr.Blocks:
+    """The Gradio UI over a :class:`Studio` (the image tabs) and, when given, a :class:`TextStudio` (the Text
+    tab)."""
 
     def request(model: str, prompt: str, negative: str, seed: float | None, steps: float, guidance: float, mode: str,
                 strengths: dict[str, float]) -> Request:
@@ -125,9 +310,8 @@ def build_app(studio: Studio) -> gr.Blocks:
 
     def both(model, prompt, negative, seed, steps, guidance, mode, names, *values):  # noqa: ANN001, ANN202
         """The unsteered image (cached) beside the steered one, always from the same prompt and seed."""
-        strengths = {n: float(v or 0.0) for n, v in zip(names, values)}  # an emptied box reads as 0
         try:
-            req = request(model, prompt, negative, seed, steps, guidance, mode, strengths)
+            req = request(model, prompt, negative, seed, steps, guidance, mode, strengths_of(names, values))
             studio.validate(req)
             return (show(studio.unsteered(req)), *outputs_of(studio.steered(req)))
         except DsasError as err:
@@ -136,12 +320,7 @@ def build_app(studio: Studio) -> gr.Blocks:
     def api_generate(model, prompt, negative, seed, steps, guidance, mode, strengths_json):  # noqa: ANN001, ANN202
         """Unsteered and steered images for a JSON object of strengths, e.g. {"red-to-blue": 0.8}."""
         try:
-            strengths = json.loads(strengths_json or "{}")
-            if not isinstance(strengths, dict):
-                raise DsasError('strengths must be a JSON object such as {"red-to-blue": 0.8}.')
-        except json.JSONDecodeError as err:
-            raise fail(DsasError(f"strengths is not valid JSON ({err}).")) from None
-        try:
+            strengths = parse_strengths(strengths_json)
             req = request(model, prompt, negative, seed, steps, guidance, mode, strengths)
             studio.validate(req)
             result = studio.steered(req)
@@ -156,18 +335,26 @@ def build_app(studio: Studio) -> gr.Blocks:
                                            target_text)
         except DsasError as err:
             raise fail(err) from None
-        diag = concept.config.diagnostics
-        active = sum(not d.get("gated") for d in diag.values())
-        note = f" (it replaces the earlier **{concept.name}**)" if replaces else ""
-        return (f"Fitted **{concept.name}**{note}: {active} of {len(diag)} sites active; its slider is on the Steer "
-                "tab.", studio.export(concept.name), concept.name)
+        return fitted_message(concept, replaces, "Steer"), studio.export(concept.name), concept.name
 
     def upload(model, files):  # noqa: ANN001, ANN202
+        """Add an uploaded concept that fits the image model, else one of the language models."""
         try:
-            name = studio.registry.add_upload([getattr(f, "name", f) for f in files or []], studio.denoiser(model))
+            concept = read_upload([getattr(f, "name", f) for f in files or []])
+            tried = [(studio, model, "Steer")] + [(text, lm, "Text") for lm in (text.models() if text else [])]
+            errors = []
+            for served, name, tab in tried:
+                try:
+                    served.checker(name)(concept)
+                except DsasError as err:
+                    errors.append(f"{name!r}: {err}")
+                    continue
+                return f"Added **{studio.registry.add(concept)}**; its slider is on the {tab} tab.", concept.name
+            if len(errors) == 1:
+                raise DsasError(errors[0].split(": ", 1)[1])
+            raise DsasError("the concept fits none of the app's models. " + " ".join(errors))
         except DsasError as err:
             raise fail(err) from None
-        return f"Added **{name}**; its slider is on the Steer tab.", name
 
     def download(name):  # noqa: ANN001, ANN202
         try:
@@ -177,8 +364,7 @@ def build_app(studio: Studio) -> gr.Blocks:
 
     with gr.Blocks(title="dsas studio") as app:
         gr.Markdown("# dsas studio\nDynamically Scaled Activation Steering: each concept acts only where the "
-                    "prompt calls for it. Move a slider; *plain* steers everywhere (α = 1) for comparison.")
-        names = gr.State([])
+                    "input calls for it. Move a slider; *plain* steers everywhere (α = 1) for comparison.")
         with gr.Tab("Steer"):
             with gr.Row():
                 model = gr.Dropdown(studio.models(), value=studio.models()[0], label="model")
@@ -190,11 +376,7 @@ def build_app(studio: Studio) -> gr.Blocks:
                 guidance = gr.Slider(0, 15, value=5.0, step=0.5, label="guidance")
                 mode = gr.Radio(["DSAS", "plain"], value="DSAS", label="steering")
                 go = gr.Button("Generate", variant="primary")
-            shown = gr.Dropdown([], value=[], multiselect=True, max_choices=SLOTS,
-                                label=f"concepts with a slider (up to {SLOTS} at a time)")
-            sliders = [gr.Slider(-MAX_STRENGTH, MAX_STRENGTH, value=0.0, step=0.05, label="", visible=False,
-                                 elem_id=f"slot{i}")
-                       for i in range(SLOTS)]
+            sl = Sliders(studio)
             with gr.Row():
                 plain_img = gr.Image(label="unsteered", format="png", type="pil", elem_id="unsteered", height=340)
                 steered_img = gr.Image(label="steered", format="png", type="pil", elem_id="steered", height=340)
@@ -204,6 +386,7 @@ def build_app(studio: Studio) -> gr.Blocks:
                                  y_lim=[0, 1], x_label_angle=-90, sort=None, height=380)
             words = gr.HighlightedText(label="prompt words by the α each added (concepts fitted with the prompt "
                                              "scaler)", color_map=None, show_legend=False)
+        text_tab = TextTab(text) if text is not None else None
         with gr.Tab("Fit a concept"):
             with gr.Row():
                 src = gr.Textbox(lines=8, label="source prompts (steer these), one per line")
@@ -230,54 +413,64 @@ def build_app(studio: Studio) -> gr.Blocks:
         strengths_json = gr.Textbox(visible=False)
         added = gr.State(None)  # the concept a fit or an upload just added
         common = [model, prompt, negative, seed, steps, guidance, mode]
-        slot_outputs = [names, *sliders, pick, shown]
+        slot_outputs = sl.outputs(pick)
         shown_outputs = [plain_img, steered_img, heat_img, profile, words]
         private = {"api_visibility": "private"}
-        app.load(first_slots, model, slot_outputs, **private)
+        app.load(sl.first, model, slot_outputs, **private)
         app.load(None, js=ENTER_COMMITS, **private)
-        model.change(first_slots, model, slot_outputs, **private).then(
+        model.change(sl.first, model, slot_outputs, **private).then(
             lambda: [None] * len(shown_outputs), None, shown_outputs, **private)  # the last model's images go
-        shown.input(chosen_slots, [model, shown, names, *sliders], slot_outputs, **private)
-        steering = {"fn": both, "inputs": [*common, names, *sliders], "outputs": shown_outputs,
+        sl.shown.input(sl.chosen, [model, sl.shown, sl.names, *sl.sliders], slot_outputs, **private)
+        steering = {"fn": both, "inputs": [*common, sl.names, *sl.sliders], "outputs": shown_outputs,
                     "concurrency_limit": studio.workers, **private}
         go.click(**steering)
         for box in (prompt, negative, seed):  # Enter in a text box generates too
             box.submit(**steering)
-        for s in sliders:
+        for s in sl.sliders:
             s.release(**steering)
         mode.change(**steering)
         hidden_go = gr.Button(visible=False)
         hidden_go.click(api_generate, [*common, strengths_json], [plain_img, steered_img, heat_img],
                         api_name="generate", concurrency_limit=studio.workers)
-        new_slot = {"fn": slots_with, "inputs": [model, shown, added, names, *sliders], "outputs": slot_outputs,
-                    **private}
+        new_slot = {"fn": sl.with_added, "inputs": [model, sl.shown, added, sl.names, *sl.sliders],
+                    "outputs": slot_outputs, **private}
         fit_btn.click(lambda: ("", None), None, [fit_msg, fit_files], **private).then(
             fit, [model, src, tgt, ctl, cname, transform, scaler, stext, ttext], [fit_msg, fit_files, added],
             api_name="fit").success(**new_slot)
-        up_btn.click(lambda: "", None, up_msg, **private).then(
+        uploaded = up_btn.click(lambda: "", None, up_msg, **private).then(
             upload, [model, uploads], [up_msg, added], api_name="upload").success(**new_slot)
+        if text_tab is not None:
+            text_tab.wire(app, pick, added)
+            uploaded.success(**text_tab.new_slot(pick, added))
         dl_btn.click(download, pick, dl_files, api_name="download")
-        app.queue(default_concurrency_limit=studio.workers)
+        app.queue(default_concurrency_limit=max(studio.workers, text.workers if text else 1))
     return app
-
 
 def main(argv: list[str] | None = None) -> None:
     """Parse flags and launch."""
     parser = argparse.ArgumentParser(
         description="dsas studio: concept sliders with Dynamically Scaled Activation Steering.",
-        epilog="example:\n  python app.py\n  python app.py --model demo --model ./my-sd-folder --port 7861",
+        epilog="example:\n  python app.py\n  python app.py --model demo --model ./my-sd-folder --port 7861\n"
+               "  python app.py --lm demo --lm Qwen/Qwen2.5-1.5B",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", action="append", default=None,
                         help="'demo', a local diffusers folder, or a hub id; repeat to offer several (default: demo)")
+    parser.add_argument("--lm", action="append", default=None,
+                        help="a causal language model for the Text tab: 'demo', a local folder, or a hub id; repeat "
+                             "to offer several (default: demo)")
+    parser.add_argument("--no-text", action="store_true", help="leave the Text tab out")
     parser.add_argument("--concept-dir", default=os.environ.get("DSAS_CONCEPT_DIR", "concepts"),
                         help="where fitted and uploaded concepts are kept (default: ./concepts)")
     parser.add_argument("--host", default="127.0.0.1", help="bind address (default: this machine only)")
     parser.add_argument("--port", type=int, default=7860)
     parser.add_argument("--workers", type=int, default=2,
-                        help="simultaneous generations; each holds its own copy of the pipeline")
+                        help="simultaneous generations; each holds its own copy of the pipeline (and of the LM)")
     args = parser.parse_args(argv)
+    if args.no_text and args.lm:
+        parser.error("--no-text leaves the Text tab out: drop it to serve the --lm models")
     studio = make_studio(args.model or ["demo"], Path(args.concept_dir), args.workers)
-    build_app(studio).launch(server_name=args.host, server_port=args.port)
+    text = None if args.no_text else make_text_studio(args.lm or ["demo"], studio, args.workers)
+    build_app(studio, text).launch(server_name=args.host, server_port=args.port)
 
 
 if __name__ == "__main__":

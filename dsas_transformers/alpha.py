@@ -65,7 +65,7 @@ class AlphaTokens:
         keep = self.mask[row].bool()
         ids = self.ids[row][keep].tolist()
         alphas = self.mean[row][keep].tolist()
-        return list(zip(_token_pieces(tokenizer, ids), alphas))
+        return list(zip(token_pieces(tokenizer, ids), alphas))
 
     def ansi(self, tokenizer: Any, row: int = 0) -> str:
         """One terminal line: each token on a background from white (α = 0) to red (α = 1)."""
@@ -97,7 +97,7 @@ def _colour(a: float) -> tuple[int, int, int]:
     return 255, int(round(255 * (1 - a))), int(round(255 * (1 - a)))
 
 
-def _token_pieces(tokenizer: Any, ids: list[int]) -> list[str]:
+def token_pieces(tokenizer: Any, ids: list[int]) -> list[str]:
     """The text each token adds, by decoding growing prefixes (keeps spaces for BPE, SentencePiece, word level)."""
     pieces, previous = [], ""
     for i in range(len(ids)):

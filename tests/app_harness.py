@@ -13,7 +13,9 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 import app as app_module  # noqa: E402
-from dsas_diffusion.studio import ConceptRegistry, Studio  # noqa: E402
+from dsas_core.registry import ConceptRegistry  # noqa: E402
+from dsas_diffusion.studio import Studio  # noqa: E402
+from dsas_transformers.studio import TextStudio  # noqa: E402
 
 
 def free_port() -> int:
@@ -24,10 +26,11 @@ def free_port() -> int:
 
 
 def launch(models: dict[str, Callable[[], Any]], concept_dir: Path, bundled: list[Path] | None = None,
-           workers: int = 2) -> tuple[Any, Studio, str]:
-    """(running Blocks, its Studio, its URL). Close with ``blocks.close()``."""
+           workers: int = 2, lms: dict[str, Callable[[], Any]] | None = None) -> tuple[Any, Studio, str]:
+    """(running Blocks, its Studio, its URL); ``lms`` adds the Text tab. Close with ``blocks.close()``."""
     studio = Studio(models, ConceptRegistry(bundled or [], concept_dir), workers=workers)
-    blocks = app_module.build_app(studio)
+    text = TextStudio(lms, studio.registry, workers=workers, load_lock=studio.pools.lock) if lms else None
+    blocks = app_module.build_app(studio, text)
     port = free_port()
     blocks.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
     return blocks, studio, f"http://127.0.0.1:{port}/"

@@ -1,0 +1,152 @@
+"""The logic behind the Gradio app's text tab, without gradio: steered continuations, α per token, fitting.
+
+Concepts are addressed by *name* in a :class:`dsas_core.registry.ConceptRegistry` (shared with the image tabs; each
+tab offers the concepts that fit its model); models by the names given at launch (``python app.py --lm NAME``).
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from dsas_core import Concept, ConceptConfig, DsasError
+from dsas_core.registry import ConceptRegistry, StudioBase, check_strengths, prompt_lines
+
+from .alpha import token_pieces
+from .sites import input_device
+from .steer import check_fits, steer
+
+MAX_NEW_TOKENS = 256
+# sampling as in the detoxification protocol of `dsas llm eval`
+SAMPLING = {"temperature": 1.0, "top_p": 0.3, "repetition_penalty": 1.2}
+
+
+@dataclass
+class TextRequest:
+    """Everything that determines a continuation."""
+
+    model: str
+    prompt: str
+    seed: int = 0
+    max_new_tokens: int = 24
+    sample: bool = False  # greedy decoding unless True (then temperature 1.0, top-p 0.3, repetition penalty 1.2)
+    plain: bool = False  # plain steering: α ≡ 1
+    strengths: dict[str, float] = field(default_factory=dict)
+
+    def unsteered_key(self) -> tuple[Any, ...]:
+        return ("text", self.model, self.prompt, self.seed, self.max_new_tokens, self.sample)
+
+
+@dataclass
+class TextResult:
+    """A continuation, and where it was steered."""
+
+    text: str  # the generated continuation alone
+    tokens: list[tuple[str, float | None]] = field(default_factory=list)  # prompt + continuation: (piece, α)
+    profile: list[tuple[str, str, float]] = field(default_factory=list)  # (concept, site, mean α)
+    unknown: int = 0  # prompt tokens the tokenizer read as its unknown token
+
+
+class TextStudio(StudioBase):
+    """Causal language models by launch name (each loader returns ``(model, tokenizer)``), sharing a registry."""
+
+    flag = "--lm"
+
+    def __init__(self, loaders: dict[str, Callable[[], Any]], registry: ConceptRegistry, workers: int = 2,
+                 cache_size: int = 64, load_lock: threading.Lock | None = None) -> None:
+        super().__init__(loaders, registry, workers, cache_size, load_lock)
+        self._rng = threading.Lock()  # sampling draws from torch's global generator: one sampled run at a time
+
+    def checker(self, model: str) -> Callable[[Concept], object]:
+        """Refuses a concept that does not fit the language model (image concepts among them)."""
+        lm = self.pool(model).reference[0]
+        return lambda concept: check_fits(lm, [concept])
+
+    def validate(self, req: TextRequest) -> None:
+        """Refuse out-of-range or malformed requests (API callers included)."""
+        if not isinstance(req.prompt, str) or not req.prompt.strip():
+            raise DsasError("the prompt is empty: type the start of a text for the model to continue.")
+        if not 1 <= int(req.max_new_tokens) <= MAX_NEW_TOKENS:
+            raise DsasError(f"new tokens must be between 1 and {MAX_NEW_TOKENS}, got {req.max_new_tokens}.")
+        check_strengths(req.strengths, self.registry)
+
+    def _run(self, lm: tuple[Any, Any], req: TextRequest) -> tuple[torch.Tensor, int]:
+        """(prompt + continuation ids (T,), prompt length)."""
+        model, tokenizer = lm
+        enc = tokenizer(req.prompt, return_tensors="pt")
+        ids = enc["input_ids"].to(input_device(model))
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        kwargs: dict[str, Any] = {"max_new_tokens": int(req.max_new_tokens), "do_sample": bool(req.sample),
+                                  "pad_token_id": pad, "attention_mask": torch.ones_like(ids)}
+        if req.sample:
+            kwargs |= SAMPLING
+            with self._rng, torch.random.fork_rng():  # the caller's global generator is left as it was
+                torch.manual_seed(int(req.seed))
+                with torch.no_grad():
+                    out = model.generate(ids, **kwargs)
+        else:
+            with torch.no_grad():
+                out = model.generate(ids, **kwargs)
+        return out[0].cpu(), ids.shape[1]
+
+    def _decode(self, tokenizer: Any, out: torch.Tensor, n_prompt: int) -> str:
+        return tokenizer.decode(out[n_prompt:], skip_special_tokens=True)
+
+    def unsteered(self, req: TextRequest) -> str:
+        """The continuation without steering (cached: a slider move does not recompute it)."""
+
+        def run() -> str:
+            with self.pool(req.model).borrow() as lm:
+                out, n = self._run(lm, req)
+                return self._decode(lm[1], out, n)
+
+        return self.cached(req.unsteered_key(), run)
+
+    def steered(self, req: TextRequest) -> TextResult:
+        """The continuation with every non-zero strength applied, α per token (the largest over the concepts,
+        each one's mean over its active layers) and the mean α of every layer."""
+        active = {self.registry.get(n): float(v) for n, v in req.strengths.items() if float(v) != 0.0}
+        with self.pool(req.model).borrow() as lm:
+            tokenizer = lm[1]
+            if not active:
+                out, n = self._run(lm, req)
+                return TextResult(self._decode(tokenizer, out, n), unknown=_unknown(tokenizer, out[:n]))
+            with steer(lm[0], active, adaptive=not req.plain, record_alpha=True) as handle:
+                out, n = self._run(lm, req)
+            text = self._decode(tokenizer, out, n)
+        alpha = torch.full((out.shape[0],), float("nan"))  # (T,): the last token is never read, so never steered
+        profile = []
+        for concept in active:
+            at = handle.alpha_tokens(concept=concept.name)
+            mean = at.mean[0]  # (T - 1,)
+            alpha[: mean.shape[0]] = torch.fmax(alpha[: mean.shape[0]], mean)
+            profile += [(concept.name, s, a) for s, a in at.per_site(row=0).items()]
+        special = set(tokenizer.all_special_ids) - {tokenizer.unk_token_id}  # an unknown word stays, as unk
+        ids = out.tolist()
+        tokens = [(piece, None if math.isnan(a) else a)
+                  for piece, a, i in zip(token_pieces(tokenizer, ids), alpha.tolist(), ids) if i not in special]
+        return TextResult(text, tokens, profile, _unknown(tokenizer, out[:n]))
+
+    def fit(self, model: str, source: str, target: str, control: str, name: str, transform: str,
+            scaler: str) -> tuple[Concept, bool]:
+        """Fit a concept from three newline-separated text lists and save it in the user folder; returns it and
+        whether it replaced a concept of the user folder with its name."""
+        from .fit import fit_concept
+
+        ConceptConfig(name=name, transform=transform, scaler=scaler, sites=["_"], site_widths={"_": 1})
+        replaces = self.registry.check_new_name(name)  # before the work, not after it
+        with self.pool(model).borrow() as (lm, tokenizer):
+            concept = fit_concept(lm, tokenizer, prompt_lines(source), prompt_lines(target),
+                                  prompt_lines(control) or None, transform=transform, scaler=scaler, name=name)
+        self.registry.add(concept)
+        return concept, replaces
+
+
+def _unknown(tokenizer: Any, prompt_ids: torch.Tensor) -> int:
+    unk = tokenizer.unk_token_id
+    return 0 if unk is None else int((prompt_ids == unk).sum())
