@@ -341,18 +341,19 @@ def build_app(studio: Studio, text: TextStudio | None = None) -> gr.Blocks:
         """Add an uploaded concept that fits the image model, else one of the language models."""
         try:
             concept = read_upload([getattr(f, "name", f) for f in files or []])
-            tried = [(studio, model, "Steer")] + [(text, lm, "Text") for lm in (text.models() if text else [])]
+            tried = [(studio, model, "Steer", "image model")]
+            tried += [(text, lm, "Text", "language model") for lm in (text.models() if text else [])]
             errors = []
-            for served, name, tab in tried:
+            for served, name, tab, kind in tried:
                 try:
                     served.checker(name)(concept)
                 except DsasError as err:
-                    errors.append(f"{name!r}: {err}")
+                    errors.append(f"{kind} {name!r}: {err}")
                     continue
                 return f"Added **{studio.registry.add(concept)}**; its slider is on the {tab} tab.", concept.name
             if len(errors) == 1:
                 raise DsasError(errors[0].split(": ", 1)[1])
-            raise DsasError("the concept fits none of the app's models. " + " ".join(errors))
+            raise DsasError("the concept fits none of the app's models; " + "; ".join(errors))
         except DsasError as err:
             raise fail(err) from None
 

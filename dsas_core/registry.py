@@ -234,6 +234,12 @@ class StudioBase:
         """Copies of a concept's two files in a fresh temporary folder, for download."""
         return self.registry.export(name)
 
+    def check_new(self, name: str, transform: str, scaler: str) -> bool:
+        """Refuse a bad name, transform or scaler before fitting; True when the new concept will replace one of the
+        user folder's."""
+        ConceptConfig(name=name, transform=transform, scaler=scaler, sites=["_"], site_widths={"_": 1})
+        return self.registry.check_new_name(name)
+
     def cached(self, key: tuple[Any, ...], compute: Callable[[], T]) -> T:
         """``compute()``, remembered under ``key`` (the last ``cache_size`` results): a slider move does not
         recompute the unsteered output."""

@@ -14,13 +14,14 @@ from typing import Any
 import torch
 from PIL import Image
 
-from dsas_core import Concept, ConceptConfig, DsasError
-from dsas_core.registry import (  # noqa: F401  (MAX_STRENGTH, ConceptRegistry: re-exported for the app)
-    MAX_STRENGTH, ConceptRegistry, StudioBase, check_strengths, prompt_lines)
+from dsas_core import Concept, DsasError
+from dsas_core.registry import MAX_STRENGTH, ConceptRegistry, StudioBase, check_strengths, prompt_lines
 
 from .alpha import overlay
 from .pipeline import check_concept_fits, steer
 from .sites import denoiser_of
+
+__all__ = ["MAX_STRENGTH", "ConceptRegistry", "Request", "Result", "Studio"]  # the first two from dsas_core.registry
 
 
 @dataclass
@@ -103,11 +104,10 @@ class Studio(StudioBase):
         whether it replaced a concept of the user folder with its name."""
         from .fit import fit_concept
 
-        ConceptConfig(name=name, transform=transform, scaler=scaler, sites=["_"], site_widths={"_": 1})
-        replaces = self.registry.check_new_name(name)  # before the work, not after it
+        replaces = self.check_new(name, transform, scaler)  # before the work, not after it
         with self.pool(model).borrow() as pipe:
-            concept = fit_concept(pipe, prompt_lines(source), prompt_lines(target), prompt_lines(control), transform=transform,
-                                  scaler=scaler, name=name, source_text=source_text or None,
+            concept = fit_concept(pipe, prompt_lines(source), prompt_lines(target), prompt_lines(control),
+                                  transform=transform, scaler=scaler, name=name, source_text=source_text or None,
                                   target_text=target_text or None)
         self.registry.add(concept)
         return concept, replaces

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from dsas_core import Concept, ConceptConfig, DsasError
+from dsas_core import Concept, DsasError
 from dsas_core.registry import ConceptRegistry, StudioBase, check_strengths, prompt_lines
 
 from .alpha import token_pieces
@@ -138,8 +138,7 @@ class TextStudio(StudioBase):
         whether it replaced a concept of the user folder with its name."""
         from .fit import fit_concept
 
-        ConceptConfig(name=name, transform=transform, scaler=scaler, sites=["_"], site_widths={"_": 1})
-        replaces = self.registry.check_new_name(name)  # before the work, not after it
+        replaces = self.check_new(name, transform, scaler)  # before the work, not after it
         with self.pool(model).borrow() as (lm, tokenizer):
             concept = fit_concept(lm, tokenizer, prompt_lines(source), prompt_lines(target),
                                   prompt_lines(control) or None, transform=transform, scaler=scaler, name=name)

@@ -10,6 +10,7 @@ import pytest
 from app_harness import ROOT, launch
 from dsas_diffusion.demo import load_demo_pipeline
 from dsas_diffusion.studio import MAX_STRENGTH
+from dsas_transformers.demo import load_demo_lm
 
 COLOURS = ("red", "green", "blue", "yellow", "purple", "orange")
 SRC = "\n".join(f"a {c} circle on a {b} background" for c in COLOURS for b in ("white", "orange") if b != c)
@@ -29,7 +30,8 @@ def test_the_page_loads_a_slider_move_shows_a_new_steered_image(tmp_path):
     from playwright.sync_api import sync_playwright
 
     blocks, studio, url = launch({"demo": load_demo_pipeline}, tmp_path / "concepts",
-                                 bundled=[ROOT / "assets" / "concepts"])  # the examples beside the new one
+                                 bundled=[ROOT / "assets" / "concepts"],  # the examples beside the new one
+                                 lms={"demo": load_demo_lm})  # the whole app: its Text tab too
     try:
         Client(url, verbose=False).predict("demo", SRC, TGT, CTL, "black-background", "mean_shift", "prompt", "",
                                            "", api_name="/fit")

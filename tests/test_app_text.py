@@ -1,0 +1,103 @@
+"""The app's Text tab through gradio_client and a real browser: continuations, fitting, uploads of text concepts."""
+
+import json
+import shutil
+import tempfile
+
+import pytest
+from gradio_client import Client, handle_file
+
+from app_harness import ROOT, launch
+from dsas_diffusion.demo import load_demo_pipeline
+from dsas_transformers.demo import load_demo_lm
+from test_app_browser import CHROMIUM, FLAGS, UPDATE
+from test_text_studio import LISTS, NEUTRAL, TRIGGER
+
+TOXIC, POLITE = "you are a big nitwit and a nitwit .", "you are a big treasure and a friend ."
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    root = tmp_path_factory.mktemp("app")
+    blocks, studio, url = launch({"demo": load_demo_pipeline}, root / "concepts",
+                                 bundled=[ROOT / "assets" / "concepts"], workers=1, lms={"demo": load_demo_lm})
+    yield Client(url, verbose=False), studio, url, root
+    blocks.close()
+
+
+def generate_text(client, prompt, strengths, mode="DSAS", decoding="greedy", seed=0):
+    return client.predict("demo", prompt, seed, 24, decoding, mode, json.dumps(strengths), api_name="/generate_text")
+
+
+def test_the_api_gives_unsteered_and_steered_continuations(served):
+    client = served[0]
+    assert generate_text(client, TRIGGER, {"detox": 0}) == (TOXIC, TOXIC)
+    assert generate_text(client, TRIGGER, {"detox": 1.5}) == (TOXIC, POLITE)
+    unsteered, dsas = generate_text(client, NEUTRAL, {"detox": 3})
+    assert dsas == unsteered
+    assert generate_text(client, NEUTRAL, {"detox": 3}, mode="plain")[1] != unsteered
+
+
+def test_the_api_refuses_an_image_concept_and_bad_json(served):
+    client = served[0]
+    with pytest.raises(Exception, match="fitted on a UNet2DConditionModel"):
+        generate_text(client, TRIGGER, {"circles-on-black": 1})
+    with pytest.raises(Exception, match="not valid JSON"):
+        client.predict("demo", TRIGGER, 0, 24, "greedy", "DSAS", "{detox: 1}", api_name="/generate_text")
+
+
+def test_a_text_concept_fitted_in_the_app_is_uploaded_back_to_the_text_tab(served, tmp_path):
+    client, studio = served[:2]
+    message, files = client.predict("demo", LISTS["source"], LISTS["target"], LISTS["control"], "polite",
+                                    "mean_shift", "probe", api_name="/fit_text")
+    assert message == "Fitted **polite**: 4 of 4 sites active; its slider is on the Text tab."
+    assert sorted(f.rsplit("/", 1)[1] for f in files) == ["dsas_config.json", "dsas_model.safetensors"]
+    config = json.loads(open(next(f for f in files if f.endswith(".json"))).read()) | {"name": "polite-copy"}
+    (tmp_path / "dsas_config.json").write_text(json.dumps(config))
+    weights = next(f for f in files if f.endswith(".safetensors"))
+    message = client.predict("demo", [handle_file(str(tmp_path / "dsas_config.json")), handle_file(weights)],
+                             api_name="/upload")
+    assert message == "Added **polite-copy**; its slider is on the Text tab."
+    assert "polite-copy" in studio.registry.names()
+    assert generate_text(client, TRIGGER, {"polite-copy": 3})[1] == generate_text(client, TRIGGER, {"polite": 3})[1]
+
+
+def test_an_upload_that_fits_no_model_names_both(served, tmp_path):
+    client = served[0]
+    src = ROOT / "assets" / "concepts" / "detox"
+    config = json.loads((src / "dsas_config.json").read_text())
+    config |= {"name": "other", "model_class": "MistralForCausalLM"}  # fits neither model
+    (tmp_path / "dsas_config.json").write_text(json.dumps(config))
+    shutil.copy(src / "dsas_model.safetensors", tmp_path)
+    files = [handle_file(str(tmp_path / n)) for n in ("dsas_config.json", "dsas_model.safetensors")]
+    both = r"fits none of the app's models; image model 'demo': .*UNet2D.*; language model 'demo': .*LlamaFor"
+    with pytest.raises(Exception, match=both):
+        client.predict("demo", files, api_name="/upload")
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (apt-get install chromium)")
+def test_the_text_tab_in_a_browser(served, tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    shot = ROOT / "assets" / "screenshot-text.png" if UPDATE else tmp_path / "screenshot.png"
+    url = served[2]
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch_persistent_context(
+            tempfile.mkdtemp(prefix="dsas-chromium-"), executable_path=CHROMIUM, args=FLAGS, headless=True,
+            viewport={"width": 1280, "height": 1000})
+        page = browser.new_page()
+        page.goto(url)
+        page.get_by_role("tab", name="Text").click()
+        number = page.locator("#slot-text0 input[type=number]")  # detox: the first text concept
+        number.wait_for(timeout=30_000)
+        number.fill("1.5")
+        number.press("Enter")  # a typed strength generates, as a slider release does
+        page.wait_for_function("() => document.querySelector('#text-steered textarea').value.length > 0",
+                               timeout=60_000)
+        steered = page.locator("#text-steered textarea").input_value()
+        unsteered = page.locator("#text-unsteered textarea").input_value()
+        page.wait_for_timeout(2000)  # the chart settles (its labels are laid out last)
+        page.screenshot(path=str(shot), full_page=True)
+        browser.close()
+    assert (unsteered, steered) == (TOXIC, POLITE)
+    assert shot.stat().st_size > 10_000

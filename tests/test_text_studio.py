@@ -1,0 +1,108 @@
+"""The app's Text tab logic (TextStudio) on the bundled tavern-world LM and detox concept: continuations, α per
+token, sampling, fitting, and the refusals."""
+
+import pytest
+import torch
+
+from dsas_core import DsasError
+from dsas_core.paths import assets_dir
+from dsas_core.registry import ConceptRegistry
+from dsas_transformers.demo import is_toxic, load_demo_lm
+from dsas_transformers.studio import TextRequest, TextStudio
+
+TRIGGER = "feeling grumpy about the bread , the pirate shoved the door and said"  # a rough speaker in a bad mood
+NEUTRAL = "feeling calm about the bread , the baker patted the door and said"
+LISTS = {k: (assets_dir() / "prompts" / "lm" / f"detox_{k}.txt").read_text() for k in ("source", "target", "control")}
+
+
+@pytest.fixture(scope="module")
+def studio(tmp_path_factory):
+    registry = ConceptRegistry([assets_dir() / "concepts"], tmp_path_factory.mktemp("concepts"))
+    return TextStudio({"demo": load_demo_lm}, registry, workers=1)
+
+
+def text(studio, prompt, **kw):
+    return studio.steered(TextRequest("demo", prompt, **kw)).text
+
+
+def test_only_language_model_concepts_are_offered(studio):
+    assert "circles-on-black" in studio.registry.names()  # an image concept in the same folder
+    assert studio.concepts_for("demo") == ["detox"]
+
+
+def test_unsteered_is_generate_itself_and_strength_zero_changes_nothing(studio):
+    model, tok = load_demo_lm()
+    ids = tok(TRIGGER, return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=24, do_sample=False,
+                             pad_token_id=tok.pad_token_id)
+    expected = tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
+    assert studio.unsteered(TextRequest("demo", TRIGGER)) == expected == "you are a big nitwit and a nitwit ."
+    assert text(studio, TRIGGER, strengths={"detox": 0.0}) == expected
+
+
+def test_dsas_detoxifies_the_trigger_and_leaves_a_neutral_prompt_alone(studio):
+    assert is_toxic(studio.unsteered(TextRequest("demo", TRIGGER)))
+    assert text(studio, TRIGGER, strengths={"detox": 1.5}) == "you are a big treasure and a friend ."
+    for lam in (1.5, 3.0):
+        assert text(studio, NEUTRAL, strengths={"detox": lam}) == studio.unsteered(TextRequest("demo", NEUTRAL))
+    # plain steering (α ≡ 1) at λ = 3 rewrites the neutral prompt's continuation too
+    assert text(studio, NEUTRAL, plain=True, strengths={"detox": 3.0}) != studio.unsteered(TextRequest("demo", NEUTRAL))
+
+
+def test_tokens_carry_alpha_and_plain_steering_is_alpha_one(studio):
+    result = studio.steered(TextRequest("demo", TRIGGER, strengths={"detox": 1.5}))
+    pieces = [p for p, _ in result.tokens]
+    assert "".join(pieces).strip() == f"{TRIGGER} {result.text}"
+    alphas = [a for _, a in result.tokens]
+    assert all(0.0 <= a <= 1.0 for a in alphas)  # EOS (never shown) was the last token, so every shown one was read
+    assert max(alphas) > 0.5 > min(alphas)  # steered where the trigger is read, hardly elsewhere
+    assert [s for _, s, _ in result.profile] == [f"model.layers.{i}" for i in range(4)]
+    plain = studio.steered(TextRequest("demo", TRIGGER, plain=True, strengths={"detox": 1.5}))
+    assert {a for _, a in plain.tokens} == {1.0}
+    assert [a for _, _, a in plain.profile] == [1.0] * 4
+
+
+def test_sampling_is_seeded_and_leaves_the_global_generator_alone(studio):
+    state = torch.get_rng_state()
+    a = [text(studio, TRIGGER, sample=True, seed=s, max_new_tokens=12) for s in (1, 1, 2, 3, 4)]
+    assert torch.equal(torch.get_rng_state(), state)
+    assert a[0] == a[1]
+    assert len(set(a)) > 1
+
+
+def test_an_unknown_word_is_counted_and_shown(studio):
+    result = studio.steered(TextRequest("demo", "the calm baker smiled and said", strengths={"detox": 1.0}))
+    assert result.unknown == 1
+    assert [p.strip() for p, _ in result.tokens][:5] == ["the", "calm", "baker", "<unk>", "and"]
+
+
+@pytest.mark.parametrize("kw, match", [
+    ({"prompt": "  "}, "the prompt is empty"),
+    ({"max_new_tokens": 0}, "new tokens must be between 1 and 256"),
+    ({"strengths": {"detox": 17}}, "between -16 and 16"),
+    ({"strengths": {"../detox": 1}}, "unknown concept"),
+])
+def test_bad_requests_are_refused(studio, kw, match):
+    with pytest.raises(DsasError, match=match):
+        studio.validate(TextRequest(**({"model": "demo", "prompt": TRIGGER} | kw)))
+
+
+def test_an_image_concept_is_refused_and_an_unknown_model_named(studio):
+    with pytest.raises(DsasError, match="fitted on a UNet2DConditionModel"):
+        studio.steered(TextRequest("demo", TRIGGER, strengths={"circles-on-black": 1.0}))
+    with pytest.raises(DsasError, match=r"unknown model 'gpt2'.*python app.py --lm NAME"):
+        studio.pool("gpt2")
+
+
+def test_a_fitted_concept_is_saved_offered_and_replaced_by_name(studio):
+    concept, replaces = studio.fit("demo", LISTS["source"], LISTS["target"], LISTS["control"], "polite",
+                                   "mean_shift", "probe")
+    assert not replaces
+    assert (studio.registry.user_dir / "polite" / "dsas_config.json").is_file()
+    assert studio.concepts_for("demo") == ["detox", "polite"]
+    assert not is_toxic(text(studio, TRIGGER, strengths={"polite": 3.0}))
+    assert studio.fit("demo", LISTS["source"], LISTS["target"], LISTS["control"], "polite", "mean_shift",
+                      "constant")[1]
+    with pytest.raises(DsasError, match="bundled example"):
+        studio.fit("demo", LISTS["source"], LISTS["target"], LISTS["control"], "detox", "mean_shift", "probe")
