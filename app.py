@@ -168,6 +168,8 @@ class TextTab:
                 self.tokens = gr.Slider(1, 128, value=24, step=1, label="new tokens")
                 self.decoding = gr.Radio(["greedy", "sample"], value="greedy", label="decoding")
                 self.mode = gr.Radio(["DSAS", "plain"], value="DSAS", label="steering")
+                self.chat = gr.Checkbox(False, label="chat template (instruct models: the prompt, and the texts "
+                                                     "fitted, as a user message)")
                 self.go = gr.Button("Generate", variant="primary")
             self.sliders = Sliders(text, prefix="slot-text")
             with gr.Row():
@@ -196,21 +198,22 @@ class TextTab:
                 self.fit_files = gr.File(label="download the concept", file_count="multiple")
 
     def request(self, model: str, prompt: str, seed: float | None, tokens: float, decoding: str, mode: str,
-                strengths: dict[str, float]) -> TextRequest:
+                chat: bool, strengths: dict[str, float]) -> TextRequest:
         """The request the controls describe, validated."""
         if seed is None:
             raise DsasError("the seed box is empty: type a whole number (the same seed samples the same text).")
         req = TextRequest(model=model, prompt=prompt, seed=int(round(seed)), max_new_tokens=int(tokens),
-                          sample=(decoding == "sample"), plain=(mode == "plain"), strengths=strengths)
+                          sample=(decoding == "sample"), plain=(mode == "plain"), strengths=strengths,
+                          chat=bool(chat))
         self.text.validate(req)
         return req
 
-    def generate(self, model, prompt, seed, tokens, decoding, mode, names, *values):  # noqa: ANN001, ANN201
+    def generate(self, model, prompt, seed, tokens, decoding, mode, chat, names, *values):  # noqa: ANN001, ANN201
         """Unsteered (cached) and steered continuations, the steered text's α per token and per layer."""
         import pandas as pd
 
         try:
-            req = self.request(model, prompt, seed, tokens, decoding, mode, strengths_of(names, values))
+            req = self.request(model, prompt, seed, tokens, decoding, mode, chat, strengths_of(names, values))
             unsteered, result = self.text.unsteered(req), self.text.steered(req)
         except DsasError as err:
             raise fail(err) from None
@@ -222,19 +225,19 @@ class TextTab:
                 "token)." if result.unknown else "")
         return unsteered, result.text, tokens, frame, note
 
-    def api_generate(self, model, prompt, seed, tokens, decoding, mode, strengths_json):  # noqa: ANN001, ANN201
+    def api_generate(self, model, prompt, seed, tokens, decoding, mode, chat, strengths_json):  # noqa: ANN001, ANN201
         """Unsteered and steered continuations for a JSON object of strengths, e.g. {"detox": 1.5}."""
         try:
-            req = self.request(model, prompt, seed, tokens, decoding, mode, parse_strengths(strengths_json))
+            req = self.request(model, prompt, seed, tokens, decoding, mode, chat, parse_strengths(strengths_json))
             return self.text.unsteered(req), self.text.steered(req).text
         except DsasError as err:
             raise fail(err) from None
 
-    def fit(self, model, source, target, control, name, transform, scaler,  # noqa: ANN001, ANN201
+    def fit(self, model, source, target, control, name, transform, scaler, chat,  # noqa: ANN001, ANN201
             progress=gr.Progress(track_tqdm=True)):
         """Fit a text concept and save it; it gets a slider on this tab."""
         try:
-            concept, replaces = self.text.fit(model, source, target, control, name, transform, scaler)
+            concept, replaces = self.text.fit(model, source, target, control, name, transform, scaler, chat)
             return fitted_message(concept, replaces, "Text"), self.text.export(concept.name), concept.name
         except DsasError as err:
             raise fail(err) from None
@@ -249,7 +252,7 @@ class TextTab:
         self.model.change(sl.first, self.model, outputs, **private).then(
             lambda: [None] * len(shown_outputs), None, shown_outputs, **private)  # the last model's texts go
         sl.shown.input(sl.chosen, [self.model, sl.shown, sl.names, *sl.sliders], outputs, **private)
-        common = [self.model, self.prompt, self.seed, self.tokens, self.decoding, self.mode]
+        common = [self.model, self.prompt, self.seed, self.tokens, self.decoding, self.mode, self.chat]
         steering = {"fn": self.generate, "inputs": [*common, sl.names, *sl.sliders], "outputs": shown_outputs,
                     "concurrency_limit": self.text.workers, **private}
         self.go.click(**steering)
@@ -263,7 +266,7 @@ class TextTab:
                                        [self.plain_out, self.steered_out], api_name="generate_text",
                                        concurrency_limit=self.text.workers)
         self.fit_btn.click(lambda: ("", None), None, [self.fit_msg, self.fit_files], **private).then(
-            self.fit, [self.model, self.src, self.tgt, self.ctl, self.cname, self.transform, self.scaler],
+            self.fit, [self.model, self.src, self.tgt, self.ctl, self.cname, self.transform, self.scaler, self.chat],
             [self.fit_msg, self.fit_files, added], api_name="fit_text").success(**self.new_slot(pick, added))
 
     def new_slot(self, pick: Any, added: Any) -> dict[str, Any]:

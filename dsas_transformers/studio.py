@@ -18,6 +18,7 @@ from dsas_core import Concept, DsasError
 from dsas_core.registry import ConceptRegistry, StudioBase, check_strengths, prompt_lines
 
 from .alpha import token_pieces
+from .fit import apply_chat_template
 from .sites import input_device
 from .steer import check_fits, steer
 
@@ -37,9 +38,10 @@ class TextRequest:
     sample: bool = False  # greedy decoding unless True (then temperature 1.0, top-p 0.3, repetition penalty 1.2)
     plain: bool = False  # plain steering: α ≡ 1
     strengths: dict[str, float] = field(default_factory=dict)
+    chat: bool = False  # wrap the prompt as a user message in the tokenizer's chat template (instruct models)
 
     def unsteered_key(self) -> tuple[Any, ...]:
-        return ("text", self.model, self.prompt, self.seed, self.max_new_tokens, self.sample)
+        return ("text", self.model, self.prompt, self.seed, self.max_new_tokens, self.sample, self.chat)
 
 
 @dataclass
@@ -78,7 +80,8 @@ class TextStudio(StudioBase):
     def _run(self, lm: tuple[Any, Any], req: TextRequest) -> tuple[torch.Tensor, int]:
         """(prompt + continuation ids (T,), prompt length)."""
         model, tokenizer = lm
-        enc = tokenizer(req.prompt, return_tensors="pt")
+        prompt = apply_chat_template(tokenizer, [req.prompt], add_generation_prompt=True)[0] if req.chat else req.prompt
+        enc = tokenizer(prompt, return_tensors="pt", add_special_tokens=not req.chat)  # a template has its own
         ids = enc["input_ids"].to(input_device(model))
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         kwargs: dict[str, Any] = {"max_new_tokens": int(req.max_new_tokens), "do_sample": bool(req.sample),
@@ -132,16 +135,18 @@ class TextStudio(StudioBase):
                   for piece, a, i in zip(token_pieces(tokenizer, ids), alpha.tolist(), ids) if i not in special]
         return TextResult(text, tokens, profile, _unknown(tokenizer, out[:n]))
 
-    def fit(self, model: str, source: str, target: str, control: str, name: str, transform: str,
-            scaler: str) -> tuple[Concept, bool]:
-        """Fit a concept from three newline-separated text lists and save it in the user folder; returns it and
-        whether it replaced a concept of the user folder with its name."""
-        from .fit import fit_concept
+    def fit(self, model: str, source: str, target: str, control: str, name: str, transform: str, scaler: str,
+            chat: bool = False) -> tuple[Concept, bool]:
+        """Fit a concept from three newline-separated text lists (each wrapped as a user message in the chat
+        template when ``chat``) and save it in the user folder; returns it and whether it replaced a concept of the
+        user folder with its name."""
+        from .fit import fit_concept  # noqa: PLC0415  (fitting's imports only when fitting)
 
         replaces = self.check_new(name, transform, scaler)  # before the work, not after it
         with self.pool(model).borrow() as (lm, tokenizer):
             concept = fit_concept(lm, tokenizer, prompt_lines(source), prompt_lines(target),
-                                  prompt_lines(control) or None, transform=transform, scaler=scaler, name=name)
+                                  prompt_lines(control) or None, transform=transform, scaler=scaler, name=name,
+                                  chat_template=chat)
         self.registry.add(concept)
         return concept, replaces
 

@@ -26,7 +26,8 @@ def served(tmp_path_factory):
 
 
 def generate_text(client, prompt, strengths, mode="DSAS", decoding="greedy", seed=0):
-    return client.predict("demo", prompt, seed, 24, decoding, mode, json.dumps(strengths), api_name="/generate_text")
+    return client.predict("demo", prompt, seed, 24, decoding, mode, False, json.dumps(strengths),
+                          api_name="/generate_text")
 
 
 def test_the_api_gives_unsteered_and_steered_continuations(served):
@@ -43,13 +44,13 @@ def test_the_api_refuses_an_image_concept_and_bad_json(served):
     with pytest.raises(Exception, match="fitted on a UNet2DConditionModel"):
         generate_text(client, TRIGGER, {"circles-on-black": 1})
     with pytest.raises(Exception, match="not valid JSON"):
-        client.predict("demo", TRIGGER, 0, 24, "greedy", "DSAS", "{detox: 1}", api_name="/generate_text")
+        client.predict("demo", TRIGGER, 0, 24, "greedy", "DSAS", False, "{detox: 1}", api_name="/generate_text")
 
 
 def test_a_text_concept_fitted_in_the_app_is_uploaded_back_to_the_text_tab(served, tmp_path):
     client, studio = served[:2]
     message, files = client.predict("demo", LISTS["source"], LISTS["target"], LISTS["control"], "polite",
-                                    "mean_shift", "probe", api_name="/fit_text")
+                                    "mean_shift", "probe", False, api_name="/fit_text")
     assert message == "Fitted **polite**: 4 of 4 sites active; its slider is on the Text tab."
     assert sorted(f.rsplit("/", 1)[1] for f in files) == ["dsas_config.json", "dsas_model.safetensors"]
     config = json.loads(open(next(f for f in files if f.endswith(".json"))).read()) | {"name": "polite-copy"}

@@ -106,3 +106,20 @@ def test_a_fitted_concept_is_saved_offered_and_replaced_by_name(studio):
                       "constant")[1]
     with pytest.raises(DsasError, match="bundled example"):
         studio.fit("demo", LISTS["source"], LISTS["target"], LISTS["control"], "detox", "mean_shift", "probe")
+
+
+def test_the_chat_template_wraps_the_prompt_as_a_user_message(tmp_path):
+    def with_template():
+        model, tok = load_demo_lm()
+        tok.chat_template = "{% for m in messages %}feeling grumpy about {{ m['content'] }} and said{% endfor %}"
+        return model, tok
+
+    registry = ConceptRegistry([assets_dir() / "concepts"], tmp_path)
+    chat = TextStudio({"demo": with_template}, registry, workers=1)
+    wrapped = "feeling grumpy about the bread , the pirate shoved the door and said"
+    for lam in (0.0, 1.5):
+        assert text(chat, "the bread , the pirate shoved the door", chat=True, strengths={"detox": lam}) == \
+            text(chat, wrapped, strengths={"detox": lam})
+    assert text(chat, "the bread , the pirate shoved the door") != text(chat, wrapped)
+    with pytest.raises(DsasError, match="has no chat template"):
+        text(TextStudio({"demo": load_demo_lm}, registry, workers=1), TRIGGER, chat=True)
