@@ -123,3 +123,24 @@ def test_the_chat_template_wraps_the_prompt_as_a_user_message(tmp_path):
     assert text(chat, "the bread , the pirate shoved the door") != text(chat, wrapped)
     with pytest.raises(DsasError, match="has no chat template"):
         text(TextStudio({"demo": load_demo_lm}, registry, workers=1), TRIGGER, chat=True)
+
+
+def test_simultaneous_requests_match_sequential_ones(tmp_path):
+    import threading
+
+    two = TextStudio({"demo": load_demo_lm}, ConceptRegistry([assets_dir() / "concepts"], tmp_path), workers=2)
+    reqs = [TextRequest("demo", TRIGGER, seed=s, sample=bool(s % 2), max_new_tokens=12, strengths={"detox": lam})
+            for s in range(4) for lam in (0.0, 0.75, 1.5)]
+    sequential = [two.steered(r).text for r in reqs]
+    together: list[str | None] = [None] * len(reqs)
+
+    def work(i: int) -> None:
+        together[i] = two.steered(reqs[i]).text
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(reqs))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert together == sequential
+    assert len(set(sequential)) > 3
