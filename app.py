@@ -168,8 +168,8 @@ class TextTab:
                 self.tokens = gr.Slider(1, 128, value=24, step=1, label="new tokens")
                 self.decoding = gr.Radio(["greedy", "sample"], value="greedy", label="decoding")
                 self.mode = gr.Radio(["DSAS", "plain"], value="DSAS", label="steering")
-                self.chat = gr.Checkbox(False, label="chat template (instruct models: the prompt, and the texts "
-                                                     "fitted, as a user message)")
+                self.chat = gr.Checkbox(False, label="chat template",
+                                        info="instruct models: the prompt and fitted texts as a user message")
                 self.go = gr.Button("Generate", variant="primary")
             self.sliders = Sliders(text, prefix="slot-text")
             with gr.Row():

@@ -34,3 +34,28 @@ def launch(models: dict[str, Callable[[], Any]], concept_dir: Path, bundled: lis
     port = free_port()
     blocks.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
     return blocks, studio, f"http://127.0.0.1:{port}/"
+
+
+def upload_renamed(client: Any, files: list[str], name: str, folder: Path) -> Any:
+    """Upload a downloaded concept's two files under another name (its config rewritten in ``folder``)."""
+    import json
+
+    from gradio_client import handle_file
+
+    config = json.loads(Path(next(f for f in files if f.endswith(".json"))).read_text()) | {"name": name}
+    (folder / "dsas_config.json").write_text(json.dumps(config))
+    weights = next(f for f in files if f.endswith(".safetensors"))
+    return client.predict("demo", [handle_file(str(folder / "dsas_config.json")), handle_file(weights)],
+                          api_name="/upload")
+
+
+def open_page(pw: Any, url: str, chromium: str, flags: list[str]) -> tuple[Any, Any]:
+    """(browser context, page) of a fresh headless chromium profile showing ``url``; close the context after."""
+    import tempfile
+
+    browser = pw.chromium.launch_persistent_context(
+        tempfile.mkdtemp(prefix="dsas-chromium-"), executable_path=chromium, args=flags, headless=True,
+        viewport={"width": 1280, "height": 1000})
+    page = browser.new_page()
+    page.goto(url)
+    return browser, page

@@ -8,7 +8,7 @@ import pytest
 from gradio_client import Client, handle_file
 from PIL import Image, ImageChops
 
-from app_harness import launch
+from app_harness import launch, upload_renamed
 from dsas_diffusion.demo import load_demo_pipeline
 
 SRC = "\n".join(f"a red {s} on a {b} background" for s in ("circle", "square", "triangle") for b in ("white", "black", "gray"))
@@ -97,11 +97,7 @@ def test_uploading_a_concept_for_another_model_is_refused(served, tmp_path):
 
 def test_a_valid_upload_is_added_under_its_own_name(served, tmp_path):
     client, studio, (_, files), _ = served
-    data = json.loads(open(next(f for f in files if f.endswith(".json"))).read()) | {"name": "copy"}
-    (tmp_path / "dsas_config.json").write_text(json.dumps(data))
-    weights = next(f for f in files if f.endswith(".safetensors"))
-    message = client.predict("demo", [handle_file(str(tmp_path / "dsas_config.json")), handle_file(weights)],
-                             api_name="/upload")
+    message = upload_renamed(client, files, "copy", tmp_path)
     assert message == "Added **copy**; its slider is on the Steer tab."
     assert "copy" in studio.registry.names()
 

@@ -2,12 +2,11 @@
 
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import pytest
 
-from app_harness import ROOT, launch
+from app_harness import ROOT, launch, open_page
 from dsas_diffusion.demo import load_demo_pipeline
 from dsas_diffusion.studio import MAX_STRENGTH
 from dsas_transformers.demo import load_demo_lm
@@ -37,11 +36,7 @@ def test_the_page_loads_a_slider_move_shows_a_new_steered_image(tmp_path):
                                            "", api_name="/fit")
         slot = studio.concepts_for("demo").index("black-background")
         with sync_playwright() as pw:
-            browser = pw.chromium.launch_persistent_context(
-                tempfile.mkdtemp(prefix="dsas-chromium-"), executable_path=CHROMIUM, args=FLAGS, headless=True,
-                viewport={"width": 1280, "height": 1000})
-            page = browser.new_page()
-            page.goto(url)
+            browser, page = open_page(pw, url, CHROMIUM, FLAGS)
             slider = page.locator(f"#slot{slot} input[type=range]")
             slider.wait_for(timeout=30_000)
             page.get_by_role("button", name="Generate").click()

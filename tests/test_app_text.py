@@ -2,12 +2,11 @@
 
 import json
 import shutil
-import tempfile
 
 import pytest
 from gradio_client import Client, handle_file
 
-from app_harness import ROOT, launch
+from app_harness import ROOT, launch, open_page, upload_renamed
 from dsas_diffusion.demo import load_demo_pipeline
 from dsas_transformers.demo import load_demo_lm
 from test_app_browser import CHROMIUM, FLAGS, UPDATE
@@ -53,11 +52,7 @@ def test_a_text_concept_fitted_in_the_app_is_uploaded_back_to_the_text_tab(serve
                                     "mean_shift", "probe", False, api_name="/fit_text")
     assert message == "Fitted **polite**: 4 of 4 sites active; its slider is on the Text tab."
     assert sorted(f.rsplit("/", 1)[1] for f in files) == ["dsas_config.json", "dsas_model.safetensors"]
-    config = json.loads(open(next(f for f in files if f.endswith(".json"))).read()) | {"name": "polite-copy"}
-    (tmp_path / "dsas_config.json").write_text(json.dumps(config))
-    weights = next(f for f in files if f.endswith(".safetensors"))
-    message = client.predict("demo", [handle_file(str(tmp_path / "dsas_config.json")), handle_file(weights)],
-                             api_name="/upload")
+    message = upload_renamed(client, files, "polite-copy", tmp_path)
     assert message == "Added **polite-copy**; its slider is on the Text tab."
     assert "polite-copy" in studio.registry.names()
     assert generate_text(client, TRIGGER, {"polite-copy": 3})[1] == generate_text(client, TRIGGER, {"polite": 3})[1]
@@ -83,11 +78,7 @@ def test_the_text_tab_in_a_browser(served, tmp_path):
     shot = ROOT / "assets" / "screenshot-text.png" if UPDATE else tmp_path / "screenshot.png"
     url = served[2]
     with sync_playwright() as pw:
-        browser = pw.chromium.launch_persistent_context(
-            tempfile.mkdtemp(prefix="dsas-chromium-"), executable_path=CHROMIUM, args=FLAGS, headless=True,
-            viewport={"width": 1280, "height": 1000})
-        page = browser.new_page()
-        page.goto(url)
+        browser, page = open_page(pw, url, CHROMIUM, FLAGS)
         page.get_by_role("tab", name="Text").click()
         number = page.locator("#slot-text0 input[type=number]")  # detox: the first text concept
         number.wait_for(timeout=30_000)
