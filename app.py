@@ -22,6 +22,7 @@ import gradio as gr
 from dsas_core import DsasError
 from dsas_core.paths import assets_dir
 from dsas_core.concept import Concept
+from dsas_core.hub import download_concept
 from dsas_core.registry import MAX_STRENGTH, ConceptRegistry, StudioBase, read_upload
 from dsas_diffusion.studio import Request, Studio
 from dsas_transformers.studio import TextRequest, TextStudio
@@ -340,23 +341,33 @@ def build_app(studio: Studio, text: TextStudio | None = None) -> gr.Blocks:
             raise fail(err) from None
         return fitted_message(concept, replaces, "Steer"), studio.export(concept.name), concept.name
 
+    def add_fitting(concept: Concept, model: str) -> tuple[str, str]:
+        """Save a concept that fits the image model, else one of the language models; (message, its name)."""
+        tried = [(studio, model, "Steer", "image model")]
+        tried += [(text, lm, "Text", "language model") for lm in (text.models() if text else [])]
+        errors = []
+        for served, name, tab, kind in tried:
+            try:
+                served.checker(name)(concept)
+            except DsasError as err:
+                errors.append(f"{kind} {name!r}: {err}")
+                continue
+            return f"Added **{studio.registry.add(concept)}**; its slider is on the {tab} tab.", concept.name
+        if len(errors) == 1:
+            raise DsasError(errors[0].split(": ", 1)[1])
+        raise DsasError("the concept fits none of the app's models; " + "; ".join(errors))
+
     def upload(model, files):  # noqa: ANN001, ANN202
-        """Add an uploaded concept that fits the image model, else one of the language models."""
+        """Add uploaded concept files (checked as :func:`add_fitting` says)."""
         try:
-            concept = read_upload([getattr(f, "name", f) for f in files or []])
-            tried = [(studio, model, "Steer", "image model")]
-            tried += [(text, lm, "Text", "language model") for lm in (text.models() if text else [])]
-            errors = []
-            for served, name, tab, kind in tried:
-                try:
-                    served.checker(name)(concept)
-                except DsasError as err:
-                    errors.append(f"{kind} {name!r}: {err}")
-                    continue
-                return f"Added **{studio.registry.add(concept)}**; its slider is on the {tab} tab.", concept.name
-            if len(errors) == 1:
-                raise DsasError(errors[0].split(": ", 1)[1])
-            raise DsasError("the concept fits none of the app's models; " + "; ".join(errors))
+            return add_fitting(read_upload([getattr(f, "name", f) for f in files or []]), model)
+        except DsasError as err:
+            raise fail(err) from None
+
+    def from_hub(model, repo_id):  # noqa: ANN001, ANN202
+        """Download a concept from a hub repository id (never a local path) and add it like an upload."""
+        try:
+            return add_fitting(download_concept(repo_id), model)
         except DsasError as err:
             raise fail(err) from None
 
@@ -409,6 +420,10 @@ def build_app(studio: Studio, text: TextStudio | None = None) -> gr.Blocks:
             uploads = gr.File(label="upload dsas_config.json + dsas_model.safetensors", file_count="multiple",
                               file_types=[".json", ".safetensors"])
             up_btn = gr.Button("Add uploaded concept")
+            with gr.Row():
+                repo = gr.Textbox("", label="or a concept on the Hugging Face Hub", placeholder="owner/name",
+                                  scale=3)
+                hub_btn = gr.Button("Add from the Hub")
             up_msg = gr.Markdown()
             pick = gr.Dropdown(studio.registry.names(), label="concept", allow_custom_value=True)  # checked by name
             dl_btn = gr.Button("Download")
@@ -443,9 +458,12 @@ def build_app(studio: Studio, text: TextStudio | None = None) -> gr.Blocks:
             api_name="fit").success(**new_slot)
         uploaded = up_btn.click(lambda: "", None, up_msg, **private).then(
             upload, [model, uploads], [up_msg, added], api_name="upload").success(**new_slot)
+        downloaded = gr.on([hub_btn.click, repo.submit], lambda: "", None, up_msg, **private).then(
+            from_hub, [model, repo], [up_msg, added], api_name="add_from_hub").success(**new_slot)
         if text_tab is not None:
             text_tab.wire(app, pick, added)
-            uploaded.success(**text_tab.new_slot(pick, added))
+            for event in (uploaded, downloaded):
+                event.success(**text_tab.new_slot(pick, added))
         dl_btn.click(download, pick, dl_files, api_name="download")
         app.queue(default_concurrency_limit=max(studio.workers, text.workers if text else 1))
     return app

@@ -31,13 +31,25 @@ def load_concept(path_or_repo: str | os.PathLike[str], revision: str | None = No
     if not is_repo_id(text):
         raise DsasError(f"no concept at {text!r}: give a folder holding {CONFIG_NAME} + {WEIGHTS_NAME}, or a hub "
                         "repository id like 'owner/name'.")
+    return download_concept(text, revision)
+
+
+def download_concept(repo_id: str, revision: str | None = None) -> Concept:
+    """A concept from the hub repository ``repo_id`` ('owner/name'), never from a local path: its two concept files
+    are downloaded (at ``revision`` if given) into the hub cache and validated."""
+    if not isinstance(repo_id, str) or not is_repo_id(repo_id.strip()):
+        raise DsasError(f"a hub repository id reads 'owner/name' (e.g. 'my-name/pear'), got {repo_id!r}.")
     from huggingface_hub import snapshot_download
 
+    repo_id = repo_id.strip()
     try:
-        local = snapshot_download(text, revision=revision, allow_patterns=[CONFIG_NAME, WEIGHTS_NAME])
+        local = snapshot_download(repo_id, revision=revision, allow_patterns=[CONFIG_NAME, WEIGHTS_NAME])
     except (OSError, ValueError) as err:  # every huggingface_hub error is one of these
-        raise loading_failed(f"concept {text!r}", err, f"Give a hub id you can reach or a local folder holding "
+        raise loading_failed(f"concept {repo_id!r}", err, f"Give a hub id you can reach or a local folder holding "
                              f"{CONFIG_NAME} + {WEIGHTS_NAME}") from None
+    if not (Path(local) / CONFIG_NAME).is_file():
+        raise DsasError(f"the hub repository {repo_id!r} holds no {CONFIG_NAME}: it is not a dsas concept (push one "
+                        "with `dsas push DIR OWNER/NAME`).")
     return Concept.from_pretrained(local)
 
 
@@ -94,4 +106,4 @@ def model_card(concept: Concept, repo_id: str) -> str:
                       "`dsas inspect` on a local copy lists every site with its held-out accuracy.", ""])
 
 
-__all__ = ["is_repo_id", "load_concept", "model_card", "push_to_hub"]
+__all__ = ["download_concept", "is_repo_id", "load_concept", "model_card", "push_to_hub"]

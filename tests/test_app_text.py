@@ -93,3 +93,31 @@ def test_the_text_tab_in_a_browser(served, tmp_path):
         browser.close()
     assert (unsteered, steered) == (TOXIC, POLITE)
     assert shot.stat().st_size > 10_000
+
+
+def test_a_concept_on_the_hub_is_added_by_its_id_and_only_by_an_id(served, tmp_path, monkeypatch):
+    import huggingface_hub
+
+    client, studio = served[:2]
+    src = ROOT / "assets" / "concepts" / "detox"
+    shutil.copytree(src, tmp_path / "repo")
+    config = json.loads((src / "dsas_config.json").read_text()) | {"name": "hub-detox"}
+    (tmp_path / "repo" / "dsas_config.json").write_text(json.dumps(config))
+    (tmp_path / "empty").mkdir()
+    asked = []
+
+    def snapshot_download(repo_id, revision=None, allow_patterns=None):
+        asked.append((repo_id, allow_patterns))
+        return str(tmp_path / ("repo" if repo_id == "someone/detox" else "empty"))
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
+    message = client.predict("demo", " someone/detox ", api_name="/add_from_hub")
+    assert message == "Added **hub-detox**; its slider is on the Text tab."
+    assert asked == [("someone/detox", ["dsas_config.json", "dsas_model.safetensors"])]
+    assert generate_text(client, TRIGGER, {"hub-detox": 1.5}) == (TOXIC, POLITE)
+    with pytest.raises(Exception, match="holds no dsas_config.json: it is not a dsas concept"):
+        client.predict("demo", "someone/a-model", api_name="/add_from_hub")
+    for path in (str(src), "../concepts", "concepts/detox/dsas_config.json"):  # a path is never read
+        with pytest.raises(Exception, match="a hub repository id reads 'owner/name'"):
+            client.predict("demo", path, api_name="/add_from_hub")
+    assert len(asked) == 2

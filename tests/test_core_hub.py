@@ -133,3 +133,17 @@ def test_dsas_push_uploads_a_folder_and_prints_the_commit(hub, capsys):
 def test_repository_ids_are_told_from_paths():
     assert [is_repo_id(t) for t in ("owner/name", "concepts/pear", "./a/b", "/abs/x", "~/x", "a/b/c", "name", "a/")] \
         == [True, True, False, False, False, False, False, False]
+
+
+def test_download_concept_asks_the_hub_even_when_a_local_folder_has_the_same_spelling(tmp_path, monkeypatch):
+    from dsas_core.hub import download_concept
+
+    monkeypatch.chdir(tmp_path)
+    shutil.copytree(DETOX, tmp_path / "concepts" / "mine")
+    asked = []
+    monkeypatch.setattr(huggingface_hub, "snapshot_download",
+                        lambda repo_id, **k: asked.append(repo_id) or str(NO_GREEN))
+    assert download_concept("concepts/mine").name == "no-green"
+    assert asked == ["concepts/mine"]
+    with pytest.raises(DsasError, match="a hub repository id reads 'owner/name'"):
+        download_concept(str(tmp_path / "concepts" / "mine"))
