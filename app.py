@@ -25,7 +25,7 @@ from dsas_core.concept import Concept
 from dsas_core.hub import download_concept
 from dsas_core.registry import MAX_STRENGTH, ConceptRegistry, StudioBase, read_upload
 from dsas_diffusion.studio import Request, Studio
-from dsas_transformers.studio import TextRequest, TextStudio
+from dsas_transformers.studio import E2E_RETAIN_WEIGHT, TextRequest, TextStudio
 
 SLOTS = 8  # concept sliders shown at most
 DEFAULT_PROMPT = "a red circle on a white background"
@@ -191,9 +191,12 @@ class TextTab:
                     self.ctl = gr.Textbox(lines=6, label="control texts (leave these alone)")
                 with gr.Row():
                     self.cname = gr.Textbox("my-text-concept", label="name")
-                    self.transform = gr.Dropdown(["mean_shift", "linear_act", "itic"], value="mean_shift",
+                    self.transform = gr.Dropdown(["mean_shift", "linear_act", "itic", "lineas"], value="mean_shift",
                                                  label="transform")
-                    self.scaler = gr.Dropdown(["probe", "constant"], value="probe", label="scaler")
+                    self.scaler = gr.Dropdown(["probe", "constant", "e2e"], value="probe", label="scaler",
+                                              info="lineas + e2e: E2E-DSAS, map and scaler trained together")
+                    self.retain = gr.Number(E2E_RETAIN_WEIGHT, label="retain weight (E2E)", minimum=0,
+                                            info="how hard control texts are kept in place")
                     self.fit_btn = gr.Button("Fit", variant="primary")
                 self.fit_msg = gr.Markdown()
                 self.fit_files = gr.File(label="download the concept", file_count="multiple")
@@ -234,11 +237,14 @@ class TextTab:
         except DsasError as err:
             raise fail(err) from None
 
-    def fit(self, model, source, target, control, name, transform, scaler, chat,  # noqa: ANN001, ANN201
+    def fit(self, model, source, target, control, name, transform, scaler, chat, retain,  # noqa: ANN001, ANN201
             progress=gr.Progress(track_tqdm=True)):
         """Fit a text concept and save it; it gets a slider on this tab."""
         try:
-            concept, replaces = self.text.fit(model, source, target, control, name, transform, scaler, chat)
+            if retain is None:
+                raise DsasError("the retain weight box is empty: type a number >= 0 (100 keeps control texts in "
+                                "place on the demo LM).")
+            concept, replaces = self.text.fit(model, source, target, control, name, transform, scaler, chat, retain)
             return fitted_message(concept, replaces, "Text"), self.text.export(concept.name), concept.name
         except DsasError as err:
             raise fail(err) from None
@@ -267,7 +273,8 @@ class TextTab:
                                        [self.plain_out, self.steered_out], api_name="generate_text",
                                        concurrency_limit=self.text.workers)
         self.fit_btn.click(lambda: ("", None), None, [self.fit_msg, self.fit_files], **private).then(
-            self.fit, [self.model, self.src, self.tgt, self.ctl, self.cname, self.transform, self.scaler, self.chat],
+            self.fit, [self.model, self.src, self.tgt, self.ctl, self.cname, self.transform, self.scaler, self.chat,
+                       self.retain],
             [self.fit_msg, self.fit_files, added], api_name="fit_text").success(**self.new_slot(pick, added))
 
     def new_slot(self, pick: Any, added: Any) -> dict[str, Any]:

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from dsas_core import Concept, DsasError
+from dsas_core.e2e import E2EConfig
 from dsas_core.registry import ConceptRegistry, StudioBase, check_strengths, prompt_lines
 
 from .alpha import token_pieces
@@ -23,6 +24,7 @@ from .sites import input_device
 from .steer import check_fits, steer
 
 MAX_NEW_TOKENS = 256
+E2E_RETAIN_WEIGHT = 100.0  # the best of 1, 5, 20, 50 and 100 on the tavern world (the bundled detox concept's)
 # sampling as in the detoxification protocol of `dsas llm eval`
 SAMPLING = {"temperature": 1.0, "top_p": 0.3, "repetition_penalty": 1.2}
 
@@ -136,17 +138,19 @@ class TextStudio(StudioBase):
         return TextResult(text, tokens, profile, _unknown(tokenizer, out[:n]))
 
     def fit(self, model: str, source: str, target: str, control: str, name: str, transform: str, scaler: str,
-            chat: bool = False) -> tuple[Concept, bool]:
+            chat: bool = False, retain_weight: float = E2E_RETAIN_WEIGHT,
+            e2e_steps: int = E2EConfig.steps) -> tuple[Concept, bool]:
         """Fit a concept from three newline-separated text lists (each wrapped as a user message in the chat
         template when ``chat``) and save it in the user folder; returns it and whether it replaced a concept of the
-        user folder with its name."""
+        user folder with its name. ``transform="lineas", scaler="e2e"`` trains E2E-DSAS with ``retain_weight``."""
         from .fit import fit_concept  # noqa: PLC0415  (fitting's imports only when fitting)
 
         replaces = self.check_new(name, transform, scaler)  # before the work, not after it
+        e2e = E2EConfig(retain_weight=float(retain_weight), steps=int(e2e_steps)) if scaler == "e2e" else None
         with self.pool(model).borrow() as (lm, tokenizer):
             concept = fit_concept(lm, tokenizer, prompt_lines(source), prompt_lines(target),
                                   prompt_lines(control) or None, transform=transform, scaler=scaler, name=name,
-                                  chat_template=chat)
+                                  chat_template=chat, e2e=e2e)
         self.registry.add(concept)
         return concept, replaces
 

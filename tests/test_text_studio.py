@@ -144,3 +144,14 @@ def test_simultaneous_requests_match_sequential_ones(tmp_path):
         t.join()
     assert together == sequential
     assert len(set(sequential)) > 3
+
+
+def test_e2e_dsas_is_fitted_with_the_retain_weight_given(studio):
+    studio.fit("demo", LISTS["source"], LISTS["target"], LISTS["control"], "e2e-detox", "lineas", "e2e",
+               retain_weight=50.0, e2e_steps=20)
+    loaded = studio.registry.get("e2e-detox")
+    assert (loaded.config.transform, loaded.config.scaler) == ("lineas", "e2e")
+    assert (loaded.config.fitted_on["e2e"]["retain_weight"], loaded.config.fitted_on["e2e"]["steps"]) == (50.0, 20)
+    assert loaded.config.fitted_on["e2e_report"]["steps_run"] == 19  # steps 0 … 19
+    with pytest.raises(DsasError, match="learns the 'lineas' transform together with the 'e2e' scaler"):
+        studio.fit("demo", LISTS["source"], LISTS["target"], LISTS["control"], "bad", "mean_shift", "e2e")
