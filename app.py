@@ -352,17 +352,17 @@ def build_app(studio: Studio, text: TextStudio | None = None) -> gr.Blocks:
         """Save a concept that fits the image model, else one of the language models; (message, its name)."""
         tried = [(studio, model, "Steer", "image model")]
         tried += [(text, lm, "Text", "language model") for lm in (text.models() if text else [])]
-        errors = []
+        errors: list[tuple[str, DsasError]] = []
         for served, name, tab, kind in tried:
             try:
                 served.checker(name)(concept)
             except DsasError as err:
-                errors.append(f"{kind} {name!r}: {err}")
+                errors.append((f"{kind} {name!r}", err))
                 continue
             return f"Added **{studio.registry.add(concept)}**; its slider is on the {tab} tab.", concept.name
         if len(errors) == 1:
-            raise DsasError(errors[0].split(": ", 1)[1])
-        raise DsasError("the concept fits none of the app's models; " + "; ".join(errors))
+            raise errors[0][1]
+        raise DsasError("the concept fits none of the app's models; " + "; ".join(f"{w}: {e}" for w, e in errors))
 
     def upload(model, files):  # noqa: ANN001, ANN202
         """Add uploaded concept files (checked as :func:`add_fitting` says)."""
