@@ -36,6 +36,8 @@ def check_strengths(strengths: dict[str, float], registry: ConceptRegistry) -> N
     """Refuse unknown concept names and strengths outside ±:data:`MAX_STRENGTH`."""
     for name, value in strengths.items():
         registry.get(name)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise DsasError(f"strength of {name!r} must be a number, got {value!r}.")
         if not -MAX_STRENGTH <= float(value) <= MAX_STRENGTH:
             raise DsasError(f"strength of {name!r} must be between -{MAX_STRENGTH:g} and {MAX_STRENGTH:g}, "
                             f"got {value}.")

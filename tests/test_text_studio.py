@@ -81,6 +81,8 @@ def test_an_unknown_word_is_counted_and_shown(studio):
     ({"prompt": "  "}, "the prompt is empty"),
     ({"max_new_tokens": 0}, "new tokens must be between 1 and 256"),
     ({"strengths": {"detox": 17}}, "between -16 and 16"),
+    ({"strengths": {"detox": float("nan")}}, "between -16 and 16"),
+    ({"strengths": {"detox": "1.5"}}, "must be a number, got '1.5'"),
     ({"strengths": {"../detox": 1}}, "unknown concept"),
 ])
 def test_bad_requests_are_refused(studio, kw, match):
