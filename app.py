@@ -25,6 +25,7 @@ from dsas_core.concept import Concept
 from dsas_core.hub import download_concept
 from dsas_core.registry import MAX_STRENGTH, ConceptRegistry, StudioBase, read_upload
 from dsas_diffusion.studio import Request, Studio
+from dsas_transformers.sites import ROLES
 from dsas_transformers.studio import E2E_RETAIN_WEIGHT, TextRequest, TextStudio
 
 SLOTS = 8  # concept sliders shown at most
@@ -197,6 +198,10 @@ class TextTab:
                                               info="lineas + e2e: E2E-DSAS, map and scaler trained together")
                     self.retain = gr.Number(E2E_RETAIN_WEIGHT, label="retain weight (E2E)", minimum=0,
                                             info="how hard control texts are kept in place")
+                with gr.Row():
+                    self.role = gr.Dropdown(list(ROLES), value="residual", label="sites",
+                                            info="each layer's output, the MLP's input, or the attention output")
+                    self.layers = gr.Textbox("", label="layers", placeholder="all (or -16:-4, or 3,5,7)")
                     self.fit_btn = gr.Button("Fit", variant="primary")
                 self.fit_msg = gr.Markdown()
                 self.fit_files = gr.File(label="download the concept", file_count="multiple")
@@ -237,14 +242,15 @@ class TextTab:
         except DsasError as err:
             raise fail(err) from None
 
-    def fit(self, model, source, target, control, name, transform, scaler, chat, retain,  # noqa: ANN001, ANN201
-            progress=gr.Progress(track_tqdm=True)):
+    def fit(self, model, source, target, control, name, transform, scaler, chat, retain, role,  # noqa: ANN001, ANN201
+            layers, progress=gr.Progress(track_tqdm=True)):
         """Fit a text concept and save it; it gets a slider on this tab."""
         try:
             if retain is None:
                 raise DsasError("the retain weight box is empty: type a number >= 0 (100 keeps control texts in "
                                 "place on the demo LM).")
-            concept, replaces = self.text.fit(model, source, target, control, name, transform, scaler, chat, retain)
+            concept, replaces = self.text.fit(model, source, target, control, name, transform, scaler, chat, retain,
+                                              role, layers)
             return fitted_message(concept, replaces, "Text"), self.text.export(concept.name), concept.name
         except DsasError as err:
             raise fail(err) from None
@@ -274,7 +280,7 @@ class TextTab:
                                        concurrency_limit=self.text.workers)
         self.fit_btn.click(lambda: ("", None), None, [self.fit_msg, self.fit_files], **private).then(
             self.fit, [self.model, self.src, self.tgt, self.ctl, self.cname, self.transform, self.scaler, self.chat,
-                       self.retain],
+                       self.retain, self.role, self.layers],
             [self.fit_msg, self.fit_files, added], api_name="fit_text").success(**self.new_slot(pick, added))
 
     def new_slot(self, pick: Any, added: Any) -> dict[str, Any]:

@@ -138,11 +138,12 @@ class TextStudio(StudioBase):
         return TextResult(text, tokens, profile, _unknown(tokenizer, out[:n]))
 
     def fit(self, model: str, source: str, target: str, control: str, name: str, transform: str, scaler: str,
-            chat: bool = False, retain_weight: float = E2E_RETAIN_WEIGHT,
-            e2e_steps: int = E2EConfig.steps) -> tuple[Concept, bool]:
+            chat: bool = False, retain_weight: float = E2E_RETAIN_WEIGHT, role: str = "residual",
+            layers: str | None = None, e2e_steps: int = E2EConfig.steps) -> tuple[Concept, bool]:
         """Fit a concept from three newline-separated text lists (each wrapped as a user message in the chat
-        template when ``chat``) and save it in the user folder; returns it and whether it replaced a concept of the
-        user folder with its name. ``transform="lineas", scaler="e2e"`` trains E2E-DSAS with ``retain_weight``."""
+        template when ``chat``) at the ``role`` sites of ``layers`` (all when empty; "-16:-4", "3,5,7") and save it
+        in the user folder; returns it and whether it replaced a concept of the user folder with its name.
+        ``transform="lineas", scaler="e2e"`` trains E2E-DSAS with ``retain_weight``."""
         from .fit import fit_concept  # noqa: PLC0415  (fitting's imports only when fitting)
 
         replaces = self.check_new(name, transform, scaler)  # before the work, not after it
@@ -150,7 +151,7 @@ class TextStudio(StudioBase):
         with self.pool(model).borrow() as (lm, tokenizer):
             concept = fit_concept(lm, tokenizer, prompt_lines(source), prompt_lines(target),
                                   prompt_lines(control) or None, transform=transform, scaler=scaler, name=name,
-                                  chat_template=chat, e2e=e2e)
+                                  chat_template=chat, e2e=e2e, role=role, layers=(layers or "").strip() or None)
         self.registry.add(concept)
         return concept, replaces
 

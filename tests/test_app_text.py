@@ -49,7 +49,8 @@ def test_the_api_refuses_an_image_concept_and_bad_json(served):
 def test_a_text_concept_fitted_in_the_app_is_uploaded_back_to_the_text_tab(served, tmp_path):
     client, studio = served[:2]
     message, files = client.predict("demo", LISTS["source"], LISTS["target"], LISTS["control"], "polite",
-                                    "mean_shift", "probe", False, 100, api_name="/fit_text")
+                                    "mean_shift", "probe", False, 100, "residual", "",
+                                    api_name="/fit_text")
     assert message == "Fitted **polite**: 4 of 4 sites active; its slider is on the Text tab."
     assert sorted(f.rsplit("/", 1)[1] for f in files) == ["dsas_config.json", "dsas_model.safetensors"]
     message = upload_renamed(client, files, "polite-copy", tmp_path)

@@ -157,3 +157,12 @@ def test_e2e_dsas_is_fitted_with_the_retain_weight_given(studio):
     assert loaded.config.fitted_on["e2e_report"]["steps_run"] == 19  # steps 0 … 19
     with pytest.raises(DsasError, match="learns the 'lineas' transform together with the 'e2e' scaler"):
         studio.fit("demo", LISTS["source"], LISTS["target"], LISTS["control"], "bad", "mean_shift", "e2e")
+
+
+def test_sites_are_chosen_by_role_and_layers(studio):
+    concept, _ = studio.fit("demo", LISTS["source"], LISTS["target"], LISTS["control"], "mlp-1-2", "mean_shift",
+                            "probe", role="mlp_input", layers=" 1,2 ")
+    assert concept.config.sites == ["model.layers.1.post_attention_layernorm", "model.layers.2.post_attention_layernorm"]
+    with pytest.raises(DsasError, match=r"layers='7' is not a valid choice .* \(layer 7 does not exist\)"):
+        studio.fit("demo", LISTS["source"], LISTS["target"], LISTS["control"], "bad", "mean_shift", "probe",
+                   layers="7")
