@@ -34,6 +34,19 @@ def prompt_lines(text: str) -> list[str]:
     return [s for s in (line.strip() for line in text.splitlines()) if s and not s.startswith("#")]
 
 
+def strength_list(text: str, what: str = "--strengths", example: str = "0,1,2,4") -> list[float]:
+    """Comma-separated strengths, sorted, 0 (the unsteered run) always among them; at least one besides it."""
+    try:
+        strengths = sorted({float(s) for s in text.split(",") if s.strip()} | {0.0})
+    except ValueError:
+        raise DsasError(f"{what} {text!r}: give comma-separated numbers, e.g. {example}.") from None
+    if strengths == [0.0]:
+        raise DsasError(f"{what} {text!r} holds no strength but 0: nothing would be steered; give e.g. {example}.")
+    if not all(math.isfinite(s) for s in strengths):
+        raise DsasError(f"{what} {text!r}: every strength must be a finite number, e.g. {example}.")
+    return strengths
+
+
 def _finite(value: Any) -> Any:
     """``value`` with every NaN or infinity replaced by None (JSON has neither; Python would write bare ``NaN``)."""
     if isinstance(value, float) and not math.isfinite(value):

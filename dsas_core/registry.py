@@ -43,11 +43,6 @@ def check_strengths(strengths: dict[str, float], registry: ConceptRegistry) -> N
                             f"got {value}.")
 
 
-def prompt_lines(text: str | None) -> list[str]:
-    """The non-blank lines of a text box, '#' comments left out."""
-    return [ln.strip() for ln in (text or "").splitlines() if ln.strip() and not ln.strip().startswith("#")]
-
-
 class ConceptRegistry:
     """Concepts by name: read-only bundled folders plus one writable user folder (later folders win)."""
 

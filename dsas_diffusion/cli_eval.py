@@ -45,16 +45,14 @@ def eval_command(args: argparse.Namespace) -> int:
     from accelerate.utils import gather_object
 
     from dsas_core import DsasError
+    from dsas_core.files import strength_list
 
     from .evaluate import EvalSettings, compare, image_grid, plot_pareto, settings_dict, summarize, sweep, write_results
     from .loading import load_pipeline, read_prompts
     from .pipeline import load_concept
     from .scoring import load_clip
 
-    try:
-        strengths = sorted({float(s) for s in args.strengths.split(",")} | {0.0})
-    except ValueError:
-        raise DsasError(f"--strengths {args.strengths!r}: give comma-separated numbers, e.g. 0,0.5,1.") from None
+    strengths = strength_list(args.strengths, example="0,0.5,1")
     if not args.clip and not args.oracle:
         raise DsasError("nothing to score: give --clip (demo or ARCH:PRETRAINED) and/or --oracle (demo world).")
     out = output_folder(args.out, "--out")

@@ -15,7 +15,8 @@ import torch
 from PIL import Image
 
 from dsas_core import Concept, DsasError
-from dsas_core.registry import MAX_STRENGTH, ConceptRegistry, StudioBase, check_strengths, prompt_lines
+from dsas_core.files import prompt_lines
+from dsas_core.registry import MAX_STRENGTH, ConceptRegistry, StudioBase, check_strengths
 
 from .alpha import overlay
 from .pipeline import check_concept_fits, steer
@@ -106,7 +107,7 @@ class Studio(StudioBase):
 
         replaces = self.check_new(name, transform, scaler)  # before the work, not after it
         with self.pool(model).borrow() as pipe:
-            concept = fit_concept(pipe, prompt_lines(source), prompt_lines(target), prompt_lines(control),
+            concept = fit_concept(pipe, prompt_lines(source or ""), prompt_lines(target or ""), prompt_lines(control or ""),
                                   transform=transform, scaler=scaler, name=name, source_text=source_text or None,
                                   target_text=target_text or None)
         self.registry.add(concept)

@@ -56,6 +56,7 @@ def eval_command(args: argparse.Namespace) -> int:
 
     from dsas_core import DsasError
     from dsas_core.hub import load_concept
+    from dsas_core.files import strength_list
     from dsas_core.paths import assets_dir
 
     from .cli import load
@@ -63,17 +64,11 @@ def eval_command(args: argparse.Namespace) -> int:
                            read_texts, settings_dict, summarize, sweep, write_results)
     from .steer import check_fits
 
-    try:
-        strengths = sorted({float(s) for s in args.strengths.split(",") if s.strip()} | {0.0})
-    except ValueError:
-        raise DsasError(f"--strengths {args.strengths!r}: give comma-separated numbers, e.g. 0,1,2,4.") from None
+    strengths = strength_list(args.strengths)
     if args.seeds < 1 or args.max_new_tokens < 1 or args.batch_size < 1:
         raise DsasError("--seeds, --max-new-tokens and --batch-size must be >= 1.")
     if args.limit is not None and args.limit < 1:
         raise DsasError(f"--limit must be >= 1 (prompts to keep), got {args.limit}; leave it out to keep them all.")
-    if strengths == [0.0]:
-        raise DsasError(f"--strengths {args.strengths!r} holds no strength but 0: nothing would be steered; give "
-                        "e.g. 0,1,2,4,8.")
     out = output_folder(args.out, "--out")
     demo = args.model == "demo"
     toxicity_spec = args.toxicity or ("demo" if demo else DEFAULT_CLASSIFIER)

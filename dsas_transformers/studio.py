@@ -16,7 +16,8 @@ import torch
 
 from dsas_core import Concept, DsasError
 from dsas_core.e2e import E2EConfig
-from dsas_core.registry import ConceptRegistry, StudioBase, check_strengths, prompt_lines
+from dsas_core.files import prompt_lines
+from dsas_core.registry import ConceptRegistry, StudioBase, check_strengths
 
 from .alpha import token_pieces
 from .fit import apply_chat_template
@@ -149,8 +150,8 @@ class TextStudio(StudioBase):
         replaces = self.check_new(name, transform, scaler)  # before the work, not after it
         e2e = E2EConfig(retain_weight=float(retain_weight), steps=int(e2e_steps)) if scaler == "e2e" else None
         with self.pool(model).borrow() as (lm, tokenizer):
-            concept = fit_concept(lm, tokenizer, prompt_lines(source), prompt_lines(target),
-                                  prompt_lines(control) or None, transform=transform, scaler=scaler, name=name,
+            concept = fit_concept(lm, tokenizer, prompt_lines(source or ""), prompt_lines(target or ""),
+                                  prompt_lines(control or "") or None, transform=transform, scaler=scaler, name=name,
                                   chat_template=chat, e2e=e2e, role=role, layers=(layers or "").strip() or None)
         self.registry.add(concept)
         return concept, replaces
