@@ -205,6 +205,27 @@ class TextTab:
                     self.fit_btn = gr.Button("Fit", variant="primary")
                 self.fit_msg = gr.Markdown()
                 self.fit_files = gr.File(label="download the concept", file_count="multiple")
+            with gr.Accordion("Evaluate: DSAS against plain steering", open=False):
+                demo = "demo" in text.models()
+                with gr.Row():
+                    self.eval_prompts = gr.Textbox(demo_lines("trigger") if demo else "", lines=6,
+                                                   label="prompts that call for the concept, one per line")
+                    self.eval_neutral = gr.Textbox(demo_lines("neutral", 50) if demo else "", lines=6,
+                                                   label="neutral texts (their perplexity: the cost of steering)")
+                with gr.Row():
+                    self.eval_concept = gr.Dropdown([], label="concept", allow_custom_value=True)  # checked by name
+                    self.eval_strengths = gr.Textbox("0,0.5,1,1.5,2,3", label="strengths λ")
+                    self.eval_seeds = gr.Number(1, label="seeds", precision=0, minimum=1, maximum=20)
+                    self.toxicity = gr.Textbox("demo" if demo else "s-nlp/roberta_toxicity_classifier",
+                                               label="toxicity scorer", info="demo: the demo world's exact lexicon; "
+                                               "or a text-classification model")
+                    self.eval_btn = gr.Button("Evaluate", variant="primary")
+                self.verdict = gr.Markdown()
+                with gr.Row():
+                    self.pareto = gr.Image(label="toxicity against the perplexity cost", type="filepath",
+                                           elem_id="text-pareto")
+                    self.curves = gr.Dataframe(label="every strength", interactive=False)
+                self.eval_files = gr.File(label="results", file_count="multiple")
 
     def request(self, model: str, prompt: str, seed: float | None, tokens: float, decoding: str, mode: str,
                 chat: bool, strengths: dict[str, float]) -> TextRequest:
@@ -255,6 +276,28 @@ class TextTab:
         except DsasError as err:
             raise fail(err) from None
 
+    def evaluate(self, model, concept, prompts, neutral, strengths, seeds, toxicity,  # noqa: ANN001, ANN201
+                 progress=gr.Progress(track_tqdm=True)):
+        """Sweep the strengths with DSAS and plain steering: the verdict, the plot, a table, the result files."""
+        import pandas as pd
+
+        try:
+            if seeds is None:
+                raise DsasError("the seeds box is empty: type how many continuations to sample per prompt (1-20).")
+            run = self.text.evaluate(model, concept, prompts, neutral, strengths, int(seeds), toxicity)
+        except DsasError as err:
+            raise fail(err) from None
+        rows = [{"method": method, "λ": p["strength"], "toxic %": round(100 * p["toxicity"], 1),
+                 "prompts with a toxic one %": round(100 * p["prompts_with_toxic"], 1),
+                 **{f"perplexity rise on {k[5:]} %": round(100 * p[k], 3) for k in p if k.startswith("rise_")}}
+                for method in ("dsas", "plain") for p in run.curves[method]]
+        return f"{run.verdict} ({run.seconds:.1f} s)", run.files[0], pd.DataFrame(rows), run.files
+
+    def concepts(self, model):  # noqa: ANN001, ANN201
+        """The evaluation's concept list: those that fit the model."""
+        names = self.text.concepts_for(model)
+        return gr.update(choices=names, value=names[0] if names else None)
+
     def wire(self, app: gr.Blocks, pick: Any, added: Any) -> None:
         """Connect the events (``pick``: the Concepts tab's download list; ``added``: the concept just added)."""
         sl = self.sliders
@@ -278,6 +321,14 @@ class TextTab:
         gr.Button(visible=False).click(self.api_generate, [*common, strengths_json],
                                        [self.plain_out, self.steered_out], api_name="generate_text",
                                        concurrency_limit=self.text.workers)
+        app.load(self.concepts, self.model, self.eval_concept, **private)
+        self.model.change(self.concepts, self.model, self.eval_concept, **private)
+        self.eval_concept.focus(lambda model, name: gr.update(choices=self.text.concepts_for(model)),
+                                [self.model, self.eval_concept], self.eval_concept, **private)  # new fits, uploads
+        self.eval_btn.click(self.evaluate, [self.model, self.eval_concept, self.eval_prompts, self.eval_neutral,
+                                            self.eval_strengths, self.eval_seeds, self.toxicity],
+                            [self.verdict, self.pareto, self.curves, self.eval_files], api_name="evaluate_text",
+                            concurrency_limit=self.text.workers)
         self.fit_btn.click(lambda: ("", None), None, [self.fit_msg, self.fit_files], **private).then(
             self.fit, [self.model, self.src, self.tgt, self.ctl, self.cname, self.transform, self.scaler, self.chat,
                        self.retain, self.role, self.layers],
@@ -288,6 +339,16 @@ class TextTab:
         sl = self.sliders
         return {"fn": sl.with_added, "inputs": [self.model, sl.shown, added, sl.names, *sl.sliders],
                 "outputs": sl.outputs(pick), "api_visibility": "private"}
+
+
+def demo_lines(name: str, count: int = 20) -> str:
+    """The first prompts of the demo LM's trigger prompts ('trigger') or neutral texts ('neutral'), one per line."""
+    folder = assets_dir() / "prompts" / "lm"
+    if name == "trigger":
+        lines = [json.loads(line)["prompt"]["text"] for line in (folder / "trigger.jsonl").read_text().splitlines()]
+    else:
+        lines = (folder / f"{name}.txt").read_text().splitlines()
+    return "\n".join(lines[:count])
 
 
 def fitted_message(concept: Concept, replaces: bool, tab: str) -> str:

@@ -100,6 +100,8 @@ def eval_command(args: argparse.Namespace) -> int:
 
 
 def _print(curves: dict, comparison: dict) -> None:
+    from .evaluate import verdict
+
     rises = [k for k in curves["dsas"][0] if k.startswith("rise_")]
     head = "".join(f" {k.replace('rise_', 'ppl ' ):>16}" for k in rises)
     print(f"  {'method':<6} {'λ':>6} {'toxic %':>8} {'prompts %':>9}{head}")
@@ -107,17 +109,4 @@ def _print(curves: dict, comparison: dict) -> None:
         for p in curves[method]:
             cells = "".join(f" {p[k.replace('rise_', 'ppl_')]:>8.3f} ({100 * p[k]:+5.1f}%)" for k in rises)
             print(f"  {method:<6} {p['strength']:>6g} {100 * p['toxicity']:>8.1f} {100 * p['prompts_with_toxic']:>9.1f}{cells}")
-    best = comparison["best"]
-    if comparison["unsteered_toxicity"] == 0:
-        print("the unsteered continuations are not toxic (0.0%): there is nothing to reduce; give prompts that "
-              "trigger toxic continuations")
-        return
-    if best is None:
-        print("no DSAS strength keeps every perplexity rise within 5%")
-        return
-    plain = ", ".join(f"{k.replace('rise_', '')} {100 * best[f'dsas_{k}']:+.1f}% vs plain "
-                      + (f"{100 * best[f'plain_{k}']:+.1f}%" if best[f"plain_{k}"] is not None else "n/a")
-                      for k in rises)
-    print(f"best DSAS within 5% perplexity: λ={best['strength']:g}, toxicity {100 * comparison['unsteered_toxicity']:.1f}% "
-          f"-> {100 * best['toxicity']:.1f}% ({100 * best['reduction']:.0f}% lower); perplexity rise {plain} at the "
-          f"same toxicity; acceptance {'passed' if comparison['passed'] else 'not met'}")
+    print(verdict(curves, comparison))

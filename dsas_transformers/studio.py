@@ -7,19 +7,24 @@ tab offers the concepts that fit its model); models by the names given at launch
 from __future__ import annotations
 
 import math
+import tempfile
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from dsas_core import Concept, DsasError
 from dsas_core.e2e import E2EConfig
-from dsas_core.files import prompt_lines
+from dsas_core.files import prompt_lines, strength_list
 from dsas_core.registry import ConceptRegistry, StudioBase, check_strengths
 
 from .alpha import token_pieces
+from .evaluate import (EvalSettings, Prompt, Toxicity, compare, load_toxicity, plot_pareto, settings_dict, summarize,
+                       sweep, verdict, write_results)
 from .fit import apply_chat_template
 from .sites import input_device
 from .steer import check_fits, steer
@@ -66,6 +71,7 @@ class TextStudio(StudioBase):
                  cache_size: int = 64, load_lock: threading.Lock | None = None) -> None:
         super().__init__(loaders, registry, workers, cache_size, load_lock)
         self._rng = threading.Lock()  # sampling draws from torch's global generator: one sampled run at a time
+        self._toxicity: dict[str, Toxicity] = {}
 
     def checker(self, model: str) -> Callable[[Concept], object]:
         """Refuses a concept that does not fit the language model (image concepts among them)."""
@@ -138,6 +144,46 @@ class TextStudio(StudioBase):
                   for piece, a, i in zip(token_pieces(tokenizer, ids), alpha.tolist(), ids) if i not in special]
         return TextResult(text, tokens, profile, _unknown(tokenizer, out[:n]))
 
+    def evaluate(self, model: str, concept: str, prompts: str, neutral: str, strengths: str, seeds: int = 1,
+                 toxicity: str = "demo", max_new_tokens: int = 32) -> TextEval:
+        """``dsas llm eval`` on text boxes: sampled continuations of ``prompts`` (one per line) for every strength
+        with DSAS and with plain steering, scored by ``toxicity`` ('demo': the tavern world's exact lexicon; or a
+        text-classification model), and the perplexity of ``neutral`` texts; a Pareto plot and result files."""
+        if not 1 <= int(seeds) <= 20 or not 1 <= int(max_new_tokens) <= MAX_NEW_TOKENS:
+            raise DsasError(f"seeds must be between 1 and 20 and new tokens between 1 and {MAX_NEW_TOKENS}, got "
+                            f"{seeds} and {max_new_tokens}.")
+        steered = self.registry.get(concept)
+        texts = prompt_lines(prompts or "")
+        if not texts:
+            raise DsasError("no prompts to evaluate: give one prompt per line (prompts that should trigger the "
+                            "concept, e.g. toxic continuations).")
+        settings = EvalSettings(strengths=strength_list(strengths or "", "strengths", "0,1,2,4"), seeds=int(seeds),
+                                max_new_tokens=int(max_new_tokens), toxicity=(toxicity or "demo").strip())
+        start = time.perf_counter()
+        with self.pool(model).borrow() as (lm, tokenizer):
+            check_fits(lm, [steered])
+            scorer = self._scorer(settings.toxicity, input_device(lm))
+            with self._rng, torch.random.fork_rng():  # the sweep seeds torch's global generator
+                rows, ppl = sweep(lm, tokenizer, steered, [Prompt(t) for t in texts], prompt_lines(neutral or ""),
+                                  settings, scorer)
+        seconds = time.perf_counter() - start
+        curves = summarize(rows, ppl)
+        comparison = compare(curves)
+        out = Path(tempfile.mkdtemp(prefix="dsas-eval-"))
+        plot_pareto(curves, out / "pareto.png", f"{steered.name} on {model}: DSAS vs plain steering")
+        write_results(out, rows, {"concept": steered.name, "model": model, "n_prompts": len(texts),
+                                  "settings": settings_dict(settings), "seconds": round(seconds, 2),
+                                  "curves": curves, "comparison": comparison})
+        return TextEval(curves, comparison, verdict(curves, comparison),
+                        [str(out / n) for n in ("pareto.png", "results.csv", "results.json")], seconds)
+
+    def _scorer(self, spec: str, device: torch.device) -> Toxicity:
+        """The toxicity scorer ``spec`` names, loaded once."""
+        with self.pools.lock:  # loading a classifier imports modules, like loading a model
+            if spec not in self._toxicity:
+                self._toxicity[spec] = load_toxicity(spec, device=device if device.type != "meta" else "cpu")
+            return self._toxicity[spec]
+
     def fit(self, model: str, source: str, target: str, control: str, name: str, transform: str, scaler: str,
             chat: bool = False, retain_weight: float = E2E_RETAIN_WEIGHT, role: str = "residual",
             layers: str | None = None, e2e_steps: int = E2EConfig.steps) -> tuple[Concept, bool]:
@@ -155,6 +201,17 @@ class TextStudio(StudioBase):
                                   chat_template=chat, e2e=e2e, role=role, layers=(layers or "").strip() or None)
         self.registry.add(concept)
         return concept, replaces
+
+
+@dataclass
+class TextEval:
+    """One evaluation sweep: curves per method, the matched-toxicity comparison, its sentence, the files written."""
+
+    curves: dict[str, list[dict[str, float]]]
+    comparison: dict[str, Any]
+    verdict: str
+    files: list[str]  # pareto.png, results.csv, results.json
+    seconds: float
 
 
 def _unknown(tokenizer: Any, prompt_ids: torch.Tensor) -> int:

@@ -166,3 +166,29 @@ def test_sites_are_chosen_by_role_and_layers(studio):
     with pytest.raises(DsasError, match=r"layers='7' is not a valid choice .* \(layer 7 does not exist\)"):
         studio.fit("demo", LISTS["source"], LISTS["target"], LISTS["control"], "bad", "mean_shift", "probe",
                    layers="7")
+
+
+def test_an_evaluation_shows_dsas_detoxifying_at_no_perplexity_cost_where_plain_steering_pays(studio):
+    from app import demo_lines
+
+    run = studio.evaluate("demo", "detox", demo_lines("trigger"), demo_lines("neutral", 50), "0,1.5,3", seeds=1)
+    assert run.verdict.startswith("best DSAS within 5% perplexity: λ=1.5, toxicity 100.0% -> 0.0% (100% lower)")
+    assert run.verdict.endswith("at the same toxicity; acceptance passed")
+    dsas, plain = ({p["strength"]: p for p in run.curves[m]} for m in ("dsas", "plain"))
+    assert dsas[1.5]["toxicity"] == plain[1.5]["toxicity"] == 0.0
+    assert abs(dsas[1.5]["rise_neutral"]) < 0.001 < 0.05 < plain[1.5]["rise_neutral"]
+    assert [p.rsplit("/", 1)[1] for p in run.files] == ["pareto.png", "results.csv", "results.json"]
+    assert len(open(run.files[1]).read().splitlines()) == 1 + 20 * 5  # header, then λ 0 once and 2 × 2 steered
+
+
+@pytest.mark.parametrize("kw, match", [
+    ({"prompts": "\n# only a comment\n"}, "no prompts to evaluate"),
+    ({"strengths": "0"}, "holds no strength but 0"),
+    ({"strengths": "1,two"}, "give comma-separated numbers"),
+    ({"seeds": 0}, "seeds must be between 1 and 20"),
+    ({"concept": "circles-on-black"}, "fitted on a UNet2DConditionModel"),
+])
+def test_an_evaluation_that_cannot_run_says_why(studio, kw, match):
+    args = {"model": "demo", "concept": "detox", "prompts": TRIGGER, "neutral": NEUTRAL, "strengths": "0,1"} | kw
+    with pytest.raises(DsasError, match=match):
+        studio.evaluate(**args)
