@@ -5,13 +5,13 @@ new concepts.
     python app.py --model demo --model stable-diffusion-v1-5/stable-diffusion-v1-5 --workers 1
     python app.py --lm Qwen/Qwen2.5-1.5B  # the Text tab's language model
 
-Wiring only: the logic lives in ``dsas_diffusion.studio`` and ``dsas_transformers.studio``.
+Wiring only: the logic lives in ``dsas_diffusion.studio`` and ``dsas_transformers.studio``; the Text tab is in
+``app_text.py``, the pieces both share in ``app_widgets.py``.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 from itertools import groupby
 from pathlib import Path
@@ -19,18 +19,18 @@ from typing import Any
 
 import gradio as gr
 
+from app_text import TextTab
+from app_widgets import (Sliders, bundled_prompts, concept_choices, fail, fitted_message, parse_strengths,
+                         strengths_of)
 from dsas_core import DsasError
-from dsas_core.paths import assets_dir
 from dsas_core.concept import Concept
 from dsas_core.hub import download_concept
-from dsas_core.registry import MAX_STRENGTH, ConceptRegistry, StudioBase, read_upload
+from dsas_core.paths import assets_dir
+from dsas_core.registry import ConceptRegistry, read_upload
 from dsas_diffusion.studio import Request, Studio
-from dsas_transformers.sites import ROLES
-from dsas_transformers.studio import E2E_RETAIN_WEIGHT, TextRequest, TextStudio
+from dsas_transformers.studio import TextStudio
 
-SLOTS = 8  # concept sliders shown at most
 DEFAULT_PROMPT = "a red circle on a white background"
-DEFAULT_TEXT_PROMPT = "feeling grumpy about the bread , the pirate shoved the door and said"  # the demo LM's world
 # Enter in a slider's number box commits the typed strength as leaving the box does (a slider's release event fires
 # on blur, not on Enter); run once when the page loads.
 ENTER_COMMITS = """() => {
@@ -84,279 +84,66 @@ def make_text_studio(lms: list[str], studio: Studio, workers: int) -> TextStudio
     return TextStudio({m: _lm_loader(m) for m in lms}, studio.registry, workers=workers, load_lock=studio.pools.lock)
 
 
-def fail(err: DsasError) -> gr.Error:
-    """The error a user sees: the library's message, which names the problem and the fix."""
-    return gr.Error(str(err))
+class ImageEvalPanel:
+    """The Steer tab's *Evaluate* panel: ``dsas eval``'s sweep of DSAS against plain steering on text boxes. Build
+    it inside a tab, then :meth:`wire` it."""
 
-
-def parse_strengths(text: str | None) -> dict[str, float]:
-    """The API's strengths: a JSON object of concept names and numbers."""
-    try:
-        strengths = json.loads(text or "{}")
-    except json.JSONDecodeError as err:
-        raise DsasError(f"strengths is not valid JSON ({err}).") from None
-    if not isinstance(strengths, dict):
-        raise DsasError('strengths must be a JSON object such as {"red-to-blue": 0.8}.')
-    return strengths
-
-
-def strengths_of(names: list[str], values: tuple[Any, ...]) -> dict[str, float]:
-    """The sliders' strengths by concept name; an emptied number box reads as 0."""
-    return {n: float(v or 0.0) for n, v in zip(names, values)}
-
-
-class Sliders:
-    """A concept picker and up to :data:`SLOTS` strength sliders for the concepts that fit the chosen model; every
-    handler returns updates for :meth:`outputs` (the names shown, each slider, the download list, the picker)."""
-
-    def __init__(self, studio: StudioBase, prefix: str = "slot") -> None:
+    def __init__(self, studio: Studio) -> None:
         self.studio = studio
-        self.names = gr.State([])
-        self.shown = gr.Dropdown([], value=[], multiselect=True, max_choices=SLOTS,
-                                 label=f"concepts with a slider (up to {SLOTS} at a time)")
-        self.sliders = [gr.Slider(-MAX_STRENGTH, MAX_STRENGTH, value=0.0, step=0.05, label="", visible=False,
-                                  elem_id=f"{prefix}{i}")
-                        for i in range(SLOTS)]
-
-    def outputs(self, pick: Any) -> list[Any]:
-        """The components every handler updates (``pick``: the Concepts tab's download list)."""
-        return [self.names, *self.sliders, pick, self.shown]
-
-    def _slots(self, available: list[str], chosen: list[str], names: list[str] | None,
-               values: tuple[Any, ...]) -> list[Any]:
-        """Sliders for ``chosen`` (each keeping the strength it had), the download list and the picker."""
-        kept = dict(zip(names or [], values))
-        updates = [gr.update(visible=True, label=n, value=kept.get(n) or 0.0) for n in chosen]
-        updates += [gr.update(visible=False, label="", value=0.0)] * (SLOTS - len(chosen))
-        return [chosen, *updates, gr.update(choices=self.studio.registry.names()),
-                gr.update(choices=available, value=chosen)]
-
-    def _available(self, model: str) -> list[str]:
-        try:
-            return self.studio.concepts_for(model)
-        except DsasError as err:
-            raise gr.Error(f"model {model!r} is not available: {err}") from None
-
-    def first(self, model):  # noqa: ANN001, ANN201
-        """A model was chosen: sliders for its first concepts."""
-        available = self._available(model)
-        return self._slots(available, available[:SLOTS], None, ())
-
-    def chosen(self, model, shown, names, *values):  # noqa: ANN001, ANN201
-        """The picker changed: sliders for the concepts picked, in its order."""
-        available = self._available(model)
-        return self._slots(available, [n for n in shown or [] if n in available][:SLOTS], names, values)
-
-    def with_added(self, model, shown, added, names, *values):  # noqa: ANN001, ANN201
-        """After a fit or an upload: the new concept gets a slider (the first one shown gives way when all are
-        taken); every other slider keeps its strength."""
-        available = self._available(model)
-        chosen = [n for n in shown or [] if n in available and n != added] + ([added] if added in available else [])
-        return self._slots(available, chosen[-SLOTS:], names, values)
-
-
-class TextTab:
-    """The Text tab: continue a prompt with a language model, unsteered beside steered, tokens coloured by α; fit
-    a text concept from three lists. Build it inside ``gr.Blocks``, then :meth:`wire` it."""
-
-    def __init__(self, text: TextStudio) -> None:
-        self.text = text
-        with gr.Tab("Text"):
+        demo = "demo" in studio.models()
+        with gr.Accordion("Evaluate: DSAS against plain steering", open=False):
             with gr.Row():
-                self.model = gr.Dropdown(text.models(), value=text.models()[0], label="language model")
-                self.prompt = gr.Textbox(DEFAULT_TEXT_PROMPT, label="prompt", scale=3)
+                self.steer = gr.Textbox(bundled_prompts("circles-on-black/eval_steer.txt", 8) if demo else "", lines=6,
+                                        label="steer prompts (where the concept should act), one per line")
+                self.control = gr.Textbox(bundled_prompts("circles-on-black/eval_control.txt", 8) if demo else "", lines=6,
+                                          label="control prompts (where nothing should change)")
             with gr.Row():
-                self.seed = gr.Number(0, label="seed (sampling)", precision=0)
-                self.tokens = gr.Slider(1, 128, value=24, step=1, label="new tokens")
-                self.decoding = gr.Radio(["greedy", "sample"], value="greedy", label="decoding")
-                self.mode = gr.Radio(["DSAS", "plain"], value="DSAS", label="steering")
-                self.chat = gr.Checkbox(False, label="chat template",
-                                        info="instruct models: the prompt and fitted texts as a user message")
-                self.go = gr.Button("Generate", variant="primary")
-            self.sliders = Sliders(text, prefix="slot-text")
+                self.concept = gr.Dropdown([], label="concept", allow_custom_value=True)  # checked by name
+                self.strengths = gr.Textbox("0,1,2,3", label="strengths λ")
+                self.seeds = gr.Number(1, label="seeds", precision=0, minimum=1, maximum=8)
+                self.steps = gr.Number(20, label="steps", precision=0, minimum=1, maximum=200)
+                self.clip = gr.Textbox("demo" if demo else "ViT-L-14:openai", label="CLIP",
+                                       info="demo, or ARCH:PRETRAINED; empty: none")
+                self.oracle = gr.Textbox("background=black" if demo else "", label="oracle (demo world)",
+                                         info="e.g. background=black, colour!=green; empty: none")
+                self.go = gr.Button("Evaluate", variant="primary")
+            self.verdict = gr.Markdown()
             with gr.Row():
-                self.plain_out = gr.Textbox(label="unsteered continuation", lines=3, interactive=False,
-                                            elem_id="text-unsteered")
-                self.steered_out = gr.Textbox(label="steered continuation", lines=3, interactive=False,
-                                              elem_id="text-steered")
-            self.alpha = gr.HighlightedText(label="the steered text, each token coloured by its α (the mean over "
-                                                  "active layers; the last token is never read)",
-                                            color_map=None, show_legend=False)
-            self.profile = gr.BarPlot(x="layer", y="alpha", label="mean α per layer (0 = left alone)", y_lim=[0, 1],
-                                      sort=None, height=300)
-            self.note = gr.Markdown()
-            with gr.Accordion("Fit a text concept", open=False):
-                with gr.Row():
-                    self.src = gr.Textbox(lines=6, label="source texts (steer these), one per line")
-                    self.tgt = gr.Textbox(lines=6, label="target texts (what they should become)")
-                    self.ctl = gr.Textbox(lines=6, label="control texts (leave these alone)")
-                with gr.Row():
-                    self.cname = gr.Textbox("my-text-concept", label="name")
-                    self.transform = gr.Dropdown(["mean_shift", "linear_act", "itic", "lineas"], value="mean_shift",
-                                                 label="transform")
-                    self.scaler = gr.Dropdown(["probe", "constant", "e2e"], value="probe", label="scaler",
-                                              info="lineas + e2e: E2E-DSAS, map and scaler trained together")
-                    self.retain = gr.Number(E2E_RETAIN_WEIGHT, label="retain weight (E2E)", minimum=0,
-                                            info="how hard control texts are kept in place")
-                with gr.Row():
-                    self.role = gr.Dropdown(list(ROLES), value="residual", label="sites",
-                                            info="each layer's output, the MLP's input, or the attention output")
-                    self.layers = gr.Textbox("", label="layers", placeholder="all (or -16:-4, or 3,5,7)")
-                    self.fit_btn = gr.Button("Fit", variant="primary")
-                self.fit_msg = gr.Markdown()
-                self.fit_files = gr.File(label="download the concept", file_count="multiple")
-            with gr.Accordion("Evaluate: DSAS against plain steering", open=False):
-                demo = "demo" in text.models()
-                with gr.Row():
-                    self.eval_prompts = gr.Textbox(demo_lines("trigger") if demo else "", lines=6,
-                                                   label="prompts that call for the concept, one per line")
-                    self.eval_neutral = gr.Textbox(demo_lines("neutral", 50) if demo else "", lines=6,
-                                                   label="neutral texts (their perplexity: the cost of steering)")
-                with gr.Row():
-                    self.eval_concept = gr.Dropdown([], label="concept", allow_custom_value=True)  # checked by name
-                    self.eval_strengths = gr.Textbox("0,0.5,1,1.5,2,3", label="strengths λ")
-                    self.eval_seeds = gr.Number(1, label="seeds", precision=0, minimum=1, maximum=20)
-                    self.toxicity = gr.Textbox("demo" if demo else "s-nlp/roberta_toxicity_classifier",
-                                               label="toxicity scorer", info="demo: the demo world's exact lexicon; "
-                                               "or a text-classification model")
-                    self.eval_btn = gr.Button("Evaluate", variant="primary")
-                self.verdict = gr.Markdown()
-                with gr.Row():
-                    self.pareto = gr.Image(label="toxicity against the perplexity cost", type="filepath",
-                                           elem_id="text-pareto")
-                    self.curves = gr.Dataframe(label="every strength", interactive=False)
-                self.eval_files = gr.File(label="results", file_count="multiple")
+                self.pareto = gr.Image(label="concept score against what is kept", type="filepath",
+                                       elem_id="image-pareto")
+                self.grid = gr.Image(label="unsteered, then plain steering, then DSAS at each λ", type="filepath")
+            self.table = gr.Dataframe(label="every strength", interactive=False)
+            self.files = gr.File(label="results", file_count="multiple")
 
-    def request(self, model: str, prompt: str, seed: float | None, tokens: float, decoding: str, mode: str,
-                chat: bool, strengths: dict[str, float]) -> TextRequest:
-        """The request the controls describe, validated."""
-        if seed is None:
-            raise DsasError("the seed box is empty: type a whole number (the same seed samples the same text).")
-        req = TextRequest(model=model, prompt=prompt, seed=int(round(seed)), max_new_tokens=int(tokens),
-                          sample=(decoding == "sample"), plain=(mode == "plain"), strengths=strengths,
-                          chat=bool(chat))
-        self.text.validate(req)
-        return req
-
-    def generate(self, model, prompt, seed, tokens, decoding, mode, chat, names, *values):  # noqa: ANN001, ANN201
-        """Unsteered (cached) and steered continuations, the steered text's α per token and per layer."""
-        import pandas as pd
-
-        try:
-            req = self.request(model, prompt, seed, tokens, decoding, mode, chat, strengths_of(names, values))
-            unsteered, result = self.text.unsteered(req), self.text.steered(req)
-        except DsasError as err:
-            raise fail(err) from None
-        several = len({c for c, _, _ in result.profile}) > 1
-        rows = [{"layer": f"{c}: {s}" if several else s, "alpha": a} for c, s, a in result.profile]
-        frame = pd.DataFrame(rows or [{"layer": "nothing steered", "alpha": 0.0}])  # every strength 0
-        tokens = [(piece, None if a is None else round(a, 2)) for piece, a in result.tokens]
-        note = (f"{result.unknown} word(s) of the prompt are not in the model's vocabulary (read as its unknown "
-                "token)." if result.unknown else "")
-        return unsteered, result.text, tokens, frame, note
-
-    def api_generate(self, model, prompt, seed, tokens, decoding, mode, chat, strengths_json):  # noqa: ANN001, ANN201
-        """Unsteered and steered continuations for a JSON object of strengths, e.g. {"detox": 1.5}."""
-        try:
-            req = self.request(model, prompt, seed, tokens, decoding, mode, chat, parse_strengths(strengths_json))
-            return self.text.unsteered(req), self.text.steered(req).text
-        except DsasError as err:
-            raise fail(err) from None
-
-    def fit(self, model, source, target, control, name, transform, scaler, chat, retain, role,  # noqa: ANN001, ANN201
-            layers, progress=gr.Progress(track_tqdm=True)):
-        """Fit a text concept and save it; it gets a slider on this tab."""
-        try:
-            if retain is None:
-                raise DsasError("the retain weight box is empty: type a number >= 0 (100 keeps control texts in "
-                                "place on the demo LM).")
-            concept, replaces = self.text.fit(model, source, target, control, name, transform, scaler, chat, retain,
-                                              role, layers)
-            return fitted_message(concept, replaces, "Text"), self.text.export(concept.name), concept.name
-        except DsasError as err:
-            raise fail(err) from None
-
-    def evaluate(self, model, concept, prompts, neutral, strengths, seeds, toxicity,  # noqa: ANN001, ANN201
+    def evaluate(self, model, concept, steer, control, strengths, seeds, steps, clip, oracle,  # noqa: ANN001, ANN201
                  progress=gr.Progress(track_tqdm=True)):
-        """Sweep the strengths with DSAS and plain steering: the verdict, the plot, a table, the result files."""
+        """Sweep the strengths with DSAS and plain steering: verdicts, plot, grid, a table, the result files."""
         import pandas as pd
 
         try:
-            if seeds is None:
-                raise DsasError("the seeds box is empty: type how many continuations to sample per prompt (1-20).")
-            run = self.text.evaluate(model, concept, prompts, neutral, strengths, int(seeds), toxicity)
+            if seeds is None or steps is None:
+                raise DsasError("the seeds and steps boxes need whole numbers (seeds 1-8, steps 1-200).")
+            run = self.studio.evaluate(model, concept, steer, control, strengths, int(seeds), int(steps), clip,
+                                       oracle)
         except DsasError as err:
             raise fail(err) from None
-        rows = [{"method": method, "λ": p["strength"], "toxic %": round(100 * p["toxicity"], 1),
-                 "prompts with a toxic one %": round(100 * p["prompts_with_toxic"], 1),
-                 **{f"perplexity rise on {k[5:]} %": round(100 * p[k], 3) for k in p if k.startswith("rise_")}}
-                for method in ("dsas", "plain") for p in run.curves[method]]
-        return f"{run.verdict} ({run.seconds:.1f} s)", run.files[0], pd.DataFrame(rows), run.files
+        rows = [{"score": family, "method": method, "λ": p["strength"], "concept": round(p["concept"], 3),
+                 "kept": round(p["preservation"], 3)}
+                for family, curves in run.curves.items() for method in ("dsas", "plain") for p in curves[method]]
+        verdict = "  \n".join(run.verdicts) + f"  \n({run.seconds:.1f} s)"
+        return verdict, run.files[0], run.files[1], pd.DataFrame(rows), run.files
 
-    def concepts(self, model):  # noqa: ANN001, ANN201
-        """The evaluation's concept list: those that fit the model."""
-        names = self.text.concepts_for(model)
-        return gr.update(choices=names, value=names[0] if names else None)
-
-    def wire(self, app: gr.Blocks, pick: Any, added: Any) -> None:
-        """Connect the events (``pick``: the Concepts tab's download list; ``added``: the concept just added)."""
-        sl = self.sliders
-        outputs = sl.outputs(pick)
-        app.load(sl.first, self.model, outputs, api_visibility="private")
-        shown_outputs = [self.plain_out, self.steered_out, self.alpha, self.profile, self.note]
+    def wire(self, app: gr.Blocks, model: Any) -> None:
+        """Connect the events (``model``: the Steer tab's model picker)."""
         private = {"api_visibility": "private"}
-        self.model.change(sl.first, self.model, outputs, **private).then(
-            lambda: [None] * len(shown_outputs), None, shown_outputs, **private)  # the last model's texts go
-        sl.shown.input(sl.chosen, [self.model, sl.shown, sl.names, *sl.sliders], outputs, **private)
-        common = [self.model, self.prompt, self.seed, self.tokens, self.decoding, self.mode, self.chat]
-        steering = {"fn": self.generate, "inputs": [*common, sl.names, *sl.sliders], "outputs": shown_outputs,
-                    "concurrency_limit": self.text.workers, **private}
-        self.go.click(**steering)
-        self.prompt.submit(**steering)
-        self.seed.submit(**steering)
-        for s in sl.sliders:
-            s.release(**steering)
-        self.mode.change(**steering)
-        strengths_json = gr.Textbox(visible=False)
-        gr.Button(visible=False).click(self.api_generate, [*common, strengths_json],
-                                       [self.plain_out, self.steered_out], api_name="generate_text",
-                                       concurrency_limit=self.text.workers)
-        app.load(self.concepts, self.model, self.eval_concept, **private)
-        self.model.change(self.concepts, self.model, self.eval_concept, **private)
-        self.eval_concept.focus(lambda model, name: gr.update(choices=self.text.concepts_for(model)),
-                                [self.model, self.eval_concept], self.eval_concept, **private)  # new fits, uploads
-        self.eval_btn.click(self.evaluate, [self.model, self.eval_concept, self.eval_prompts, self.eval_neutral,
-                                            self.eval_strengths, self.eval_seeds, self.toxicity],
-                            [self.verdict, self.pareto, self.curves, self.eval_files], api_name="evaluate_text",
-                            concurrency_limit=self.text.workers)
-        self.fit_btn.click(lambda: ("", None), None, [self.fit_msg, self.fit_files], **private).then(
-            self.fit, [self.model, self.src, self.tgt, self.ctl, self.cname, self.transform, self.scaler, self.chat,
-                       self.retain, self.role, self.layers],
-            [self.fit_msg, self.fit_files, added], api_name="fit_text").success(**self.new_slot(pick, added))
-
-    def new_slot(self, pick: Any, added: Any) -> dict[str, Any]:
-        """The event that gives a just-added concept a slider here, when it fits this tab's model."""
-        sl = self.sliders
-        return {"fn": sl.with_added, "inputs": [self.model, sl.shown, added, sl.names, *sl.sliders],
-                "outputs": sl.outputs(pick), "api_visibility": "private"}
-
-
-def demo_lines(name: str, count: int = 20) -> str:
-    """The first prompts of the demo LM's trigger prompts ('trigger') or neutral texts ('neutral'), one per line."""
-    folder = assets_dir() / "prompts" / "lm"
-    if name == "trigger":
-        lines = [json.loads(line)["prompt"]["text"] for line in (folder / "trigger.jsonl").read_text().splitlines()]
-    else:
-        lines = (folder / f"{name}.txt").read_text().splitlines()
-    return "\n".join(lines[:count])
-
-
-def fitted_message(concept: Concept, replaces: bool, tab: str) -> str:
-    """What a fit reports: the name, what it replaced, how many sites are active, where its slider is."""
-    diag = concept.config.diagnostics
-    active = sum(not d.get("gated") for d in diag.values())
-    note = f" (it replaces the earlier **{concept.name}**)" if replaces else ""
-    return f"Fitted **{concept.name}**{note}: {active} of {len(diag)} sites active; its slider is on the {tab} tab."
+        for event in (app.load, model.change):
+            event(lambda m: concept_choices(self.studio, m, "circles-on-black"), model, self.concept, **private)
+        self.concept.focus(lambda m: gr.update(choices=self.studio.concepts_for(m)), model, self.concept,
+                           **private)  # concepts fitted or uploaded since
+        self.go.click(self.evaluate, [model, self.concept, self.steer, self.control, self.strengths, self.seeds,
+                                      self.steps, self.clip, self.oracle],
+                      [self.verdict, self.pareto, self.grid, self.table, self.files], api_name="evaluate",
+                      concurrency_limit=self.studio.workers)
 
 
 def build_app(studio: Studio, text: TextStudio | None = None) -> gr.Blocks:
@@ -475,6 +262,7 @@ def build_app(studio: Studio, text: TextStudio | None = None) -> gr.Blocks:
                                  y_lim=[0, 1], x_label_angle=-90, sort=None, height=380)
             words = gr.HighlightedText(label="prompt words by the α each added (concepts fitted with the prompt "
                                              "scaler)", color_map=None, show_legend=False)
+            image_eval = ImageEvalPanel(studio)
         text_tab = TextTab(text) if text is not None else None
         with gr.Tab("Fit a concept"):
             with gr.Row():
@@ -539,6 +327,7 @@ def build_app(studio: Studio, text: TextStudio | None = None) -> gr.Blocks:
             for event in (uploaded, downloaded):
                 event.success(**text_tab.new_slot(pick, added))
         dl_btn.click(download, pick, dl_files, api_name="download")
+        image_eval.wire(app, model)
         app.queue(default_concurrency_limit=max(studio.workers, text.workers if text else 1))
     return app
 

@@ -69,6 +69,8 @@ class ConceptRegistry:
     def get(self, name: str) -> Concept:
         """The concept called ``name``; anything not in the registry (a path, say) is refused."""
         folders = self._folders()
+        if name is None or name == "":
+            raise DsasError(f"no concept chosen: pick one of {sorted(folders)}.")
         if not isinstance(name, str) or name not in folders:
             raise DsasError(f"unknown concept {name!r}: choose one of {sorted(folders)} (concepts are picked by "
                             "name from the app's concept folder, or uploaded).")
@@ -206,6 +208,7 @@ class StudioBase:
         self.cache_size = cache_size
         self._cache: OrderedDict[tuple[Any, ...], Any] = OrderedDict()
         self._lock = threading.Lock()
+        self._scorers: dict[str, Any] = {}
 
     def models(self) -> list[str]:
         """Model names offered by the app."""
@@ -236,6 +239,14 @@ class StudioBase:
         user folder's."""
         ConceptConfig(name=name, transform=transform, scaler=scaler, sites=["_"], site_widths={"_": 1})
         return self.registry.check_new_name(name)
+
+    def scorer(self, key: str, load: Callable[[], T]) -> T:
+        """A scorer of evaluations (a CLIP, a toxicity classifier) loaded once per ``key``, under the load lock
+        (loading imports modules, like loading a model)."""
+        with self.pools.lock:
+            if key not in self._scorers:
+                self._scorers[key] = load()
+            return self._scorers[key]
 
     def cached(self, key: tuple[Any, ...], compute: Callable[[], T]) -> T:
         """``compute()``, remembered under ``key`` (the last ``cache_size`` results): a slider move does not

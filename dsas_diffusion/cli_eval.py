@@ -47,7 +47,8 @@ def eval_command(args: argparse.Namespace) -> int:
     from dsas_core import DsasError
     from dsas_core.files import strength_list
 
-    from .evaluate import EvalSettings, compare, image_grid, plot_pareto, settings_dict, summarize, sweep, write_results
+    from .evaluate import (EvalSettings, compare, image_grid, plot_pareto, score_curves, settings_dict, sweep, verdicts,
+                           write_results)
     from .loading import load_pipeline, read_prompts
     from .pipeline import load_concept
     from .scoring import load_clip
@@ -74,20 +75,14 @@ def eval_command(args: argparse.Namespace) -> int:
     if not state.is_main_process:
         return 0
     wall = time.perf_counter() - start
-    scores = {}
-    if args.oracle:
-        scores["oracle"] = summarize(rows, "oracle_hit", "oracle_unchanged")
-    if args.clip:
-        scores["clip"] = summarize(rows, "clip_concept", "clip_image_sim")
+    scores = score_curves(rows, oracle=bool(args.oracle), clip=bool(args.clip))
     comparison = {k: compare(v) for k, v in scores.items()}
     meta = {"concept": concept.name, "model": args.model, "clip": args.clip, "settings": settings_dict(settings),
             "processes": state.num_processes, "seconds": round(wall, 2), "curves": scores, "comparison": comparison}
     write_results(out, rows, meta)
     plot_pareto(scores, out / "pareto.png", f"{concept.name}: DSAS vs plain steering")
     image_grid(images, strengths, out / "grid.png")
-    for family, cmp in comparison.items():
-        print(f"[{family}] mean preservation gain at matched concept score: {cmp['mean_gain_at_matched_concept']:+.3f}; "
-              f"DSAS reach at >=95% preserved: {cmp['dsas_reach_ratio']:.2f} of plain's best concept score")
+    print("\n".join(verdicts(comparison)))
     print(f"{len(rows)} images in {wall:.1f} s on {state.num_processes} process(es); wrote {out / 'results.json'}, "
       "results.csv, pareto.png, grid.png")
     return 0

@@ -174,6 +174,27 @@ def compare(curves: dict[str, list[dict[str, float]]], keep: float = 0.95) -> di
     }
 
 
+Curves = dict[str, list[dict[str, float]]]  # per method ("dsas", "plain"): one point per strength
+
+
+def score_curves(rows: list[dict[str, Any]], oracle: bool, clip: bool) -> dict[str, Curves]:
+    """The curves of each score family that was measured: ``oracle`` (target reached / attributes kept) and
+    ``clip`` (zero-shot concept score / image similarity to the unsteered image)."""
+    scores = {}
+    if oracle:
+        scores["oracle"] = summarize(rows, "oracle_hit", "oracle_unchanged")
+    if clip:
+        scores["clip"] = summarize(rows, "clip_concept", "clip_image_sim")
+    return scores
+
+
+def verdicts(comparison: dict[str, dict[str, Any]]) -> list[str]:
+    """One line per score family: preservation gained at matched concept score, and DSAS's reach."""
+    return [f"[{family}] mean preservation gain at matched concept score: {cmp['mean_gain_at_matched_concept']:+.3f}; "
+            f"DSAS reach at >=95% preserved: {cmp['dsas_reach_ratio']:.2f} of plain's best concept score"
+            for family, cmp in comparison.items()]
+
+
 # --------------------------------------------------------------------------------------------- outputs
 def write_results(out: Path, rows: list[dict[str, Any]], meta: dict[str, Any]) -> None:
     """``results.json`` (meta + rows + summaries) and ``results.csv`` (one row per image)."""

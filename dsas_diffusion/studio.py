@@ -7,19 +7,25 @@ a caller.
 
 from __future__ import annotations
 
+import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
 from PIL import Image
 
 from dsas_core import Concept, DsasError
-from dsas_core.files import prompt_lines
+from dsas_core.files import prompt_lines, strength_list
 from dsas_core.registry import MAX_STRENGTH, ConceptRegistry, StudioBase, check_strengths
 
 from .alpha import overlay
+from .evaluate import (Curves, EvalSettings, compare, image_grid, plot_pareto, score_curves, settings_dict, sweep,
+                       verdicts, write_results)
 from .pipeline import check_concept_fits, steer
+from .scoring import load_clip
 from .sites import denoiser_of
 
 __all__ = ["MAX_STRENGTH", "ConceptRegistry", "Request", "Result", "Studio"]  # the first two from dsas_core.registry
@@ -50,6 +56,17 @@ class Result:
     heat: Image.Image | None  # α heat map over the image (the largest α of the concepts at each position)
     profile: list[tuple[str, str, float]]  # (concept, site, mean α)
     words: list[tuple[str, str, float]] = field(default_factory=list)  # prompt scaler: (concept, word, α it added)
+
+
+@dataclass
+class ImageEval:
+    """One evaluation sweep: curves per score family and method, comparisons, verdict lines, the files written."""
+
+    curves: dict[str, Curves]
+    comparison: dict[str, dict[str, Any]]
+    verdicts: list[str]
+    files: list[str]  # pareto.png, grid.png, results.csv, results.json
+    seconds: float
 
 
 class Studio(StudioBase):
@@ -112,6 +129,44 @@ class Studio(StudioBase):
                                   target_text=target_text or None)
         self.registry.add(concept)
         return concept, replaces
+
+    def evaluate(self, model: str, concept: str, steer_prompts: str, control_prompts: str, strengths: str,
+                 seeds: int = 1, steps: int = 20, clip: str = "", oracle: str = "", source_text: str = "",
+                 target_text: str = "") -> ImageEval:
+        """``dsas eval`` on text boxes: for every strength, images of the steer and control prompts (one per line)
+        with DSAS and with plain steering, scored by ``clip`` ('demo' or ARCH:PRETRAINED) and/or the demo world's
+        ``oracle`` (e.g. 'background=black'); the verdicts, a Pareto plot, an image grid and result files."""
+        if not 1 <= int(seeds) <= 8 or not 1 <= int(steps) <= 200:
+            raise DsasError(f"seeds must be between 1 and 8 and steps between 1 and 200, got {seeds} and {steps}.")
+        clip, oracle = (clip or "").strip(), (oracle or "").strip()
+        if not clip and not oracle:
+            raise DsasError("nothing to score: give a CLIP ('demo' or ARCH:PRETRAINED such as ViT-L-14:openai) "
+                            "and/or a demo-world oracle target (e.g. background=black).")
+        steered = self.registry.get(concept)
+        sets = {k: prompt_lines(v or "") for k, v in (("steer", steer_prompts), ("control", control_prompts))}
+        empty = [k for k, v in sets.items() if not v]
+        if empty:
+            raise DsasError(f"no {' or '.join(empty)} prompts: give one prompt per line (steer: where the concept "
+                            "should act; control: where nothing should change).")
+        settings = EvalSettings(strengths=strength_list(strengths or "", "strengths", "0,1,2,4"), seeds=int(seeds),
+                                steps=int(steps), source_text=source_text or None, target_text=target_text or None,
+                                oracle=oracle or None)
+        start = time.perf_counter()
+        with self.pool(model).borrow() as pipe:
+            check_concept_fits(steered, denoiser_of(pipe))
+            scorer = self.scorer(f"clip:{clip}", lambda: load_clip(clip, device=pipe.device)) if clip else None
+            rows, images = sweep(pipe, steered, sets["steer"], sets["control"], settings, clip=scorer)
+        seconds = time.perf_counter() - start
+        curves = score_curves(rows, oracle=bool(oracle), clip=bool(clip))
+        comparison = {k: compare(v) for k, v in curves.items()}
+        out = Path(tempfile.mkdtemp(prefix="dsas-eval-"))
+        plot_pareto(curves, out / "pareto.png", f"{steered.name}: DSAS vs plain steering")
+        image_grid(images, settings.strengths, out / "grid.png")
+        write_results(out, rows, {"concept": steered.name, "model": model, "clip": clip or None,
+                                  "settings": settings_dict(settings), "seconds": round(seconds, 2),
+                                  "curves": curves, "comparison": comparison})
+        return ImageEval(curves, comparison, verdicts(comparison),
+                         [str(out / n) for n in ("pareto.png", "grid.png", "results.csv", "results.json")], seconds)
 
     def checker(self, model: str) -> Callable[[Concept], object]:
         """Refuses a concept that does not fit the model's denoiser (language-model concepts among them)."""

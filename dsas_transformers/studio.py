@@ -23,7 +23,7 @@ from dsas_core.files import prompt_lines, strength_list
 from dsas_core.registry import ConceptRegistry, StudioBase, check_strengths
 
 from .alpha import token_pieces
-from .evaluate import (EvalSettings, Prompt, Toxicity, compare, load_toxicity, plot_pareto, settings_dict, summarize,
+from .evaluate import (EvalSettings, Prompt, compare, load_toxicity, plot_pareto, settings_dict, summarize,
                        sweep, verdict, write_results)
 from .fit import apply_chat_template
 from .sites import input_device
@@ -71,7 +71,6 @@ class TextStudio(StudioBase):
                  cache_size: int = 64, load_lock: threading.Lock | None = None) -> None:
         super().__init__(loaders, registry, workers, cache_size, load_lock)
         self._rng = threading.Lock()  # sampling draws from torch's global generator: one sampled run at a time
-        self._toxicity: dict[str, Toxicity] = {}
 
     def checker(self, model: str) -> Callable[[Concept], object]:
         """Refuses a concept that does not fit the language model (image concepts among them)."""
@@ -162,7 +161,8 @@ class TextStudio(StudioBase):
         start = time.perf_counter()
         with self.pool(model).borrow() as (lm, tokenizer):
             check_fits(lm, [steered])
-            scorer = self._scorer(settings.toxicity, input_device(lm))
+            device = input_device(lm)
+            scorer = self.scorer(settings.toxicity, lambda: load_toxicity(settings.toxicity, device=device))
             with self._rng, torch.random.fork_rng():  # the sweep seeds torch's global generator
                 rows, ppl = sweep(lm, tokenizer, steered, [Prompt(t) for t in texts], prompt_lines(neutral or ""),
                                   settings, scorer)
@@ -176,13 +176,6 @@ class TextStudio(StudioBase):
                                   "curves": curves, "comparison": comparison})
         return TextEval(curves, comparison, verdict(curves, comparison),
                         [str(out / n) for n in ("pareto.png", "results.csv", "results.json")], seconds)
-
-    def _scorer(self, spec: str, device: torch.device) -> Toxicity:
-        """The toxicity scorer ``spec`` names, loaded once."""
-        with self.pools.lock:  # loading a classifier imports modules, like loading a model
-            if spec not in self._toxicity:
-                self._toxicity[spec] = load_toxicity(spec, device=device if device.type != "meta" else "cpu")
-            return self._toxicity[spec]
 
     def fit(self, model: str, source: str, target: str, control: str, name: str, transform: str, scaler: str,
             chat: bool = False, retain_weight: float = E2E_RETAIN_WEIGHT, role: str = "residual",

@@ -159,3 +159,42 @@ def test_prompt_words_name_their_concept(tmp_path):
     assert [c for c, _, _ in result.words] == ["circles-on-black"] * 7 + ["no-green"] * 7  # both prompt scalers
     ours = {w.replace("</w>", ""): a for c, w, a in result.words if c == "circles-on-black"}
     assert max(ours, key=ours.get) == "circle" and ours["circle"] > 0.5
+
+
+def test_an_image_evaluation_shows_dsas_keeping_the_control_images_plain_steering_changes(tmp_path):
+    from app_widgets import bundled_prompts
+    from dsas_core import DsasError
+    from dsas_core.paths import assets_dir
+    from dsas_diffusion.studio import ConceptRegistry, Studio
+
+    studio = Studio({"demo": load_demo_pipeline}, ConceptRegistry([assets_dir() / "concepts"], tmp_path), workers=1)
+    steer, control = (bundled_prompts(f"circles-on-black/eval_{k}.txt", 4) for k in ("steer", "control"))
+    run = studio.evaluate("demo", "circles-on-black", steer, control, "0,3", steps=10, clip="demo",
+                          oracle="background=black")
+    oracle = run.curves["oracle"]
+    # every steer image reaches the black background both ways; DSAS keeps 3 of 4 control images, plain none
+    assert [(p["concept"], p["preservation"]) for p in oracle["dsas"]] == [(0.0, 1.0), (1.0, 0.75)]
+    assert [(p["concept"], p["preservation"]) for p in oracle["plain"]] == [(0.0, 1.0), (1.0, 0.0)]
+    assert run.verdicts[0] == ("[oracle] mean preservation gain at matched concept score: +0.750; DSAS reach at "
+                               ">=95% preserved: 0.00 of plain's best concept score")
+    assert run.verdicts[1].startswith("[clip] ")
+    assert [f.rsplit("/", 1)[1] for f in run.files] == ["pareto.png", "grid.png", "results.csv", "results.json"]
+    with pytest.raises(DsasError, match="nothing to score"):
+        studio.evaluate("demo", "circles-on-black", steer, control, "0,3")
+    with pytest.raises(DsasError, match="no control prompts"):
+        studio.evaluate("demo", "circles-on-black", steer, "# none", "0,3", oracle="background=black")
+    with pytest.raises(DsasError, match="fitted on a LlamaForCausalLM"):
+        studio.evaluate("demo", "detox", steer, control, "0,3", oracle="background=black")
+
+
+def test_the_api_evaluates_an_image_concept(served):
+    client = served[0]
+    steer, control = "a red circle on a white background\na red square on a black background", \
+        "a green circle on a white background\na yellow square on a black background"
+    verdict, plot, grid, table, files = client.predict("demo", "red-to-blue", steer, control, "0,8", 1, 4, "",
+                                                       "colour=blue", api_name="/evaluate")
+    assert verdict.startswith("[oracle] mean preservation gain at matched concept score: ")
+    assert plot.endswith(".png") and grid.endswith(".png")
+    assert [r[:3] for r in table["data"]] == [["oracle", "dsas", 0], ["oracle", "dsas", 8], ["oracle", "plain", 0],
+                                              ["oracle", "plain", 8]]
+    assert [f.rsplit("/", 1)[1] for f in files] == ["pareto.png", "grid.png", "results.csv", "results.json"]

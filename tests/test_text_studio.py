@@ -169,9 +169,9 @@ def test_sites_are_chosen_by_role_and_layers(studio):
 
 
 def test_an_evaluation_shows_dsas_detoxifying_at_no_perplexity_cost_where_plain_steering_pays(studio):
-    from app import demo_lines
+    from app_widgets import bundled_prompts
 
-    run = studio.evaluate("demo", "detox", demo_lines("trigger"), demo_lines("neutral", 50), "0,1.5,3", seeds=1)
+    run = studio.evaluate("demo", "detox", bundled_prompts("lm/trigger.jsonl", 20), bundled_prompts("lm/neutral.txt", 50), "0,1.5,3", seeds=1)
     assert run.verdict.startswith("best DSAS within 5% perplexity: λ=1.5, toxicity 100.0% -> 0.0% (100% lower)")
     assert run.verdict.endswith("at the same toxicity; acceptance passed")
     dsas, plain = ({p["strength"]: p for p in run.curves[m]} for m in ("dsas", "plain"))
