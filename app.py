@@ -91,12 +91,13 @@ class ImageEvalPanel:
     def __init__(self, studio: Studio) -> None:
         self.studio = studio
         demo = "demo" in studio.models()
+        steer, control = (bundled_prompts(f"circles-on-black/eval_{k}.txt", 8) if demo else ""
+                          for k in ("steer", "control"))
         with gr.Accordion("Evaluate: DSAS against plain steering", open=False):
             with gr.Row():
-                self.steer = gr.Textbox(bundled_prompts("circles-on-black/eval_steer.txt", 8) if demo else "", lines=6,
-                                        label="steer prompts (where the concept should act), one per line")
-                self.control = gr.Textbox(bundled_prompts("circles-on-black/eval_control.txt", 8) if demo else "", lines=6,
-                                          label="control prompts (where nothing should change)")
+                self.steer = gr.Textbox(steer, lines=6, label="steer prompts (where the concept should act), one per "
+                                                              "line")
+                self.control = gr.Textbox(control, lines=6, label="control prompts (where nothing should change)")
             with gr.Row():
                 self.concept = gr.Dropdown([], label="concept", allow_custom_value=True)  # checked by name
                 self.strengths = gr.Textbox("0,1,2,3", label="strengths λ")

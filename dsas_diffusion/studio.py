@@ -124,9 +124,9 @@ class Studio(StudioBase):
 
         replaces = self.check_new(name, transform, scaler)  # before the work, not after it
         with self.pool(model).borrow() as pipe:
-            concept = fit_concept(pipe, prompt_lines(source or ""), prompt_lines(target or ""), prompt_lines(control or ""),
-                                  transform=transform, scaler=scaler, name=name, source_text=source_text or None,
-                                  target_text=target_text or None)
+            lists = [prompt_lines(t or "") for t in (source, target, control)]
+            concept = fit_concept(pipe, *lists, transform=transform, scaler=scaler, name=name,
+                                  source_text=source_text or None, target_text=target_text or None)
         self.registry.add(concept)
         return concept, replaces
 

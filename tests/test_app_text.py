@@ -128,7 +128,8 @@ def test_the_api_evaluates_dsas_against_plain_steering(served):
     from app_widgets import bundled_prompts
 
     verdict, plot, table, files = served[0].predict(
-        "demo", "detox", bundled_prompts("lm/trigger.jsonl", 10), bundled_prompts("lm/neutral.txt", 20), "0,1.5", 1, "demo",
+        "demo", "detox", bundled_prompts("lm/trigger.jsonl", 10), bundled_prompts("lm/neutral.txt", 20), "0,1.5", 1,
+        "demo",
         api_name="/evaluate_text")
     assert verdict.startswith("best DSAS within 5% perplexity: λ=1.5, toxicity 100.0% -> 0.0% (100% lower)")
     assert plot.endswith(".png") and [f.rsplit("/", 1)[1] for f in files][1:] == ["results.csv", "results.json"]

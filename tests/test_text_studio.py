@@ -162,7 +162,7 @@ def test_e2e_dsas_is_fitted_with_the_retain_weight_given(studio):
 def test_sites_are_chosen_by_role_and_layers(studio):
     concept, _ = studio.fit("demo", LISTS["source"], LISTS["target"], LISTS["control"], "mlp-1-2", "mean_shift",
                             "probe", role="mlp_input", layers=" 1,2 ")
-    assert concept.config.sites == ["model.layers.1.post_attention_layernorm", "model.layers.2.post_attention_layernorm"]
+    assert concept.config.sites == [f"model.layers.{i}.post_attention_layernorm" for i in (1, 2)]
     with pytest.raises(DsasError, match=r"layers='7' is not a valid choice .* \(layer 7 does not exist\)"):
         studio.fit("demo", LISTS["source"], LISTS["target"], LISTS["control"], "bad", "mean_shift", "probe",
                    layers="7")
@@ -171,7 +171,8 @@ def test_sites_are_chosen_by_role_and_layers(studio):
 def test_an_evaluation_shows_dsas_detoxifying_at_no_perplexity_cost_where_plain_steering_pays(studio):
     from app_widgets import bundled_prompts
 
-    run = studio.evaluate("demo", "detox", bundled_prompts("lm/trigger.jsonl", 20), bundled_prompts("lm/neutral.txt", 50), "0,1.5,3", seeds=1)
+    run = studio.evaluate("demo", "detox", bundled_prompts("lm/trigger.jsonl", 20), bundled_prompts("lm/neutral.txt", 50),
+                          "0,1.5,3", seeds=1)
     assert run.verdict.startswith("best DSAS within 5% perplexity: λ=1.5, toxicity 100.0% -> 0.0% (100% lower)")
     assert run.verdict.endswith("at the same toxicity; acceptance passed")
     dsas, plain = ({p["strength"]: p for p in run.curves[m]} for m in ("dsas", "plain"))
