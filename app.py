@@ -139,8 +139,7 @@ class ImageEvalPanel:
         private = {"api_visibility": "private"}
         for event in (app.load, model.change):
             event(lambda m: concept_choices(self.studio, m, "circles-on-black"), model, self.concept, **private)
-        self.concept.focus(lambda m: gr.update(choices=self.studio.concepts_for(m)), model, self.concept,
-                           **private)  # concepts fitted or uploaded since
+        self.concept.focus(lambda m: concept_choices(self.studio, m), model, self.concept, **private)
         self.go.click(self.evaluate, [model, self.concept, self.steer, self.control, self.strengths, self.seeds,
                                       self.steps, self.clip, self.oracle],
                       [self.verdict, self.pareto, self.grid, self.table, self.files], api_name="evaluate",

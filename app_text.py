@@ -19,7 +19,8 @@ DEFAULT_TEXT_PROMPT = "feeling grumpy about the bread , the pirate shoved the do
 
 class TextTab:
     """The Text tab: continue a prompt with a language model, unsteered beside steered, tokens coloured by α; fit
-    a text concept from three lists. Build it inside ``gr.Blocks``, then :meth:`wire` it."""
+    a text concept from three lists; evaluate one against plain steering. Build it inside ``gr.Blocks``, then
+    :meth:`wire` it."""
 
     def __init__(self, text: TextStudio) -> None:
         self.text = text
@@ -180,8 +181,7 @@ class TextTab:
                                        concurrency_limit=self.text.workers)
         for event in (app.load, self.model.change):
             event(lambda m: concept_choices(self.text, m, "detox"), self.model, self.eval_concept, **private)
-        self.eval_concept.focus(lambda m: gr.update(choices=self.text.concepts_for(m)), self.model,
-                                self.eval_concept, **private)  # concepts fitted or uploaded since
+        self.eval_concept.focus(lambda m: concept_choices(self.text, m), self.model, self.eval_concept, **private)
         self.eval_btn.click(self.evaluate, [self.model, self.eval_concept, self.eval_prompts, self.eval_neutral,
                                             self.eval_strengths, self.eval_seeds, self.toxicity],
                             [self.verdict, self.pareto, self.curves, self.eval_files], api_name="evaluate_text",

@@ -95,9 +95,15 @@ def fitted_message(concept: Concept, replaces: bool, tab: str) -> str:
     return f"Fitted **{concept.name}**{note}: {active} of {len(diag)} sites active; its slider is on the {tab} tab."
 
 
-def concept_choices(studio: StudioBase, model: str, prefer: str) -> Any:
-    """A concept picker's choices for ``model``, ``prefer`` chosen when it fits (else the first)."""
-    names = studio.concepts_for(model)
+def concept_choices(studio: StudioBase, model: str, prefer: str | None = None) -> Any:
+    """A concept picker's choices for ``model``: ``prefer`` chosen when it fits (else the first); without ``prefer``
+    the choice is left as it is (a refresh that shows concepts fitted or uploaded since)."""
+    try:
+        names = studio.concepts_for(model)
+    except DsasError as err:
+        raise gr.Error(f"model {model!r} is not available: {err}") from None
+    if prefer is None:
+        return gr.update(choices=names)
     return gr.update(choices=names, value=prefer if prefer in names else (names[0] if names else None))
 
 
