@@ -31,6 +31,7 @@ from dsas_diffusion.studio import Request, Studio
 from dsas_transformers.studio import TextStudio
 
 DEFAULT_PROMPT = "a red circle on a white background"
+NO_SCORER = "none"  # the CLIP picker's choice for scoring by the oracle alone
 # Enter in a slider's number box commits the typed strength as leaving the box does (a slider's release event fires
 # on blur, not on Enter); run once when the page loads.
 ENTER_COMMITS = """() => {
@@ -73,15 +74,17 @@ def _lm_loader(model: str) -> Any:
     return lambda: load(model)
 
 
-def make_studio(models: list[str], concept_dir: Path, workers: int) -> Studio:
-    """The image tabs' state: launch-listed pipelines, bundled + user concepts."""
+def make_studio(models: list[str], concept_dir: Path, workers: int, clips: list[str] | None = None) -> Studio:
+    """The image tabs' state: launch-listed pipelines and CLIPs, bundled + user concepts."""
     registry = ConceptRegistry([assets_dir() / "concepts"], concept_dir)
-    return Studio({m: _loader(m) for m in models}, registry, workers=workers)
+    return Studio({m: _loader(m) for m in models}, registry, workers=workers, scorers=clips or [])
 
 
-def make_text_studio(lms: list[str], studio: Studio, workers: int) -> TextStudio:
-    """The Text tab's state: launch-listed language models, sharing the image tabs' concepts and load lock."""
-    return TextStudio({m: _lm_loader(m) for m in lms}, studio.registry, workers=workers, load_lock=studio.pools.lock)
+def make_text_studio(lms: list[str], studio: Studio, workers: int, toxicity: list[str] | None = None) -> TextStudio:
+    """The Text tab's state: launch-listed language models and toxicity scorers, sharing the image tabs' concepts
+    and load lock."""
+    return TextStudio({m: _lm_loader(m) for m in lms}, studio.registry, workers=workers, load_lock=studio.pools.lock,
+                      scorers=toxicity or [])
 
 
 class ImageEvalPanel:
@@ -103,8 +106,8 @@ class ImageEvalPanel:
                 self.strengths = gr.Textbox("0,1,2,3", label="strengths λ")
                 self.seeds = gr.Number(1, label="seeds", precision=0, minimum=1, maximum=8)
                 self.steps = gr.Number(20, label="steps", precision=0, minimum=1, maximum=200)
-                self.clip = gr.Textbox("demo" if demo else "ViT-L-14:openai", label="CLIP",
-                                       info="demo, or ARCH:PRETRAINED; empty: none")
+                self.clip = gr.Dropdown([*studio.scorers, NO_SCORER], value="demo" if demo else studio.scorers[-1],
+                                        label="CLIP", info="offered at launch (python app.py --clip ARCH:PRETRAINED)")
                 self.oracle = gr.Textbox("background=black" if demo else "", label="oracle (demo world)",
                                          info="e.g. background=black, colour!=green; empty: none")
                 self.go = gr.Button("Evaluate", variant="primary")
@@ -124,8 +127,8 @@ class ImageEvalPanel:
         try:
             if seeds is None or steps is None:
                 raise DsasError("the seeds and steps boxes need whole numbers (seeds 1-8, steps 1-200).")
-            run = self.studio.evaluate(model, concept, steer, control, strengths, int(seeds), int(steps), clip,
-                                       oracle)
+            run = self.studio.evaluate(model, concept, steer, control, strengths, int(seeds), int(steps),
+                                       "" if clip in (None, NO_SCORER) else clip, oracle)
         except DsasError as err:
             raise fail(err) from None
         rows = [{"score": family, "method": method, "λ": p["strength"], "concept": round(p["concept"], 3),
@@ -344,6 +347,11 @@ def main(argv: list[str] | None = None) -> None:
                         help="a causal language model for the Text tab: 'demo', a local folder, or a hub id; repeat "
                              "to offer several (default: demo)")
     parser.add_argument("--no-text", action="store_true", help="leave the Text tab out")
+    parser.add_argument("--clip", action="append", default=None,
+                        help="another CLIP (ARCH:PRETRAINED) the Evaluate panel offers (always: demo, ViT-L-14:openai)")
+    parser.add_argument("--toxicity", action="append", default=None,
+                        help="another toxicity classifier the Text tab's Evaluate panel offers (always: demo, "
+                             "s-nlp/roberta_toxicity_classifier)")
     parser.add_argument("--concept-dir", default=os.environ.get("DSAS_CONCEPT_DIR", "concepts"),
                         help="where fitted and uploaded concepts are kept (default: ./concepts)")
     parser.add_argument("--host", default="127.0.0.1", help="bind address (default: this machine only)")
@@ -353,8 +361,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.no_text and args.lm:
         parser.error("--no-text leaves the Text tab out: drop it to serve the --lm models")
-    studio = make_studio(args.model or ["demo"], Path(args.concept_dir), args.workers)
-    text = None if args.no_text else make_text_studio(args.lm or ["demo"], studio, args.workers)
+    studio = make_studio(args.model or ["demo"], Path(args.concept_dir), args.workers, args.clip)
+    text = None if args.no_text else make_text_studio(args.lm or ["demo"], studio, args.workers, args.toxicity)
     build_app(studio, text).launch(server_name=args.host, server_port=args.port)
 
 

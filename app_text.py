@@ -79,9 +79,9 @@ class TextTab:
                     self.eval_concept = gr.Dropdown([], label="concept", allow_custom_value=True)  # checked by name
                     self.eval_strengths = gr.Textbox("0,0.5,1,1.5,2,3", label="strengths λ")
                     self.eval_seeds = gr.Number(1, label="seeds", precision=0, minimum=1, maximum=20)
-                    self.toxicity = gr.Textbox("demo" if demo else "s-nlp/roberta_toxicity_classifier",
-                                               label="toxicity scorer", info="demo: the demo world's exact lexicon; "
-                                               "or a text-classification model")
+                    self.toxicity = gr.Dropdown(text.scorers, value="demo" if demo else text.scorers[-1],
+                                                label="toxicity scorer", info="demo: the demo world's exact lexicon; "
+                                                "others offered at launch (python app.py --toxicity MODEL)")
                     self.eval_btn = gr.Button("Evaluate", variant="primary")
                 self.verdict = gr.Markdown()
                 with gr.Row():

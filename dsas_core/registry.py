@@ -199,10 +199,15 @@ class StudioBase:
     concept is checked against a model (:meth:`checker`) and how they generate."""
 
     flag = "--model"  # the launch flag that adds a model, for error messages
+    scorer_flag = "--clip"  # the launch flag that offers another evaluation scorer
+    default_scorers: tuple[str, ...] = ("demo",)
 
     def __init__(self, loaders: dict[str, Callable[[], Any]], registry: ConceptRegistry, workers: int = 2,
-                 cache_size: int = 64, load_lock: threading.Lock | None = None) -> None:
+                 cache_size: int = 64, load_lock: threading.Lock | None = None,
+                 scorers: Sequence[str] = ()) -> None:
         self.registry = registry
+        # evaluation scorers a caller may name: chosen at launch, never a path or id a caller makes up
+        self.scorers = list(dict.fromkeys([*self.default_scorers, *scorers]))
         self.workers = workers
         self.pools: Pools[Any] = Pools(loaders, workers, self.flag, load_lock)  # share load_lock within an app
         self.cache_size = cache_size
@@ -242,7 +247,10 @@ class StudioBase:
 
     def scorer(self, key: str, load: Callable[[], T]) -> T:
         """A scorer of evaluations (a CLIP, a toxicity classifier) loaded once per ``key``, under the load lock
-        (loading imports modules, like loading a model)."""
+        (loading imports modules, like loading a model); ``key`` must be one of :attr:`scorers`."""
+        if key not in self.scorers:
+            raise DsasError(f"scorer {key!r} is not offered here: choose one of {self.scorers} (offer another at "
+                            f"launch: python app.py {self.scorer_flag} SPEC).")
         with self.pools.lock:
             if key not in self._scorers:
                 self._scorers[key] = load()

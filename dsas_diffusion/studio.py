@@ -72,6 +72,8 @@ class ImageEval:
 class Studio(StudioBase):
     """Text-to-image pipelines by launch name, a concept registry, and a cache of unsteered images."""
 
+    default_scorers = ("demo", "ViT-L-14:openai")  # CLIPs for evaluations
+
     def validate(self, req: Request) -> None:
         """Refuse out-of-range or malformed requests (API callers included)."""
         if not isinstance(req.prompt, str) or not req.prompt.strip():
@@ -154,7 +156,7 @@ class Studio(StudioBase):
         start = time.perf_counter()
         with self.pool(model).borrow() as pipe:
             check_concept_fits(steered, denoiser_of(pipe))
-            scorer = self.scorer(f"clip:{clip}", lambda: load_clip(clip, device=pipe.device)) if clip else None
+            scorer = self.scorer(clip, lambda: load_clip(clip, device=pipe.device)) if clip else None
             rows, images = sweep(pipe, steered, sets["steer"], sets["control"], settings, clip=scorer)
         seconds = time.perf_counter() - start
         curves = score_curves(rows, oracle=bool(oracle), clip=bool(clip))

@@ -10,7 +10,7 @@ import math
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,8 +23,8 @@ from dsas_core.files import prompt_lines, strength_list
 from dsas_core.registry import ConceptRegistry, StudioBase, check_strengths
 
 from .alpha import token_pieces
-from .evaluate import (EvalSettings, Prompt, compare, load_toxicity, plot_pareto, settings_dict, summarize,
-                       sweep, verdict, write_results)
+from .evaluate import (DEFAULT_CLASSIFIER, EvalSettings, Prompt, compare, load_toxicity, plot_pareto, settings_dict,
+                       summarize, sweep, verdict, write_results)
 from .fit import apply_chat_template
 from .sites import input_device
 from .steer import check_fits, steer
@@ -66,10 +66,12 @@ class TextStudio(StudioBase):
     """Causal language models by launch name (each loader returns ``(model, tokenizer)``), sharing a registry."""
 
     flag = "--lm"
+    scorer_flag = "--toxicity"
+    default_scorers = ("demo", DEFAULT_CLASSIFIER)  # toxicity scorers for evaluations
 
     def __init__(self, loaders: dict[str, Callable[[], Any]], registry: ConceptRegistry, workers: int = 2,
-                 cache_size: int = 64, load_lock: threading.Lock | None = None) -> None:
-        super().__init__(loaders, registry, workers, cache_size, load_lock)
+                 cache_size: int = 64, load_lock: threading.Lock | None = None, scorers: Sequence[str] = ()) -> None:
+        super().__init__(loaders, registry, workers, cache_size, load_lock, scorers)
         self._rng = threading.Lock()  # sampling draws from torch's global generator: one sampled run at a time
 
     def checker(self, model: str) -> Callable[[Concept], object]:

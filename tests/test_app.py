@@ -179,6 +179,9 @@ def test_an_image_evaluation_shows_dsas_keeping_the_control_images_plain_steerin
                                ">=95% preserved: 0.00 of plain's best concept score")
     assert run.verdicts[1].startswith("[clip] ")
     assert [f.rsplit("/", 1)[1] for f in run.files] == ["pareto.png", "grid.png", "results.csv", "results.json"]
+    with pytest.raises(DsasError, match=r"scorer 'ViT-B-32:/tmp/weights.pt' is not offered here: choose one of "
+                                        r"\['demo', 'ViT-L-14:openai'\]"):  # never a path a caller makes up
+        studio.evaluate("demo", "circles-on-black", steer, control, "0,3", clip="ViT-B-32:/tmp/weights.pt")
     with pytest.raises(DsasError, match="nothing to score"):
         studio.evaluate("demo", "circles-on-black", steer, control, "0,3")
     with pytest.raises(DsasError, match="no control prompts"):
@@ -191,7 +194,7 @@ def test_the_api_evaluates_an_image_concept(served):
     client = served[0]
     steer, control = "a red circle on a white background\na red square on a black background", \
         "a green circle on a white background\na yellow square on a black background"
-    verdict, plot, grid, table, files = client.predict("demo", "red-to-blue", steer, control, "0,8", 1, 4, "",
+    verdict, plot, grid, table, files = client.predict("demo", "red-to-blue", steer, control, "0,8", 1, 4, "none",
                                                        "colour=blue", api_name="/evaluate")
     assert verdict.startswith("[oracle] mean preservation gain at matched concept score: ")
     assert plot.endswith(".png") and grid.endswith(".png")

@@ -188,6 +188,9 @@ def test_an_evaluation_shows_dsas_detoxifying_at_no_perplexity_cost_where_plain_
     ({"strengths": "1,two"}, "give comma-separated numbers"),
     ({"seeds": 0}, "seeds must be between 1 and 20"),
     ({"concept": "circles-on-black"}, "fitted on a UNet2DConditionModel"),
+    ({"toxicity": "assets/demo-lm"}, r"scorer 'assets/demo-lm' is not offered here: choose one of \['demo', "
+                                     r"'s-nlp/roberta_toxicity_classifier'\] \(offer another at launch: python app.py "
+                                     r"--toxicity SPEC\)"),
 ])
 def test_an_evaluation_that_cannot_run_says_why(studio, kw, match):
     args = {"model": "demo", "concept": "detox", "prompts": TRIGGER, "neutral": NEUTRAL, "strengths": "0,1"} | kw
