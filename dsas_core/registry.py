@@ -32,6 +32,22 @@ T = TypeVar("T")
 MAX_STRENGTH = 16.0
 
 
+MAX_SWEEP_PROMPTS = 256  # prompts per set an app's evaluation takes (the command line takes any number)
+MAX_SWEEP_STRENGTHS = 16
+
+
+def check_sweep(sets: dict[str, list[str]], strengths: list[float]) -> None:
+    """Refuse an app evaluation larger than :data:`MAX_SWEEP_PROMPTS` prompts per set or :data:`MAX_SWEEP_STRENGTHS`
+    strengths (a shared app stays responsive; ``dsas eval`` / ``dsas llm eval`` run sweeps of any size)."""
+    for name, texts in sets.items():
+        if len(texts) > MAX_SWEEP_PROMPTS:
+            raise DsasError(f"{len(texts)} {name} prompts: the app evaluates at most {MAX_SWEEP_PROMPTS} per set; run "
+                            "larger sweeps with the command line (dsas eval, dsas llm eval).")
+    if len(strengths) > MAX_SWEEP_STRENGTHS:
+        raise DsasError(f"{len(strengths)} strengths: the app sweeps at most {MAX_SWEEP_STRENGTHS}; run larger sweeps "
+                        "with the command line (dsas eval, dsas llm eval).")
+
+
 def check_strengths(strengths: dict[str, float], registry: ConceptRegistry) -> None:
     """Refuse unknown concept names and strengths outside ±:data:`MAX_STRENGTH`."""
     for name, value in strengths.items():

@@ -19,7 +19,7 @@ from PIL import Image
 
 from dsas_core import Concept, DsasError
 from dsas_core.files import prompt_lines, strength_list
-from dsas_core.registry import MAX_STRENGTH, ConceptRegistry, StudioBase, check_strengths
+from dsas_core.registry import MAX_STRENGTH, ConceptRegistry, StudioBase, check_strengths, check_sweep
 
 from .alpha import overlay
 from .evaluate import (Curves, EvalSettings, compare, image_grid, plot_pareto, score_curves, settings_dict, sweep,
@@ -153,6 +153,7 @@ class Studio(StudioBase):
         settings = EvalSettings(strengths=strength_list(strengths or "", "strengths", "0,1,2,4"), seeds=int(seeds),
                                 steps=int(steps), source_text=source_text or None, target_text=target_text or None,
                                 oracle=oracle or None)
+        check_sweep(sets, settings.strengths)
         start = time.perf_counter()
         with self.pool(model).borrow() as pipe:
             check_concept_fits(steered, denoiser_of(pipe))

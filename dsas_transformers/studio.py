@@ -20,7 +20,7 @@ import torch
 from dsas_core import Concept, DsasError
 from dsas_core.e2e import E2EConfig
 from dsas_core.files import prompt_lines, strength_list
-from dsas_core.registry import ConceptRegistry, StudioBase, check_strengths
+from dsas_core.registry import ConceptRegistry, StudioBase, check_strengths, check_sweep
 
 from .alpha import token_pieces
 from .evaluate import (DEFAULT_CLASSIFIER, EvalSettings, Prompt, compare, load_toxicity, plot_pareto, settings_dict,
@@ -160,14 +160,15 @@ class TextStudio(StudioBase):
                             "concept, e.g. toxic continuations).")
         settings = EvalSettings(strengths=strength_list(strengths or "", "strengths", "0,1,2,4"), seeds=int(seeds),
                                 max_new_tokens=int(max_new_tokens), toxicity=(toxicity or "demo").strip())
+        neutral_texts = prompt_lines(neutral or "")
+        check_sweep({"trigger": texts, "neutral": neutral_texts}, settings.strengths)
         start = time.perf_counter()
         with self.pool(model).borrow() as (lm, tokenizer):
             check_fits(lm, [steered])
             device = input_device(lm)
             scorer = self.scorer(settings.toxicity, lambda: load_toxicity(settings.toxicity, device=device))
             with self._rng, torch.random.fork_rng():  # the sweep seeds torch's global generator
-                rows, ppl = sweep(lm, tokenizer, steered, [Prompt(t) for t in texts], prompt_lines(neutral or ""),
-                                  settings, scorer)
+                rows, ppl = sweep(lm, tokenizer, steered, [Prompt(t) for t in texts], neutral_texts, settings, scorer)
         seconds = time.perf_counter() - start
         curves = summarize(rows, ppl)
         comparison = compare(curves)

@@ -187,6 +187,8 @@ def test_an_evaluation_shows_dsas_detoxifying_at_no_perplexity_cost_where_plain_
     ({"strengths": "0"}, "holds no strength but 0"),
     ({"strengths": "1,two"}, "give comma-separated numbers"),
     ({"seeds": 0}, "seeds must be between 1 and 20"),
+    ({"prompts": "a\n" * 257}, "257 trigger prompts: the app evaluates at most 256 per set; run larger sweeps with"),
+    ({"strengths": ",".join(map(str, range(17)))}, "17 strengths: the app sweeps at most 16"),
     ({"concept": "circles-on-black"}, "fitted on a UNet2DConditionModel"),
     ({"toxicity": "assets/demo-lm"}, r"scorer 'assets/demo-lm' is not offered here: choose one of \['demo', "
                                      r"'s-nlp/roberta_toxicity_classifier'\] \(offer another at launch: python app.py "
