@@ -1,4 +1,5 @@
-"""The logic behind the Gradio app's image tabs, without gradio: steered generation, fitting, uploads.
+"""The logic behind the Gradio app's image tabs, without gradio: steered generation, fitting, evaluations of DSAS
+against plain steering, uploads.
 
 Concepts are addressed by *name* in a :class:`dsas_core.registry.ConceptRegistry` (uploads validated there, then
 checked against the denoiser here); models by the names given at launch. No function here takes a file path from

@@ -1,4 +1,5 @@
-"""The logic behind the Gradio app's text tab, without gradio: steered continuations, α per token, fitting.
+"""The logic behind the Gradio app's text tab, without gradio: steered continuations, α per token, fitting,
+evaluations of DSAS against plain steering.
 
 Concepts are addressed by *name* in a :class:`dsas_core.registry.ConceptRegistry` (shared with the image tabs; each
 tab offers the concepts that fit its model); models by the names given at launch (``python app.py --lm NAME``).
