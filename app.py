@@ -267,7 +267,7 @@ def build_app(studio: Studio, text: TextStudio | None = None) -> gr.Blocks:
                                              "scaler)", color_map=None, show_legend=False)
             image_eval = ImageEvalPanel(studio)
         text_tab = TextTab(text) if text is not None else None
-        with gr.Tab("Fit a concept"):
+        with gr.Tab("Fit an image concept"):
             with gr.Row():
                 src = gr.Textbox(lines=8, label="source prompts (steer these), one per line")
                 tgt = gr.Textbox(lines=8, label="target prompts (what they should become)")
