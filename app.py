@@ -334,9 +334,10 @@ def build_app(studio: Studio, text: TextStudio | None = None) -> gr.Blocks:
         app.queue(default_concurrency_limit=max(studio.workers, text.workers if text else 1))
     return app
 
-def main(argv: list[str] | None = None) -> None:
-    """Parse flags and launch."""
+def main(argv: list[str] | None = None, prog: str | None = None) -> None:
+    """Parse flags and launch (``prog``: the name the usage line gives, e.g. 'dsas studio')."""
     parser = argparse.ArgumentParser(
+        prog=prog,
         description="dsas studio: concept sliders with Dynamically Scaled Activation Steering.",
         epilog="example:\n  python app.py\n  python app.py --model demo --model ./my-sd-folder --port 7861\n"
                "  python app.py --lm demo --lm Qwen/Qwen2.5-1.5B",

@@ -125,7 +125,11 @@ def _version() -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``dsas`` console script."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra and getattr(args, "passthrough", None) is None:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if extra:  # a command that hands its flags on (dsas studio): they come in order, unknown ones first
+        setattr(args, args.passthrough, [*extra, *getattr(args, args.passthrough)])
     if not getattr(args, "func", None):
         parser.print_help()
         return 0

@@ -1,4 +1,4 @@
-"""Commands that need only the core: ``dsas inspect``, ``dsas push``."""
+"""Commands that need only the core: ``dsas inspect``, ``dsas push``, and ``dsas studio`` (which starts the app)."""
 
 from __future__ import annotations
 
@@ -34,6 +34,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--message", default=None, help="the commit message (default: 'Upload dsas concept NAME')")
     p.set_defaults(func=push_command)
 
+    p = sub.add_parser(
+        "studio", help="open the Gradio app (dsas studio): sliders, heat maps, fitting, evaluations",
+        description="Start the app of this checkout (app.py): the same as `python app.py ARGS`, from any folder. "
+                    "Every flag after `studio` goes to the app; `dsas studio --help` lists them.",
+        epilog="example:\n  dsas studio\n  dsas studio --model demo --lm Qwen/Qwen2.5-1.5B --port 7861",
+        formatter_class=HelpFormatter, add_help=False)
+    p.add_argument("app_args", nargs=argparse.REMAINDER, help="the app's flags (see dsas studio --help)")
+    p.set_defaults(func=studio_command, passthrough="app_args")
+
 
 def inspect_command(args: argparse.Namespace) -> int:
     """Print a concept's summary."""
@@ -59,6 +68,27 @@ def inspect_command(args: argparse.Namespace) -> int:
         d = cfg.diagnostics.get(site, {})
         acc = f"{d['accuracy']:.3f}" if "accuracy" in d else "-"
         print(f"  {site:<60} {cfg.site_widths[site]:>6} {acc:>9} {'off' if d.get('gated') else 'on':>6}")
+    return 0
+
+
+def studio_command(args: argparse.Namespace) -> int:
+    """Run the checkout's app.py with the remaining flags."""
+    import importlib.util
+    import sys
+
+    from .errors import DsasError
+    from .paths import assets_dir
+
+    script = assets_dir().parent / "app.py"
+    if not script.is_file():
+        raise DsasError(f"the app is not here ({script} is missing): it ships with the repository, beside assets/. "
+                        "Clone it and install it with `pip install -e .`, then run `dsas studio` or `python app.py`.")
+    sys.path.insert(0, str(script.parent))  # app.py imports app_text and app_widgets from beside it
+    spec = importlib.util.spec_from_file_location("app", script)
+    assert spec is not None and spec.loader is not None
+    app = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(app)
+    app.main(args.app_args, prog="dsas studio")
     return 0
 
 
