@@ -209,7 +209,6 @@ class Pools(Generic[T]):
             return self._pools[model]
 
 
-
 class StudioBase:
     """Launch-listed models, a concept registry and a small cache of unsteered outputs; subclasses say how a
     concept is checked against a model (:meth:`checker`) and how they generate."""
