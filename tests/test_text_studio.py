@@ -198,3 +198,22 @@ def test_an_evaluation_that_cannot_run_says_why(studio, kw, match):
     args = {"model": "demo", "concept": "detox", "prompts": TRIGGER, "neutral": NEUTRAL, "strengths": "0,1"} | kw
     with pytest.raises(DsasError, match=match):
         studio.evaluate(**args)
+
+
+def test_another_family_works_the_same_way(tmp_path):
+    from dsas_transformers.testing import tiny_model, tiny_tokenizer
+
+    words = "the cat dog sat ran on a mat rug and said hello bye".split()
+    tok = tiny_tokenizer(words)
+    gpt2 = TextStudio({"tiny": lambda: (tiny_model("gpt2", len(tok)), tok)}, ConceptRegistry([], tmp_path), workers=1)
+    source = "\n".join(f"the cat {v} on a {t}" for v in ("sat", "ran") for t in ("mat", "rug"))
+    target = "\n".join(f"the dog {v} on a {t}" for v in ("sat", "ran") for t in ("mat", "rug"))
+    concept, _ = gpt2.fit("tiny", source, target, "", "cat-to-dog", "mean_shift", "constant")
+    assert concept.config.sites == ["transformer.h.0", "transformer.h.1"]
+    prompt = "the cat sat on"
+    unsteered = gpt2.unsteered(TextRequest("tiny", prompt, max_new_tokens=8))
+    assert gpt2.steered(TextRequest("tiny", prompt, max_new_tokens=8, strengths={"cat-to-dog": 0.0})).text == unsteered
+    steered = gpt2.steered(TextRequest("tiny", prompt, max_new_tokens=8, strengths={"cat-to-dog": 16.0}))
+    assert steered.text != unsteered
+    assert "".join(p for p, _ in steered.tokens).strip() == f"{prompt} {steered.text}".strip()
+    assert {a for _, a in steered.tokens if a is not None} == {1.0}  # the constant scaler: α ≡ 1
