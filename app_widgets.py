@@ -9,9 +9,9 @@ import gradio as gr
 
 from dsas_core import DsasError
 from dsas_core.concept import Concept
-from dsas_core.files import prompt_lines
 from dsas_core.paths import assets_dir
 from dsas_core.registry import MAX_STRENGTH, StudioBase
+from dsas_transformers.evaluate import read_prompts
 
 SLOTS = 8  # concept sliders shown at most
 
@@ -110,7 +110,4 @@ def concept_choices(studio: StudioBase, model: str, prefer: str | None = None) -
 def bundled_prompts(path: str, count: int) -> str:
     """The first ``count`` prompts of a bundled list, one per line: ``assets/prompts/PATH``, a text file or a
     ``.jsonl`` of prompts (``prompt.text``)."""
-    text = (assets_dir() / "prompts" / path).read_text(encoding="utf-8")
-    lines = [json.loads(line)["prompt"]["text"] for line in text.splitlines()] if path.endswith(".jsonl") else \
-        prompt_lines(text)
-    return "\n".join(lines[:count])
+    return "\n".join(p.text for p in read_prompts(assets_dir() / "prompts" / path)[:count])

@@ -1,8 +1,9 @@
 """What an app serving concepts needs, model-agnostic: concepts by name, validated uploads, a pool of model copies.
 
 Safety rules an app relies on: concepts are addressed by *name* only, and a name is looked up in the registry (the
-bundled concepts plus the user's concept folder); uploads are validated (one JSON config + one safetensors file,
-then checked against the model by the caller's ``check``) before they are saved under the concept's own name.
+bundled concepts plus the user's concept folder); uploads are validated (:func:`read_upload`: one JSON config + one
+safetensors file; the caller then checks the concept against its models) before they are saved under the concept's
+own name.
 Nothing here takes a file path from a caller except the uploaded files themselves.
 """
 
@@ -123,13 +124,6 @@ class ConceptRegistry:
         concept.save_pretrained(self.user_dir / concept.name)
         return concept.name
 
-    def add_upload(self, files: Sequence[str | Path], check: Callable[[Concept], object]) -> str:
-        """Validate an uploaded concept (its JSON config and safetensors weights), let ``check`` refuse it (by
-        raising :class:`DsasError`) unless it fits the model, then save it in the user folder. Returns its name."""
-        concept = read_upload(files)
-        check(concept)
-        return self.add(concept)
-
     def export(self, name: str) -> list[str]:
         """Copies of a concept's two files in a fresh temporary folder, for download."""
         concept = self.get(name)
@@ -245,10 +239,6 @@ class StudioBase:
     def concepts_for(self, model: str) -> list[str]:
         """Names of the registry's concepts that fit ``model`` (concepts of other models are left out)."""
         return self.registry.fitting(self.checker(model))
-
-    def upload(self, model: str, files: Sequence[str | Path]) -> str:
-        """Validate uploaded concept files, check them against ``model``, save; returns the concept's name."""
-        return self.registry.add_upload(files, self.checker(model))
 
     def export(self, name: str) -> list[str]:
         """Copies of a concept's two files in a fresh temporary folder, for download."""

@@ -190,7 +190,7 @@ def generate_command(args: argparse.Namespace) -> int:
     """dsas llm generate."""
     import torch
 
-    from .fit import apply_chat_template
+    from .fit import generation_pad_id, prompt_ids
     from .sites import input_device
     from .steer import attach
 
@@ -204,16 +204,14 @@ def generate_command(args: argparse.Namespace) -> int:
 
     concepts = {load_concept(p): s for p, s in map(parse_concept_arg, args.concept)}
     model, tokenizer = load(args.model, args.dtype, args.device)
-    prompt = apply_chat_template(tokenizer, [args.prompt], add_generation_prompt=True)[0] if args.chat_template else args.prompt
-    enc = tokenizer(prompt, return_tensors="pt", add_special_tokens=not args.chat_template)
-    unknown = int((enc["input_ids"] == tokenizer.unk_token_id).sum()) if tokenizer.unk_token_id is not None else 0
+    ids, unknown = prompt_ids(tokenizer, args.prompt, args.chat_template)
     if unknown:  # e.g. the demo LM's word-level vocabulary: such words vanish from the printed text
         print(f"warning: {unknown} word(s) of the prompt are not in the tokenizer's vocabulary and read as "
               f"{tokenizer.unk_token}", file=sys.stderr)
     device = input_device(model)
-    enc = {k: v.to(device) for k, v in enc.items() if k in ("input_ids", "attention_mask")}
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    gen_kwargs: dict[str, Any] = {"max_new_tokens": args.max_new_tokens, "do_sample": args.sample, "pad_token_id": pad}
+    enc = {"input_ids": ids.to(device), "attention_mask": torch.ones_like(ids, device=device)}
+    gen_kwargs: dict[str, Any] = {"max_new_tokens": args.max_new_tokens, "do_sample": args.sample,
+                                  "pad_token_id": generation_pad_id(tokenizer)}
     if args.sample:
         gen_kwargs |= {"temperature": args.temperature, "top_p": args.top_p}
     torch.manual_seed(args.seed)

@@ -27,7 +27,7 @@ from dsas_core.errors import loading_failed
 from dsas_core.files import prompt_lines, read_text, write_json
 from dsas_core.plots import Axis, Panel, plot_panels
 
-from .fit import encode
+from .fit import encode, generation_pad_id
 from .sites import input_device
 from .steer import attach
 
@@ -177,7 +177,7 @@ def continuations(model: nn.Module, tokenizer: Any, prompts: Sequence[str], seed
     """One sampled continuation per prompt (texts without special tokens, and their token counts). Batch k of
     seed s draws from ``torch.manual_seed(1_000_003 * s + k)``: the same rows for the same batch size."""
     device = input_device(model)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad = generation_pad_id(tokenizer)
     texts: list[str] = []
     counts: list[int] = []
     for k, start in enumerate(range(0, len(prompts), settings.batch_size)):

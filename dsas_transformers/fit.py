@@ -44,6 +44,20 @@ def apply_chat_template(tokenizer: Any, texts: Sequence[str], add_generation_pro
                                           add_generation_prompt=add_generation_prompt) for t in texts]
 
 
+def prompt_ids(tokenizer: Any, prompt: str, chat_template: bool = False) -> tuple[Tensor, int]:
+    """(1, N) input ids of one prompt for ``generate`` — wrapped as a user message with the generation prompt when
+    ``chat_template`` (the template then holds the special tokens) — and how many of them are the unknown token."""
+    text = apply_chat_template(tokenizer, [prompt], add_generation_prompt=True)[0] if chat_template else prompt
+    ids = tokenizer(text, return_tensors="pt", add_special_tokens=not chat_template)["input_ids"]
+    unknown = 0 if tokenizer.unk_token_id is None else int((ids == tokenizer.unk_token_id).sum())
+    return ids, unknown
+
+
+def generation_pad_id(tokenizer: Any) -> int:
+    """The id ``generate`` pads finished rows with: the pad token, else end-of-sequence."""
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+
 def position_ids_from_mask(mask: Tensor) -> Tensor:
     """(B, N) attention mask -> (B, N) positions counting only real tokens: cumsum(mask) − 1, clamped at 0."""
     return (mask.long().cumsum(-1) - 1).clamp_min(0)

@@ -26,7 +26,7 @@ from dsas_core.registry import ConceptRegistry, StudioBase, check_strengths, che
 from .alpha import token_pieces
 from .evaluate import (DEFAULT_CLASSIFIER, EvalSettings, Prompt, compare, load_toxicity, plot_pareto, settings_dict,
                        summarize, sweep, verdict, write_results)
-from .fit import apply_chat_template
+from .fit import generation_pad_id, prompt_ids
 from .sites import input_device
 from .steer import check_fits, steer
 
@@ -88,15 +88,13 @@ class TextStudio(StudioBase):
             raise DsasError(f"new tokens must be between 1 and {MAX_NEW_TOKENS}, got {req.max_new_tokens}.")
         check_strengths(req.strengths, self.registry)
 
-    def _run(self, lm: tuple[Any, Any], req: TextRequest) -> tuple[torch.Tensor, int]:
-        """(prompt + continuation ids (T,), prompt length)."""
+    def _run(self, lm: tuple[Any, Any], req: TextRequest) -> tuple[torch.Tensor, int, int]:
+        """(prompt + continuation ids (T,), prompt length, prompt tokens read as the unknown token)."""
         model, tokenizer = lm
-        prompt = apply_chat_template(tokenizer, [req.prompt], add_generation_prompt=True)[0] if req.chat else req.prompt
-        enc = tokenizer(prompt, return_tensors="pt", add_special_tokens=not req.chat)  # a template has its own
-        ids = enc["input_ids"].to(input_device(model))
-        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        ids, unknown = prompt_ids(tokenizer, req.prompt, req.chat)
+        ids = ids.to(input_device(model))
         kwargs: dict[str, Any] = {"max_new_tokens": int(req.max_new_tokens), "do_sample": bool(req.sample),
-                                  "pad_token_id": pad, "attention_mask": torch.ones_like(ids)}
+                                  "pad_token_id": generation_pad_id(tokenizer), "attention_mask": torch.ones_like(ids)}
         if req.sample:
             kwargs |= SAMPLING
             with self._rng, torch.random.fork_rng():  # the caller's global generator is left as it was
@@ -106,7 +104,7 @@ class TextStudio(StudioBase):
         else:
             with torch.no_grad():
                 out = model.generate(ids, **kwargs)
-        return out[0].cpu(), ids.shape[1]
+        return out[0].cpu(), ids.shape[1], unknown
 
     def _decode(self, tokenizer: Any, out: torch.Tensor, n_prompt: int) -> str:
         return tokenizer.decode(out[n_prompt:], skip_special_tokens=True)
@@ -116,7 +114,7 @@ class TextStudio(StudioBase):
 
         def run() -> str:
             with self.pool(req.model).borrow() as lm:
-                out, n = self._run(lm, req)
+                out, n, _ = self._run(lm, req)
                 return self._decode(lm[1], out, n)
 
         return self.cached(req.unsteered_key(), run)
@@ -128,10 +126,10 @@ class TextStudio(StudioBase):
         with self.pool(req.model).borrow() as lm:
             tokenizer = lm[1]
             if not active:
-                out, n = self._run(lm, req)
-                return TextResult(self._decode(tokenizer, out, n), unknown=_unknown(tokenizer, out[:n]))
+                out, n, unknown = self._run(lm, req)
+                return TextResult(self._decode(tokenizer, out, n), unknown=unknown)
             with steer(lm[0], active, adaptive=not req.plain, record_alpha=True) as handle:
-                out, n = self._run(lm, req)
+                out, n, unknown = self._run(lm, req)
             text = self._decode(tokenizer, out, n)
         alpha = torch.full((out.shape[0],), float("nan"))  # (T,): the last token is never read, so never steered
         profile = []
@@ -144,7 +142,7 @@ class TextStudio(StudioBase):
         ids = out.tolist()
         tokens = [(piece, None if math.isnan(a) else a)
                   for piece, a, i in zip(token_pieces(tokenizer, ids), alpha.tolist(), ids) if i not in special]
-        return TextResult(text, tokens, profile, _unknown(tokenizer, out[:n]))
+        return TextResult(text, tokens, profile, unknown)
 
     def evaluate(self, model: str, concept: str, prompts: str, neutral: str, strengths: str, seeds: int = 1,
                  toxicity: str = "demo", max_new_tokens: int = 32) -> TextEval:
@@ -210,7 +208,3 @@ class TextEval:
     files: list[str]  # pareto.png, results.csv, results.json
     seconds: float
 
-
-def _unknown(tokenizer: Any, prompt_ids: torch.Tensor) -> int:
-    unk = tokenizer.unk_token_id
-    return 0 if unk is None else int((prompt_ids == unk).sum())
