@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from .hooks import HookHandle, _SiteHook
-from .timing import _timed
+from .timing import _timed, rotate
 
 
 class _Timed:
@@ -80,44 +80,52 @@ def steering_times(run: Callable[[], Any], configs: dict[str, Callable[[], Abstr
                    sites: int, repeats: int = 7, device: torch.device | None = None,
                    core: Callable[[Any], HookHandle] = lambda handle: handle,
                    limits: dict[str, float] | None = None) -> dict[str, Any]:
-    """Per configuration (a factory of the steering's context; ``core(ctx)`` its :class:`HookHandle`), attached
-    once, then ``repeats`` runs timed after a warm-up run — the state of a pipeline steered for its next image:
-    site hook calls per run, the median µs of a call, the site hooks' ms per run, the other hooks', the hooked
-    calls' extra dispatch (:func:`dispatch_us` each), the run's ms (medians over the timed runs), ``share``, the
-    steering's ms over the run's, and where ``limits`` names the configuration's time budget (e.g. 1.03), that
-    ``limit`` and ``within``: 1 + share ≤ limit. The warm-up run's first call of each site (it may plan, and
-    compile or look up its kernel) is reported apart: ``us_first_call``, its median, and ``first_calls_ms``, what
-    all of them cost more than later calls do — paid once per attach."""
+    """Per configuration (a factory of the steering's context; ``core(ctx)`` its :class:`HookHandle`), ``repeats``
+    rounds, the configurations in turn (the order rotating each round, so a machine that speeds up or slows down
+    during the benchmark touches every configuration alike); in each round it is attached, run once to warm up
+    and run once timed — the state of a pipeline steered for its next image: site hook calls per run, the median
+    µs of a call, the site hooks' ms per run, the other hooks', the hooked calls' extra dispatch
+    (:func:`dispatch_us` each), the run's ms (medians over the timed runs), ``share``, the steering's ms over the
+    run's, ``ratio``, the run's time over the run without the steering's (1 / (1 − share)), and where ``limits``
+    names the configuration's time budget (e.g. 1.03), that ``limit`` and ``within``: ratio ≤ limit. The first
+    warm-up run's first call of each site (it may plan, and compile or look up its kernel) is reported apart:
+    ``us_first_call``, its median, and ``first_calls_ms``, what all of them cost more than later calls do — paid
+    once per attach."""
     extra_us = dispatch_us()
-    out: dict[str, Any] = {}
-    for name, make in configs.items():
-        calls: list[list[float]] = []
-        other: list[list[float]] = []
-        runs: list[float] = []
+    calls: dict[str, list[list[float]]] = {name: [] for name in configs}
+    other: dict[str, list[list[float]]] = {name: [] for name in configs}
+    first: dict[str, list[float]] = {}
+
+    def measure(name: str) -> float:
         into: list[float] = []
         others: list[float] = []
-        with make() as ctx, timed_hooks(core(ctx), into, others):
-            for rep in range(repeats + 1):
+        with configs[name]() as ctx, timed_hooks(core(ctx), into, others):
+            for warm in (True, False):
                 seconds = _timed(run, time.perf_counter, device)
-                if rep == 0:
-                    first = into[:sites]
-                else:
-                    runs.append(seconds * 1e3)
-                    calls.append(list(into))
-                    other.append(list(others))
-                into.clear()
-                others.clear()
+                if warm:
+                    first.setdefault(name, into[:sites])
+                    into.clear()
+                    others.clear()
                 if hasattr(ctx, "clear_records"):  # recorded α: as many records in every run
                     ctx.clear_records()
-        us = statistics.median(t for c in calls for t in c)
-        row = {"calls_per_run": len(calls[0]), "us_per_call": us, "us_first_call": statistics.median(first),
-               "first_calls_ms": sum(t - us for t in first) / 1e3,
-               "hooks_ms_per_run": statistics.median([sum(c) / 1e3 for c in calls]),
-               "other_hooks_ms_per_run": statistics.median([sum(c) / 1e3 for c in other]),
-               "dispatch_ms_per_run": extra_us * (len(calls[0]) + len(other[0])) / 1e3,
-               "run_ms": statistics.median(runs)}
+        calls[name].append(into)
+        other[name].append(others)
+        return seconds * 1e3
+
+    runs = rotate(measure, list(configs), repeats, warm_up=False)
+    out: dict[str, Any] = {}
+    for name in configs:
+        us = statistics.median(t for c in calls[name] for t in c)
+        row = {"calls_per_run": len(calls[name][0]), "us_per_call": us, "us_first_call": statistics.median(first[name]),
+               "first_calls_ms": sum(t - us for t in first[name]) / 1e3,
+               "hooks_ms_per_run": statistics.median([sum(c) / 1e3 for c in calls[name]]),
+               "other_hooks_ms_per_run": statistics.median([sum(c) / 1e3 for c in other[name]]),
+               "dispatch_ms_per_run": extra_us * (len(calls[name][0]) + len(other[name][0])) / 1e3,
+               "run_ms": statistics.median(runs[name])}
         steering_ms = row["hooks_ms_per_run"] + row["other_hooks_ms_per_run"] + row["dispatch_ms_per_run"]
         share = steering_ms / row["run_ms"]
+        ratio = 1 / (1 - share)
         limit = (limits or {}).get(name)
-        out[name] = row | {"share": share} | ({"limit": limit, "within": 1 + share <= limit} if limit else {})
+        out[name] = row | {"share": share, "ratio": ratio} | ({"limit": limit, "within": ratio <= limit}
+                                                              if limit else {})
     return {"per_hook": out, "sites": sites, "dispatch_us": extra_us}

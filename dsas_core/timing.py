@@ -49,16 +49,19 @@ def _sync(device: torch.device | None) -> None:
         torch.cuda.synchronize(device)
 
 
-def rotate(measure: Callable[[str], float], names: list[str], repeats: int) -> dict[str, list[float]]:
-    """``measure(name)`` for every name, ``repeats`` rounds after one warm-up round, the order rotating by one
-    each round so that no configuration always runs first or after the same neighbour."""
+def rotate(measure: Callable[[str], float], names: list[str], repeats: int,
+           warm_up: bool = True) -> dict[str, list[float]]:
+    """``measure(name)`` for every name, ``repeats`` rounds (after one warm-up round unless ``warm_up`` is False),
+    the order rotating by one each round so that no configuration always runs first or after the same
+    neighbour."""
     from tqdm.auto import tqdm
 
     samples: dict[str, list[float]] = {n: [] for n in names}
+    first = 0 if warm_up else 1
     # a progress bar on a terminal only (disable=None), drawn between runs, outside every timed region
-    with tqdm(total=(repeats + 1) * len(names), desc="rounds (1 warm-up)", unit="run", leave=False,
-              disable=None) as bar:
-        for rep in range(repeats + 1):
+    with tqdm(total=(repeats + 1 - first) * len(names), desc="rounds (1 warm-up)" if warm_up else "rounds",
+              unit="run", leave=False, disable=None) as bar:
+        for rep in range(first, repeats + 1):
             for name in names[rep % len(names):] + names[:rep % len(names)]:
                 elapsed = measure(name)
                 bar.update()

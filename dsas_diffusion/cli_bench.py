@@ -224,7 +224,8 @@ def _print(name: str, result: dict[str, Any]) -> None:
                               f"step tracking, the check) and hooked dispatch ({h['dispatch_ms_per_run']:.2f} ms): "
                               f"steering {h['share']:.2%} of the run")
                     if "limit" in h:
-                        hooks += f" [1 + share <= {h['limit']:.3g}] {'within' if h['within'] else 'over'}"
+                        hooks += (f" [run / (run - steering) = {h['ratio']:.4f} <= {h['limit']:.3g}] "
+                                  f"{'within' if h['within'] else 'over'}")
                 gpu = f"  {h['kernels']} kernels, {h['gpu_ms']:.2f} ms of GPU time" if "kernels" in h else ""
                 print(f"  {config:<16} {hooks}{gpu}")
         elif key == "memory" and isinstance(value, dict) and "configs" in value:  # peak RSS per configuration

@@ -56,7 +56,9 @@ def test_the_hook_benchmark_times_every_layer_call_of_a_generation_and_the_hooks
     assert {h["calls_per_run"] for h in per.values()} == {3 * 4}  # 3 layers, 4 forwards (prompt + 3 new tokens)
     for h in per.values():
         assert 0 < h["hooks_ms_per_run"] and 0 < h["other_hooks_ms_per_run"] and h["share"] < 1
-        assert h["within"] == (1 + h["share"] <= h["limit"])
+        steering = h["hooks_ms_per_run"] + h["other_hooks_ms_per_run"] + h["dispatch_ms_per_run"]
+        assert h["ratio"] == pytest.approx(h["run_ms"] / (h["run_ms"] - steering), rel=1e-12)
+        assert h["within"] == (h["ratio"] <= h["limit"])
         hooked = h["calls_per_run"] + 2 * 4  # each forward also runs the step hook before and the check after
         assert h["dispatch_ms_per_run"] == pytest.approx(out["dispatch_us"] * hooked / 1e3, rel=1e-12)
     assert all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())
