@@ -364,6 +364,9 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
         parser.error("--no-text leaves the Text tab out: drop it to serve the --lm models")
     studio = make_studio(args.model or ["demo"], Path(args.concept_dir), args.workers, args.clip)
     text = None if args.no_text else make_text_studio(args.lm or ["demo"], studio, args.workers, args.toxicity)
+    for tab in (studio, text):  # the first model of each tab loads while the server starts and the page opens
+        if tab is not None:
+            tab.preload(tab.models()[0])
     build_app(studio, text).launch(server_name=args.host, server_port=args.port)
 
 

@@ -232,6 +232,20 @@ class StudioBase:
         """The pool of a launch-listed model (loaded on first use)."""
         return self.pools[model]
 
+    def preload(self, model: str) -> threading.Thread:
+        """Start loading ``model``'s pool in a background thread (the app's first page then finds it loaded or
+        loading). A load that fails there is left to the first request, which loads again and shows the error."""
+
+        def load() -> None:
+            try:
+                self.pools[model]
+            except Exception:  # noqa: BLE001 - reported by the request that needs the model
+                pass
+
+        thread = threading.Thread(target=load, name=f"dsas-preload-{model}", daemon=True)
+        thread.start()
+        return thread
+
     def checker(self, model: str) -> Callable[[Concept], object]:
         """A function raising :class:`DsasError` for a concept that does not fit ``model``."""
         raise NotImplementedError

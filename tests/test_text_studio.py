@@ -217,3 +217,24 @@ def test_another_family_works_the_same_way(tmp_path):
     assert steered.text != unsteered
     assert "".join(p for p, _ in steered.tokens).strip() == f"{prompt} {steered.text}".strip()
     assert {a for _, a in steered.tokens if a is not None} == {1.0}  # the constant scaler: α ≡ 1
+
+
+def test_preloading_loads_a_model_once_in_the_background_and_leaves_a_failed_load_to_the_request(tmp_path):
+    registry = ConceptRegistry([assets_dir() / "concepts"], tmp_path)
+    loads = []
+
+    def broken():
+        loads.append("broken")
+        raise DsasError("no such model folder")
+
+    studio = TextStudio({"demo": lambda: loads.append("demo") or ("model", "tok"), "broken": broken}, registry,
+                        workers=1)
+    for name in ("demo", "broken"):
+        thread = studio.preload(name)
+        thread.join(timeout=10)
+        assert thread.daemon and not thread.is_alive()
+    assert loads == ["demo", "broken"]
+    assert studio.pool("demo").reference == ("model", "tok") and loads == ["demo", "broken"]  # not loaded again
+    with pytest.raises(DsasError, match="no such model folder"):  # the request loads again and shows why
+        studio.pool("broken")
+    assert loads == ["demo", "broken", "broken"]
