@@ -77,8 +77,9 @@ def studio_command(args: argparse.Namespace) -> int:
     import sys
 
     from .errors import DsasError
-    from .paths import assets_dir
+    from .paths import assets_dir, require_checkout
 
+    require_checkout("dsas studio (app.py and the demo models it serves)")
     script = assets_dir().parent / "app.py"
     if not script.is_file():
         raise DsasError(f"the app is not here ({script} is missing): it ships with the repository, beside assets/. "

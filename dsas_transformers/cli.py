@@ -129,12 +129,9 @@ def load(model_id: str, dtype: str = "auto", device: str | None = None) -> tuple
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if model_id == "demo":  # the bundled tavern-world LM
-        from .demo.model import demo_lm_dir
+        from .demo.model import require_demo_lm
 
-        if not (demo_lm_dir() / "model.safetensors").is_file():
-            raise DsasError(f"the bundled demo LM is missing from {demo_lm_dir()}: rebuild it with "
-                            "`python -m dsas_transformers.demo.train`.")
-        model_id = str(demo_lm_dir())
+        model_id = str(require_demo_lm())
     elif not Path(model_id).exists() and (model_id.startswith((".", "/", "~")) or model_id.count("/") > 1):
         raise DsasError(f"no model folder at {model_id!r}: give 'demo', a local folder holding config.json, the "
                         "weights and the tokenizer files, or a hub id like 'Qwen/Qwen2.5-1.5B'.")

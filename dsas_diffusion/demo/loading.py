@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from dsas_core.errors import DsasError
-from dsas_core.paths import assets_dir
+from dsas_core.paths import assets_dir, require_checkout
 
 RETRAIN = "Rebuild them with `OMP_NUM_THREADS=1 python -m dsas_diffusion.demo.train` (about an hour of one CPU core)."
 
@@ -24,6 +24,8 @@ def demo_clip_dir() -> Path:
 
 
 def _require(path: Path, files: tuple[str, ...]) -> None:
+    if path.parent == assets_dir():  # the bundled folder, not one the caller named
+        require_checkout("the bundled demo model")
     missing = [f for f in files if not (path / f).exists()]
     if missing:
         raise DsasError(f"The bundled demo model in {path} is missing {', '.join(missing)}. {RETRAIN}")

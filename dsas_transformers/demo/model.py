@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from dsas_core import DsasError
-from dsas_core.paths import assets_dir
+from dsas_core.paths import assets_dir, require_checkout
 
 from .world import vocabulary
 
@@ -49,14 +49,21 @@ def build_model(vocab_size: int, seed: int = 0) -> nn.Module:
     return LlamaForCausalLM(cfg)
 
 
+def require_demo_lm() -> Path:
+    """The bundled LM's folder, or a :class:`DsasError` saying how to get it."""
+    path = demo_lm_dir()
+    require_checkout("the bundled demo LM")
+    if not (path / "model.safetensors").is_file():
+        raise DsasError(f"the bundled demo LM is missing from {path}: rebuild it with "
+                        "`python -m dsas_transformers.demo.train` (about 7 minutes on one CPU core).")
+    return path
+
+
 def load_demo_lm(device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> tuple[nn.Module, Any]:
     """(model, tokenizer) of the bundled tavern-world LM, in eval mode, offline."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    path = demo_lm_dir()
-    if not (path / "model.safetensors").is_file():
-        raise DsasError(f"the bundled demo LM is missing from {path}: rebuild it with "
-                        "`python -m dsas_transformers.demo.train` (about 7 minutes on one CPU core).")
+    path = require_demo_lm()
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device).eval()
     model.config._name_or_path = "demo"  # what concepts record as fitted on: the CLI's name, not this machine's path
     return model, AutoTokenizer.from_pretrained(path)
