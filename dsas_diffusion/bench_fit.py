@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from dsas_core.paths import assets_dir
+from dsas_core.paths import assets_dir, require_checkout
 from dsas_core.timing import (clock_name, cpu_clock, in_fresh_processes, interleaved_jobs, paired_ratios, rss_of_runs,
                               verdict)
 
@@ -26,6 +26,7 @@ def fit_prompts() -> dict[str, list[str]]:
     """The bundled red-circles-to-blue prompt lists of the demo world: 32 source, target and control prompts."""
     from .loading import read_prompts
 
+    require_checkout("the fitting benchmark's prompt lists")
     folder = assets_dir() / "prompts" / "red-circles-to-blue"
     return {k: read_prompts(folder / f"{k}.txt") for k in ("source", "target", "control")}
 
