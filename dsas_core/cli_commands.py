@@ -1,4 +1,5 @@
-"""Commands that need only the core: ``dsas inspect``, ``dsas push``, and ``dsas studio`` (which starts the app)."""
+"""Commands that need only the core: ``dsas inspect``, ``dsas push``, ``dsas env``, and ``dsas studio`` (which
+starts the app)."""
 
 from __future__ import annotations
 
@@ -35,6 +36,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=push_command)
 
     p = sub.add_parser(
+        "env", help="print versions, devices and whether the GPU kernel can run, for a bug report",
+        description="Print what this installation runs on — Python, dsas and its libraries' versions, torch's "
+                    "threads, each CUDA device and whether the one-kernel steering update (Triton) can run there, "
+                    "where the bundled demo is — to paste into a bug report.",
+        epilog="example:\n  dsas env\n  dsas env --json", formatter_class=HelpFormatter)
+    p.add_argument("--json", action="store_true", help="print the report as one JSON object")
+    p.set_defaults(func=env_command)
+
+    p = sub.add_parser(
         "studio", help="open the Gradio app (dsas studio): sliders, heat maps, fitting, evaluations",
         description="Start the app of this checkout (app.py): the same as `python app.py ARGS`, from any folder. "
                     "Every flag after `studio` goes to the app; `dsas studio --help` lists them.",
@@ -68,6 +78,20 @@ def inspect_command(args: argparse.Namespace) -> int:
         d = cfg.diagnostics.get(site, {})
         acc = f"{d['accuracy']:.3f}" if "accuracy" in d else "-"
         print(f"  {site:<60} {cfg.site_widths[site]:>6} {acc:>9} {'off' if d.get('gated') else 'on':>6}")
+    return 0
+
+
+def env_command(args: argparse.Namespace) -> int:
+    """Print the environment report."""
+    from .env_report import report
+
+    out = report()
+    if args.json:
+        print(json.dumps(out, indent=2))
+        return 0
+    width = max(map(len, out))
+    for key, value in out.items():
+        print(f"- {key + ':':<{width + 1}} {value}")
     return 0
 
 
