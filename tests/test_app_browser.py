@@ -53,8 +53,6 @@ def test_the_page_loads_a_slider_move_shows_a_new_steered_image(tmp_path):
                 "(old) => { const i = document.querySelector('#steered img'); return i && i.src !== old; }",
                 arg=first, timeout=60_000)
             value = float(page.locator(f"#slot{slot} input[type=number]").input_value())
-            page.wait_for_timeout(2000)  # the chart settles (its labels are laid out last)
-            page.screenshot(path=str(shot), full_page=True)
             # a strength typed into the slider's box and Enter regenerate, as leaving the box does
             moved = steered.get_attribute("src")
             number = page.locator(f"#slot{slot} input[type=number]")
@@ -72,6 +70,19 @@ def test_the_page_loads_a_slider_move_shows_a_new_steered_image(tmp_path):
             page.wait_for_function(
                 "(old) => { const i = document.querySelector('#unsteered img'); return i && i.src !== old; }",
                 arg=unsteered, timeout=60_000)
+            # the README's picture: a bundled concept at a moderate strength, the new one back at 0
+            steered_src = steered.get_attribute("src")
+            for name, strength in (("black-background", "0"), ("circles-on-black", "1")):
+                box = page.locator(f"#slot{studio.concepts_for('demo').index(name)} input[type=number]")
+                box.fill(strength)
+                box.press("Enter")
+            prompt.fill("a red circle on a white background")
+            prompt.press("Enter")
+            page.wait_for_function(
+                "(old) => { const i = document.querySelector('#steered img'); return i && i.src !== old; }",
+                arg=steered_src, timeout=60_000)
+            page.wait_for_timeout(3000)  # the last request's images and the chart settle (labels are laid out last)
+            page.screenshot(path=str(shot), full_page=True)
             browser.close()
         assert value > 0.5
         assert typed == 4.0
