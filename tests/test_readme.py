@@ -3,6 +3,7 @@ name: each replaced line is checked to be in the README first, so an edited exam
 follows."""
 
 import re
+import shlex
 from pathlib import Path
 
 import pytest
@@ -96,3 +97,37 @@ def test_the_prompt_scaler_example_runs_on_the_demo_pipeline():
         "other": lines(folder / "control.txt")[:8]})
     words = scope["handle"].prompt_alpha("a red circle on a white background")
     assert [w for w, _ in words] == "a red circle on a white background".split()
+
+
+def commands(first_line: str) -> list[list[str]]:
+    """The README's bash block holding ``first_line`` as argument lists: continuations joined, comments and
+    placeholder lines (``...``) left out, ``NAME=value`` lines substituted into later ones."""
+    found = [b for b in re.findall(r"```bash\n(.*?)```", README, re.S) if first_line in b]
+    assert len(found) == 1, f"{len(found)} README bash blocks hold {first_line!r}"
+    variables, out = {}, []
+    for line in re.sub(r"\\\n\s*", " ", found[0]).splitlines():
+        for name, value in variables.items():
+            line = line.replace(f"${name}", value)
+        words = shlex.split(line, comments=True)
+        if len(words) == 1 and "=" in words[0]:
+            name, value = words[0].split("=", 1)
+            variables[name] = value
+        elif words and "..." not in words:
+            out.append(words)
+    return out
+
+
+def test_the_diffusion_cli_example_runs_as_written(tmp_path, monkeypatch, capsys):
+    from dsas_core.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "assets").symlink_to(assets_dir())  # the example's paths are the repository's
+    steps = commands("dsas sites demo")
+    assert [c[:2] for c in steps] == [["dsas", "sites"], ["dsas", "fit"], ["dsas", "inspect"], ["dsas", "generate"],
+                                     ["dsas", "generate"]]
+    for words in steps:
+        assert main(words[1:]) == 0, words
+    out = capsys.readouterr().out
+    assert "concept     black-bg" in out
+    for image in ("steered.png", "side_by_side.png", "alpha.png", "square.png"):
+        assert (tmp_path / image).stat().st_size > 0, image
