@@ -357,6 +357,9 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
                         help="where fitted and uploaded concepts are kept (default: ./concepts)")
     parser.add_argument("--host", default="127.0.0.1", help="bind address (default: this machine only)")
     parser.add_argument("--port", type=int, default=7860)
+    parser.add_argument("--share", action="store_true",
+                        help="also serve through a temporary public gradio.live link (needs internet; anyone with the "
+                             "link can use the app)")
     parser.add_argument("--workers", type=int, default=2,
                         help="simultaneous generations; each holds its own copy of the pipeline (and of the LM)")
     args = parser.parse_args(argv)
@@ -367,7 +370,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
     for tab in (studio, text):  # the first model of each tab loads while the server starts and the page opens
         if tab is not None:
             tab.preload(tab.models()[0])
-    build_app(studio, text).launch(server_name=args.host, server_port=args.port)
+    build_app(studio, text).launch(server_name=args.host, server_port=args.port, share=args.share)
 
 
 if __name__ == "__main__":

@@ -45,3 +45,20 @@ def test_an_install_without_the_repository_says_where_the_demo_and_the_app_come_
     assert "error: the bundled demo LM ships with the repository" in capsys.readouterr().err
     with pytest.raises(DsasError, match="missing open_clip_config.json"):  # a folder the caller names is theirs
         dsas_diffusion.demo.loading.load_demo_clip(path=tmp_path)
+
+
+def test_the_app_launches_with_the_flags_given_and_preloads_each_tabs_first_model(monkeypatch, tmp_path):
+    import gradio as gr
+
+    import app
+    from dsas_core.registry import StudioBase
+
+    launched, preloaded = [], []
+    monkeypatch.setattr(gr.Blocks, "launch", lambda self, **kwargs: launched.append(kwargs))
+    monkeypatch.setattr(StudioBase, "preload", lambda self, model: preloaded.append((type(self).__name__, model)))
+    app.main(["--port", "7999", "--share", "--concept-dir", str(tmp_path), "--lm", "demo"])
+    assert launched == [{"server_name": "127.0.0.1", "server_port": 7999, "share": True}]
+    assert preloaded == [("Studio", "demo"), ("TextStudio", "demo")]
+    app.main(["--no-text", "--concept-dir", str(tmp_path)])
+    assert launched[1] == {"server_name": "127.0.0.1", "server_port": 7860, "share": False}
+    assert preloaded[2:] == [("Studio", "demo")]
