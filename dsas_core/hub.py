@@ -8,12 +8,16 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any, Union
 
 from .concept import CONFIG_NAME, WEIGHTS_NAME, Concept
 from .errors import DsasError, loading_failed
 
 CARD_NAME = "README.md"
+ConceptLike = Union[Concept, str, "os.PathLike[str]"]  # a concept, its folder, or a hub id
+Concepts = Union[Mapping[ConceptLike, float], Sequence[tuple[ConceptLike, float]]]  # with their strengths
 
 
 def is_repo_id(text: str) -> bool:
@@ -31,7 +35,34 @@ def load_concept(path_or_repo: str | os.PathLike[str], revision: str | None = No
     if not is_repo_id(text):
         raise DsasError(f"no concept at {text!r}: give a folder holding {CONFIG_NAME} + {WEIGHTS_NAME}, or a hub "
                         "repository id like 'owner/name'.")
-    return download_concept(text, revision)
+    try:
+        return download_concept(text, revision)
+    except DsasError as err:  # it may have been meant as a folder: say that there is none
+        raise DsasError(f"no concept folder {text!r} under {Path.cwd()}, and as a hub repository id: {err}") from None
+
+
+def concept_pairs(concepts: Concepts | Any) -> list[tuple[Concept, float]]:
+    """(concept, strength) pairs from ``{concept: strength}`` or ``[(concept, strength), ...]``, where a concept
+    may also be given as its folder or a hub id (loaded here)."""
+    if isinstance(concepts, Mapping):
+        items = list(concepts.items())
+    elif isinstance(concepts, (list, tuple)) and all(isinstance(p, tuple) and len(p) == 2 for p in concepts):
+        items = list(concepts)
+    else:
+        raise DsasError("concepts must be {concept: strength} (e.g. {pear: 0.8}) or [(concept, strength), ...], "
+                        f"got {type(concepts).__name__} {_short(concepts)}.")
+    out = []
+    for concept, strength in items:
+        if not isinstance(concept, (Concept, str, os.PathLike)):
+            raise DsasError(f"a concept is a Concept, its folder or a hub id, got {type(concept).__name__} "
+                            f"{_short(concept)}; load one with load_concept(dir).")
+        out.append((concept if isinstance(concept, Concept) else load_concept(concept), strength))
+    return out
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def download_concept(repo_id: str, revision: str | None = None) -> Concept:

@@ -17,14 +17,14 @@ from __future__ import annotations
 import functools
 import sys
 import weakref
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
 
 from dsas_core import AlphaRecord, Concept, DsasError, PromptScaler, SteeringHandle, attach as core_attach
-from dsas_core.hub import load_concept
+from dsas_core.hub import Concepts, concept_pairs, load_concept
 
 from .prompt_scaler import word_alpha
 from .sites import (CallInfo, Candidate, architecture_of, candidates, check_stream, denoiser_of, fingerprint, latent_hw,
@@ -313,7 +313,7 @@ class _StepTracker:
 
 def attach(
     pipe: Any,
-    concepts: Mapping[Concept, float] | Sequence[tuple[Concept, float]],
+    concepts: Concepts,
     adaptive: bool = True,
     record_alpha: bool = False,
     step_window: tuple[int, int] | None = None,
@@ -327,10 +327,8 @@ def attach(
     denoiser = denoiser_of(pipe)
     refuse_cache_hooks(denoiser)
     architecture_of(denoiser)
-    pairs = list(concepts.items()) if isinstance(concepts, Mapping) else list(concepts)
+    pairs = concept_pairs(concepts)
     for concept, _ in pairs:
-        if not isinstance(concept, Concept):
-            raise DsasError(f"expected Concept objects as keys, got {type(concept).__name__}; load one with load_concept(dir).")
         check_concept_fits(concept, denoiser)
     if cfg_alpha not in ("cond", "own"):
         raise DsasError(f"cfg_alpha must be 'cond' or 'own', got {cfg_alpha!r}.")

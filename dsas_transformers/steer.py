@@ -6,8 +6,6 @@ per-call α records into per-token maps (:meth:`LMSteering.alpha_tokens`).
 
 from __future__ import annotations
 
-import os
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,13 +14,10 @@ from torch import Tensor, nn
 
 from dsas_core import AlphaRecord, Concept, DsasError, SteeringHandle, refuse_compiled
 from dsas_core import attach as core_attach
-from dsas_core.hub import load_concept
+from dsas_core.hub import Concepts, concept_pairs
 
 from .alpha import AlphaTokens
 from .sites import LMSite, candidate_modules, fingerprint, resolve, resolve_static
-
-ConceptLike = Concept | str | os.PathLike[str]
-
 
 @dataclass
 class _Forward:
@@ -188,10 +183,6 @@ class LMSteering:
         return AlphaTokens(concept, sites, ungated, by_site, ids, mask, phase)
 
 
-def _load(concept: ConceptLike) -> Concept:
-    return concept if isinstance(concept, Concept) else load_concept(concept)
-
-
 def check_fits(model: nn.Module, concepts: list[Concept]) -> list[LMSite]:
     """Resolve the sites every concept steers and raise a clear error unless each concept fits ``model``
     (model class, site names, widths, the config entries of :func:`.sites.fingerprint`). Returns the resolved
@@ -215,17 +206,17 @@ def check_fits(model: nn.Module, concepts: list[Concept]) -> list[LMSite]:
 
 
 def attach(
-    model: nn.Module, concepts: Mapping[ConceptLike, float], adaptive: bool = True, record_alpha: bool = False,
+    model: nn.Module, concepts: Concepts, adaptive: bool = True, record_alpha: bool = False,
 ) -> LMSteering:
     """Steer ``model`` with ``{concept (or concept directory): strength}``; returns the handle.
 
     Checks first that every concept fits the model (class, sites, widths). ``adaptive=False`` forces α ≡ 1
     (plain steering); ``record_alpha=True`` keeps α of every token for :meth:`LMSteering.alpha_tokens`.
     """
-    if not isinstance(concepts, Mapping) or not concepts:
-        raise DsasError(f"concepts must be a non-empty mapping {{concept: strength}}, got {concepts!r}.")
+    pairs = concept_pairs(concepts)
+    if not pairs:
+        raise DsasError("no concepts given: pass {concept: strength}, e.g. {detox: 1.5}.")
     refuse_compiled(model)
-    pairs = [(_load(c), lam) for c, lam in concepts.items()]
     resolved = check_fits(model, [c for c, _ in pairs])
     core = core_attach([s.site for s in resolved], pairs, adaptive=adaptive, record_alpha=record_alpha, root=model)
     try:
@@ -236,7 +227,7 @@ def attach(
 
 
 def steer(
-    model: nn.Module, concepts: Mapping[ConceptLike, float], adaptive: bool = True, record_alpha: bool = False,
+    model: nn.Module, concepts: Concepts, adaptive: bool = True, record_alpha: bool = False,
 ) -> LMSteering:
     """Context manager form: ``with steer(model, {concept: 1.0}) as h: model.generate(...)``; hooks are removed
     on exit, even after an exception."""

@@ -10,7 +10,7 @@ import torch
 from dsas_core import Concept, DsasError
 from dsas_core.cli import main
 from dsas_core.concept import CONFIG_NAME, WEIGHTS_NAME
-from dsas_core.hub import is_repo_id, load_concept, model_card
+from dsas_core.hub import concept_pairs, is_repo_id, load_concept, model_card
 from dsas_core.paths import assets_dir
 
 NO_GREEN = assets_dir() / "concepts" / "no-green"
@@ -102,7 +102,8 @@ def test_a_hub_id_that_cannot_be_reached_says_what_to_give(monkeypatch):
     with pytest.raises(DsasError) as err:
         load_concept("nobody/no-such-concept")
     first, fix = str(err.value).split("\n")
-    assert first.startswith("could not load concept 'nobody/no-such-concept': ")
+    assert first.startswith(f"no concept folder 'nobody/no-such-concept' under {Path.cwd()}, and as a hub repository "
+                            "id: could not load concept 'nobody/no-such-concept': ")
     assert fix == ("Give a hub id you can reach or a local folder holding dsas_config.json + dsas_model.safetensors "
                    "(HF_HUB_OFFLINE is set: only models already in the local cache load).")
     with pytest.raises(DsasError, match="no concept at './missing': give a folder"):
@@ -147,3 +148,20 @@ def test_download_concept_asks_the_hub_even_when_a_local_folder_has_the_same_spe
     assert asked == ["concepts/mine"]
     with pytest.raises(DsasError, match="a hub repository id reads 'owner/name'"):
         download_concept(str(tmp_path / "concepts" / "mine"))
+
+
+def test_concepts_come_as_a_mapping_or_pairs_of_concepts_folders_or_hub_ids(monkeypatch):
+    concept = Concept.from_pretrained(NO_GREEN)
+    for given in ({concept: 0.5, str(DETOX): 1.5}, [(concept, 0.5), (DETOX, 1.5)], ((concept, 0.5), (DETOX, 1.5))):
+        pairs = concept_pairs(given)
+        assert [(c.name, lam) for c, lam in pairs] == [("no-green", 0.5), ("detox", 1.5)] and pairs[0][0] is concept
+    assert concept_pairs({}) == []
+    monkeypatch.setattr("dsas_core.hub.download_concept", lambda repo_id, revision=None: concept)  # the hub, stood in
+    assert concept_pairs({"someone/no-green": 1.0}) == [(concept, 1.0)]
+    shape = "concepts must be {concept: strength} (e.g. {pear: 0.8}) or [(concept, strength), ...], got "
+    refused = [([concept], f"{shape}list [Concept('no-green'"), (concept, f"{shape}Concept Concept("),
+               ({3: 1.0}, "a concept is a Concept, its folder or a hub id, got int 3; load one with load_concept(dir).")]
+    for given, start in refused:
+        with pytest.raises(DsasError) as err:
+            concept_pairs(given)
+        assert str(err.value).startswith(start), given

@@ -162,3 +162,22 @@ def test_several_prompts_with_several_images_each_get_one_alpha_map_per_image(fi
     heat = handle.alpha_heatmap()
     assert heat.shape == (4, 8, 8)
     assert heat[:2].mean().item() > heat[2:].mean().item()
+
+
+def test_a_concept_folder_or_pairs_steer_like_the_loaded_concept():
+    from dsas_core.paths import assets_dir
+    from dsas_diffusion import load_concept, load_demo_pipeline
+
+    pipe = load_demo_pipeline()
+    folder = assets_dir() / "concepts" / "circles-on-black"
+
+    def image(concepts):
+        with steer(pipe, concepts):
+            return pipe("a red circle on a white background", num_inference_steps=3, output_type="pt",
+                        generator=torch.Generator().manual_seed(0)).images
+
+    loaded = image({load_concept(folder): 1.0})
+    assert torch.equal(image({str(folder): 1.0}), loaded) and torch.equal(image([(folder, 1.0)]), loaded)
+    with pytest.raises(DsasError, match=r"concepts must be \{concept: strength\}"):
+        steer(pipe, [load_concept(folder)])
+    assert not any(m._forward_hooks for m in pipe.unet.modules())  # the refused call attached nothing
