@@ -19,6 +19,7 @@ from dsas_core.hub import Concepts, concept_pairs
 from .alpha import AlphaTokens
 from .sites import LMSite, candidate_modules, fingerprint, resolve, resolve_static
 
+
 @dataclass
 class _Forward:
     """One forward call of the model: which generation it belongs to and which positions it read."""
