@@ -1,4 +1,4 @@
-"""The README's Python examples and its diffusion CLI walk-through run as written, on the bundled demo models in
+"""The README's Python examples and its diffusion and language-model CLI walk-throughs run as written, on the bundled demo models in
 place of the hub checkpoints they name: each replaced line is checked to be in the README first, so an edited
 example fails here until this follows."""
 
@@ -131,3 +131,19 @@ def test_the_diffusion_cli_example_runs_as_written(tmp_path, monkeypatch, capsys
     assert "concept     black-bg" in out
     for image in ("steered.png", "side_by_side.png", "alpha.png", "square.png"):
         assert (tmp_path / image).stat().st_size > 0, image
+
+
+def test_the_language_model_cli_example_runs_on_the_demo(tmp_path, monkeypatch, capsys):
+    from dsas_core.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "assets").symlink_to(assets_dir())
+    steps = commands("--role mlp_input --out runs/concepts/detox-probe")
+    assert [c[:3] for c in steps] == [["dsas", "llm", "fit"], ["dsas", "llm", "eval"], ["dsas", "llm", "eval"]]
+    for words in steps:
+        words = [("1" if w == "5" and words[i - 1] == "--seeds" else w) for i, w in enumerate(words)]  # one seed
+        assert main(words[1:]) == 0, words
+    out = capsys.readouterr().out
+    for run_dir in ("runs/llm-detox/probe", "runs/llm-detox/e2e"):
+        assert any((tmp_path / run_dir).iterdir()), run_dir
+    assert "best DSAS" in out
