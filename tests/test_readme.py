@@ -1,6 +1,6 @@
-"""The README's Python examples and its diffusion and language-model CLI walk-throughs run as written, on the bundled demo models in
-place of the hub checkpoints they name: each replaced line is checked to be in the README first, so an edited
-example fails here until this follows."""
+"""The README's Python examples and its diffusion and language-model CLI walk-throughs run as written, on the
+bundled demo models in place of the hub checkpoints they name: each replaced line is checked to be in the README
+first, so an edited example fails here until this follows."""
 
 import re
 import shlex
