@@ -92,7 +92,8 @@ def test_the_prompt_scaler_example_runs_on_the_demo_pipeline():
 
     folder = PROMPTS / "circles-on-black"
     scope = run(block("handle.prompt_alpha(prompt)"), {"pipe(prompt)": "pipe(prompt, num_inference_steps=2)"}, {
-        "fit_concept": fit_concept, "steer": steer, "pipe": load_demo_pipeline(), "prompt": "a red circle on a white background",
+        "fit_concept": fit_concept, "steer": steer, "pipe": load_demo_pipeline(),
+        "prompt": "a red circle on a white background",
         "fruit": lines(folder / "source.txt")[:8], "fruit_with_pear": lines(folder / "target.txt")[:8],
         "other": lines(folder / "control.txt")[:8]})
     words = scope["handle"].prompt_alpha("a red circle on a white background")
