@@ -297,14 +297,10 @@ def build_app(studio: Studio, text: TextStudio | None = None) -> gr.Blocks:
         strengths_json = gr.Textbox(visible=False)
         added = gr.State(None)  # the concept a fit or an upload just added
         common = [model, prompt, negative, seed, steps, guidance, mode]
-        slot_outputs = sl.outputs(pick)
         shown_outputs = [plain_img, steered_img, heat_img, profile, words]
         private = {"api_visibility": "private"}
-        app.load(sl.first, model, slot_outputs, **private)
+        sl.wire(app, model, pick, shown_outputs)
         app.load(None, js=ENTER_COMMITS, **private)
-        model.change(sl.first, model, slot_outputs, **private).then(
-            lambda: [None] * len(shown_outputs), None, shown_outputs, **private)  # the last model's images go
-        sl.shown.input(sl.chosen, [model, sl.shown, sl.names, *sl.sliders], slot_outputs, **private)
         steering = {"fn": both, "inputs": [*common, sl.names, *sl.sliders], "outputs": shown_outputs,
                     "concurrency_limit": studio.workers, **private}
         go.click(**steering)
@@ -316,8 +312,7 @@ def build_app(studio: Studio, text: TextStudio | None = None) -> gr.Blocks:
         hidden_go = gr.Button(visible=False)
         hidden_go.click(api_generate, [*common, strengths_json], [plain_img, steered_img, heat_img],
                         api_name="generate", concurrency_limit=studio.workers)
-        new_slot = {"fn": sl.with_added, "inputs": [model, sl.shown, added, sl.names, *sl.sliders],
-                    "outputs": slot_outputs, **private}
+        new_slot = sl.on_added(model, pick, added)
         fit_btn.click(lambda: ("", None), None, [fit_msg, fit_files], **private).then(
             fit, [model, src, tgt, ctl, cname, transform, scaler, stext, ttext], [fit_msg, fit_files, added],
             api_name="fit").success(**new_slot)
@@ -333,6 +328,7 @@ def build_app(studio: Studio, text: TextStudio | None = None) -> gr.Blocks:
         image_eval.wire(app, model)
         app.queue(default_concurrency_limit=max(studio.workers, text.workers if text else 1))
     return app
+
 
 def main(argv: list[str] | None = None, prog: str | None = None) -> None:
     """Parse flags and launch (``prog``: the name the usage line gives, e.g. 'dsas studio')."""

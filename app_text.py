@@ -159,13 +159,9 @@ class TextTab:
     def wire(self, app: gr.Blocks, pick: Any, added: Any) -> None:
         """Connect the events (``pick``: the Concepts tab's download list; ``added``: the concept just added)."""
         sl = self.sliders
-        outputs = sl.outputs(pick)
-        app.load(sl.first, self.model, outputs, api_visibility="private")
         shown_outputs = [self.plain_out, self.steered_out, self.alpha, self.profile, self.note]
         private = {"api_visibility": "private"}
-        self.model.change(sl.first, self.model, outputs, **private).then(
-            lambda: [None] * len(shown_outputs), None, shown_outputs, **private)  # the last model's texts go
-        sl.shown.input(sl.chosen, [self.model, sl.shown, sl.names, *sl.sliders], outputs, **private)
+        sl.wire(app, self.model, pick, shown_outputs)
         common = [self.model, self.prompt, self.seed, self.tokens, self.decoding, self.mode, self.chat]
         steering = {"fn": self.generate, "inputs": [*common, sl.names, *sl.sliders], "outputs": shown_outputs,
                     "concurrency_limit": self.text.workers, **private}
@@ -193,6 +189,4 @@ class TextTab:
 
     def new_slot(self, pick: Any, added: Any) -> dict[str, Any]:
         """The event that gives a just-added concept a slider here, when it fits this tab's model."""
-        sl = self.sliders
-        return {"fn": sl.with_added, "inputs": [self.model, sl.shown, added, sl.names, *sl.sliders],
-                "outputs": sl.outputs(pick), "api_visibility": "private"}
+        return self.sliders.on_added(self.model, pick, added)

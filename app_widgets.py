@@ -64,10 +64,22 @@ class Sliders:
                 gr.update(choices=available, value=chosen)]
 
     def _available(self, model: str) -> list[str]:
-        try:
-            return self.studio.concepts_for(model)
-        except DsasError as err:
-            raise gr.Error(f"model {model!r} is not available: {err}") from None
+        return fitting_concepts(self.studio, model)
+
+    def wire(self, app: gr.Blocks, model: Any, pick: Any, cleared: list[Any]) -> None:
+        """The sliders follow the model picker (on page load too; the ``cleared`` outputs of the last model go) and
+        the concept picker."""
+        private = {"api_visibility": "private"}
+        outputs = self.outputs(pick)
+        app.load(self.first, model, outputs, **private)
+        model.change(self.first, model, outputs, **private).then(lambda: [None] * len(cleared), None, cleared,
+                                                                  **private)
+        self.shown.input(self.chosen, [model, self.shown, self.names, *self.sliders], outputs, **private)
+
+    def on_added(self, model: Any, pick: Any, added: Any) -> dict[str, Any]:
+        """The event that gives a just-added concept (``added``) a slider, when it fits ``model``."""
+        return {"fn": self.with_added, "inputs": [model, self.shown, added, self.names, *self.sliders],
+                "outputs": self.outputs(pick), "api_visibility": "private"}
 
     def first(self, model):  # noqa: ANN001, ANN201
         """A model was chosen: sliders for its first concepts."""
@@ -87,6 +99,14 @@ class Sliders:
         return self._slots(available, chosen[-SLOTS:], names, values)
 
 
+def fitting_concepts(studio: StudioBase, model: str) -> list[str]:
+    """The concepts that fit ``model``, or the error a user sees when the model cannot be loaded."""
+    try:
+        return studio.concepts_for(model)
+    except DsasError as err:
+        raise gr.Error(f"model {model!r} is not available: {err}") from None
+
+
 def fitted_message(concept: Concept, replaces: bool, tab: str) -> str:
     """What a fit reports: the name, what it replaced, how many sites are active, where its slider is."""
     diag = concept.config.diagnostics
@@ -98,10 +118,7 @@ def fitted_message(concept: Concept, replaces: bool, tab: str) -> str:
 def concept_choices(studio: StudioBase, model: str, prefer: str | None = None) -> Any:
     """A concept picker's choices for ``model``: ``prefer`` chosen when it fits (else the first); without ``prefer``
     the choice is left as it is (a refresh that shows concepts fitted or uploaded since)."""
-    try:
-        names = studio.concepts_for(model)
-    except DsasError as err:
-        raise gr.Error(f"model {model!r} is not available: {err}") from None
+    names = fitting_concepts(studio, model)
     if prefer is None:
         return gr.update(choices=names)
     return gr.update(choices=names, value=prefer if prefer in names else (names[0] if names else None))

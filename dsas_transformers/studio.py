@@ -7,6 +7,7 @@ tab offers the concepts that fit its model); models by the names given at launch
 
 from __future__ import annotations
 
+import contextlib
 import math
 import tempfile
 import threading
@@ -95,15 +96,13 @@ class TextStudio(StudioBase):
         ids = ids.to(input_device(model))
         kwargs: dict[str, Any] = {"max_new_tokens": int(req.max_new_tokens), "do_sample": bool(req.sample),
                                   "pad_token_id": generation_pad_id(tokenizer), "attention_mask": torch.ones_like(ids)}
-        if req.sample:
-            kwargs |= SAMPLING
-            with self._rng, torch.random.fork_rng():  # the caller's global generator is left as it was
+        with contextlib.ExitStack() as sampling, torch.no_grad():
+            if req.sample:
+                kwargs |= SAMPLING
+                sampling.enter_context(self._rng)  # one sampled run at a time ...
+                sampling.enter_context(torch.random.fork_rng())  # ... leaving the caller's global generator as it was
                 torch.manual_seed(int(req.seed))
-                with torch.no_grad():
-                    out = model.generate(ids, **kwargs)
-        else:
-            with torch.no_grad():
-                out = model.generate(ids, **kwargs)
+            out = model.generate(ids, **kwargs)
         return out[0].cpu(), ids.shape[1], unknown
 
     def _decode(self, tokenizer: Any, out: torch.Tensor, n_prompt: int) -> str:
