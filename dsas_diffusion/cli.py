@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
+from typing import Any
 
 from dsas_core.cli import HelpFormatter, output_file, output_folder, parse_concept_arg
 from dsas_core.e2e import add_e2e_arguments, e2e_config_from_args
@@ -53,7 +55,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "generate", help="generate an image with concepts steered", formatter_class=HelpFormatter,
         description="Generate one image, steered by one or more concepts (DIR or DIR=STRENGTH).",
         epilog="example:\n  dsas generate --model demo --prompt 'a red circle on a white background' \\\n"
-               "    --concept assets/concepts/circles-on-black=1.5 --out steered.png --alpha-map alpha.png")
+               "    --concept assets/concepts/circles-on-black=1.5 --out steered.png --alpha-map alpha.png\n"
+               "  dsas generate --model demo --prompt 'a red circle on a white background' \\\n"
+               "    --concept assets/concepts/circles-on-black --sweep 0,0.5,1,1.5 --out sweep.png --compare both.png")
     p.add_argument("--model", default="demo", help=MODEL_HELP)
     p.add_argument("--prompt", required=True, help="the prompt text")
     p.add_argument("--negative-prompt", default=None, help="the negative prompt (with classifier-free guidance)")
@@ -66,8 +70,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--height", type=int, default=None, help="image height (default: the pipeline's)")
     p.add_argument("--width", type=int, default=None, help="image width (default: the pipeline's)")
     p.add_argument("--out", default="dsas.png", help="PNG path of the image")
-    p.add_argument("--compare", default=None, help="also write unsteered | steered side by side to this PNG")
-    p.add_argument("--alpha-map", default=None, help="write the α heat map over the image to this PNG")
+    p.add_argument("--compare", default=None,
+                   help="also write unsteered | steered side by side to this PNG; with --sweep, DSAS's row above "
+                        "plain steering's")
+    p.add_argument("--alpha-map", default=None, help="write the α heat map over the image to this PNG (with "
+                                                     "--sweep, a row of them)")
+    p.add_argument("--sweep", default=None, metavar="L1,L2,...",
+                   help="one image per strength, side by side in --out: every --concept at its strength × each "
+                        "value, in order (0, the unsteered image, always among them)")
+    p.add_argument("--cell", type=int, default=None, metavar="PX",
+                   help="with --sweep: each image resized to PX pixels on its longer side in the grids (default: "
+                        "as generated)")
     p.set_defaults(func=generate_command)
 
     p = sub.add_parser(
@@ -127,6 +140,11 @@ def generate_command(args: argparse.Namespace) -> int:
     output_file(args.out, "--out")
     if args.alpha_map:
         output_file(args.alpha_map, "--alpha-map")
+    if args.cell is not None and (args.sweep is None or args.cell < 1):
+        from dsas_core import DsasError
+
+        raise DsasError(f"--cell {args.cell}: " + ("give a side of at least 1 pixel." if args.sweep is not None else
+                                                     "it sizes the images of a --sweep grid; add --sweep L1,L2,..."))
     pipe = load_pipeline(args.model)
     concepts = {}
     for spec in args.concept:
@@ -140,6 +158,8 @@ def generate_command(args: argparse.Namespace) -> int:
         gen = torch.Generator(device="cpu").manual_seed(args.seed)
         return pipe(args.prompt, generator=gen, **kwargs).images[0]
 
+    if args.sweep is not None:
+        return _sweep(args, pipe, concepts, generate)
     plain = generate() if args.compare or not concepts else None
     if concepts:
         with steer(pipe, concepts, adaptive=not args.constant, record_alpha=bool(args.alpha_map)) as handle:
@@ -157,6 +177,39 @@ def generate_command(args: argparse.Namespace) -> int:
         both.paste(image, (image.width, 0))
         both.save(args.compare)
         print(f"wrote {args.compare}")
+    return 0
+
+
+def _sweep(args: argparse.Namespace, pipe: Any, concepts: dict[Any, float], generate: Callable[[], Any]) -> int:
+    """``dsas generate --sweep``: the images at each strength as one labelled row in ``--out``; the α maps'
+    row in ``--alpha-map``; DSAS's row above plain steering's in ``--compare`` (λ = 0's image shared)."""
+    from dsas_core import DsasError
+    from dsas_core.files import strength_list
+
+    from .sweep import labelled_grid, sweep_images
+
+    if not concepts:
+        raise DsasError("--sweep scales the strengths of the --concept folders: give at least one --concept DIR.")
+    values = strength_list(args.sweep, "--sweep", "0,0.5,1,1.5")
+    if args.compare:
+        output_file(args.compare, "--compare")
+    headers = [f"{v:g}" for v in values]
+    method = "plain" if args.constant else "DSAS"
+    images, overlays = sweep_images(pipe, concepts, values, generate, adaptive=not args.constant,
+                                    record_alpha=bool(args.alpha_map))
+    written = [(args.out, [(method, images)])]
+    if args.alpha_map:
+        written.append((args.alpha_map, [(method, overlays)]))
+    if args.compare:
+        zero = values.index(0.0)
+        steered = [v for v in values if v != 0.0]
+        other, _ = sweep_images(pipe, concepts, steered, generate, adaptive=args.constant)
+        other.insert(zero, images[zero])  # λ = 0 is the unsteered image for both
+        rows = [("DSAS", other), ("plain", images)] if args.constant else [("DSAS", images), ("plain", other)]
+        written.append((args.compare, rows))
+    for path, rows in written:
+        labelled_grid(rows, headers, args.cell).save(path)
+        print(f"wrote {path}")
     return 0
 
 

@@ -125,12 +125,12 @@ def test_the_diffusion_cli_example_runs_as_written(tmp_path, monkeypatch, capsys
     (tmp_path / "assets").symlink_to(assets_dir())  # the example's paths are the repository's
     steps = commands("dsas sites demo")
     assert [c[:2] for c in steps] == [["dsas", "sites"], ["dsas", "fit"], ["dsas", "inspect"], ["dsas", "generate"],
-                                     ["dsas", "generate"]]
+                                     ["dsas", "generate"], ["dsas", "generate"]]
     for words in steps:
         assert main(words[1:]) == 0, words
     out = capsys.readouterr().out
     assert "concept     black-bg" in out
-    for image in ("steered.png", "side_by_side.png", "alpha.png", "square.png"):
+    for image in ("steered.png", "side_by_side.png", "alpha.png", "square.png", "sweep.png", "sweep_both.png"):
         assert (tmp_path / image).stat().st_size > 0, image
 
 
