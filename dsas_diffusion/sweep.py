@@ -17,6 +17,7 @@ from typing import Any
 from PIL import Image, ImageDraw, ImageFont
 
 from dsas_core import Concept, DsasError
+from dsas_core.sweep import scaled_runs
 
 from .alpha import overlay
 from .pipeline import steer
@@ -30,19 +31,12 @@ def sweep_images(pipe: Any, concepts: Mapping[Concept, float], values: Sequence[
     """(images, α overlays) from ``generate()`` at each of ``values``, every concept at its strength × the value,
     attached once (only the strengths move between images). ``adaptive=False``: plain steering (α ≡ 1). With
     ``record_alpha`` each image's α heat map over it (the first image's of a batch), else no overlays."""
-    if not concepts:
-        raise DsasError("a strength sweep needs at least one concept to steer (--concept DIR).")
-    if not values:
-        raise DsasError("a strength sweep needs at least one strength, e.g. 0,1,2.")
+    strengths = {concept.name: strength for concept, strength in concepts.items()}
     images, overlays = [], []
     with steer(pipe, dict(concepts), adaptive=adaptive, record_alpha=record_alpha) as handle:
-        for value in values:
-            for concept, strength in concepts.items():
-                handle.strengths[concept.name] = strength * value
-            handle.clear_records()  # the overlay reads this image's α only
-            image = generate()
+        for _, image in scaled_runs(handle, strengths, values, generate):
             images.append(image)
-            if record_alpha:
+            if record_alpha:  # this image's α only: the records were cleared before it
                 overlays.append(overlay(image, handle.alpha_heatmap()[0]))
     return images, overlays
 

@@ -16,7 +16,7 @@ from dsas_core import DsasError
 from dsas_core.cli import HelpFormatter, output_file, output_folder, parse_concept_arg, torch_device
 from dsas_core.e2e import add_e2e_arguments, e2e_config_from_args
 from dsas_core.errors import loading_failed
-from dsas_core.files import prompt_lines, read_text
+from dsas_core.files import prompt_lines, read_text, strength_list
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 
@@ -28,7 +28,9 @@ FIT_EXAMPLE = """example:
       --transform lineas --scaler e2e --retain-weight 100 --out concepts/detox-e2e"""
 GENERATE_EXAMPLE = """example:
   dsas llm generate --model Qwen/Qwen2.5-1.5B --prompt "You are such a" --concept concepts/detox=1.5 \\
-      --show-alpha --max-new-tokens 32"""
+      --show-alpha --max-new-tokens 32
+  dsas llm generate --model demo --prompt "you are a big" --concept assets/concepts/detox \\
+      --sweep 0,0.5,1,1.5 --compare      # a continuation per strength, DSAS and plain steering"""
 SITES_EXAMPLE = """example:
   dsas llm sites demo                       # the bundled tavern-world LM
   dsas llm sites Qwen/Qwen2.5-1.5B
@@ -92,6 +94,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     gen.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (with --sample)")
     gen.add_argument("--seed", type=int, default=0, help="sampling seed (with --sample)")
     gen.add_argument("--chat-template", action="store_true", help="wrap the prompt as a user message")
+    gen.add_argument("--sweep", default=None, metavar="L1,L2,...",
+                     help="one continuation per strength, every --concept at its strength × each value, in order "
+                          "(0, the unsteered continuation, always among them); sampled ones share --seed")
+    gen.add_argument("--compare", action="store_true",
+                     help="with --sweep: plain steering's continuation under DSAS's at each strength")
     gen.set_defaults(func=generate_command)
 
     sites = cmds.add_parser("sites", help="list the steerable sites of a model", formatter_class=HelpFormatter,
@@ -193,6 +200,14 @@ def generate_command(args: argparse.Namespace) -> int:
 
     if (args.show_alpha or args.html) and not args.concept:
         raise DsasError("--show-alpha / --html need at least one --concept DIR[=STRENGTH].")
+    if args.sweep is not None and (args.show_alpha or args.html):
+        raise DsasError("--show-alpha / --html show the α of one continuation: drop them with --sweep, or run "
+                        "once at the strength you picked.")
+    if args.sweep is None and args.compare:
+        raise DsasError("--compare puts plain steering beside DSAS in a strength sweep: add --sweep L1,L2,...")
+    if args.sweep is not None and not args.concept:
+        raise DsasError("--sweep scales the strengths of the --concept folders: give at least one --concept DIR.")
+    values = strength_list(args.sweep, "--sweep", "0,0.5,1,1.5") if args.sweep is not None else []
     if args.max_new_tokens < 1:
         raise DsasError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}.")
     if args.html:
@@ -211,8 +226,11 @@ def generate_command(args: argparse.Namespace) -> int:
                                   "pad_token_id": generation_pad_id(tokenizer)}
     if args.sample:
         gen_kwargs |= {"temperature": args.temperature, "top_p": args.top_p}
+    if values:
+        return _sweep(args, model, tokenizer, concepts, values, {**enc, **gen_kwargs})
     torch.manual_seed(args.seed)
-    handle = attach(model, concepts, adaptive=not args.constant, record_alpha=args.show_alpha or bool(args.html)) if concepts else None
+    record = args.show_alpha or bool(args.html)
+    handle = attach(model, concepts, adaptive=not args.constant, record_alpha=record) if concepts else None
     try:
         with torch.no_grad():
             out = model.generate(**enc, **gen_kwargs)
@@ -235,6 +253,40 @@ def generate_command(args: argparse.Namespace) -> int:
         if args.html:
             args.html.write_text("<!doctype html><meta charset='utf-8'>" + "".join(parts) + "\n", encoding="utf-8")
             print(f"α map written to {args.html}")
+    return 0
+
+
+def _sweep(args: argparse.Namespace, model: Any, tokenizer: Any, concepts: dict[Any, float], values: list[float],
+           call: dict[str, Any]) -> int:
+    """``dsas llm generate --sweep``: the prompt, then a line per sweep value (and method) with its continuation."""
+    import torch
+
+    from dsas_core.sweep import scaled_runs
+
+    from .steer import steer
+
+    prompt_length = call["input_ids"].shape[1]
+
+    def continuation() -> str:
+        torch.manual_seed(args.seed)  # every line samples alike
+        with torch.no_grad():
+            out = model.generate(**call)
+        return tokenizer.decode(out[0, prompt_length:], skip_special_tokens=True).strip()
+
+    strengths = {concept.name: strength for concept, strength in concepts.items()}
+    methods = ["plain"] if args.constant else ["DSAS", "plain"] if args.compare else ["DSAS"]
+    texts: dict[tuple[str, float], str] = {}
+    for method in methods:
+        with steer(model, concepts, adaptive=method == "DSAS") as handle:
+            steered = [v for v in values if v != 0.0 or not texts]  # λ = 0 once: the unsteered continuation
+            texts |= {(method, v): text for v, text in scaled_runs(handle, strengths, steered, continuation)}
+    print(f"prompt: {args.prompt}")
+    width = max(len("strength"), *(len(f"{v:g}") for v in values))
+    print(f"{'strength':>{width}}  {'steering':<9}  continuation")
+    for v in values:
+        for method in methods if v != 0.0 else methods[:1]:
+            label = "unsteered" if v == 0.0 else method
+            print(f"{v:>{width}g}  {label:<9}  {texts[(methods[0], v) if v == 0.0 else (method, v)]}")
     return 0
 
 

@@ -47,8 +47,11 @@ def test_sweep_records_one_alpha_map_per_image(pipe):
     concept = load_concept(CONCEPT)
     images, overlays = sweep_images(pipe, {concept: 1.0}, [0.0, 2.0], _run(pipe), record_alpha=True)
     assert len(overlays) == 2 and all(o.size == images[0].size for o in overlays)
-    with pytest.raises(DsasError, match="at least one concept"):
+    with pytest.raises(DsasError, match="no concepts given"):
         sweep_images(pipe, {}, [0.0, 1.0], _run(pipe))
+    with pytest.raises(DsasError, match="at least one strength"):
+        sweep_images(pipe, {concept: 1.0}, [], _run(pipe))
+    assert np.array_equal(_pixels(_run(pipe)()), _pixels(images[0]))  # nothing left attached by the refusal
 
 
 def test_labelled_grid_places_every_image_behind_its_labels():

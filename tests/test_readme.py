@@ -148,3 +148,14 @@ def test_the_language_model_cli_example_runs_on_the_demo(tmp_path, monkeypatch, 
     for run_dir in ("runs/llm-detox/probe", "runs/llm-detox/e2e"):
         assert any((tmp_path / run_dir).iterdir()), run_dir
     assert "best DSAS" in out
+
+
+def test_the_language_model_sweep_prints_what_the_readme_shows(tmp_path, monkeypatch, capsys):
+    from dsas_core.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "assets").symlink_to(assets_dir())
+    (words,) = commands("--sweep 0,1,1.5,2 --compare")
+    shown = re.search(r"```bash\n[^`]*--sweep 0,1,1.5,2 --compare[^`]*```\n\n```text\n(.*?)```", README, re.S)
+    assert main([*words[1:], "--device", "cpu"]) == 0
+    assert capsys.readouterr().out == shown.group(1)
