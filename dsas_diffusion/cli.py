@@ -186,7 +186,7 @@ def _sweep(args: argparse.Namespace, pipe: Any, concepts: dict[Any, float], gene
     from dsas_core import DsasError
     from dsas_core.files import strength_list
 
-    from .sweep import labelled_grid, sweep_images
+    from .sweep import labelled_grid, sweep_rows
 
     if not concepts:
         raise DsasError("--sweep scales the strengths of the --concept folders: give at least one --concept DIR.")
@@ -194,21 +194,16 @@ def _sweep(args: argparse.Namespace, pipe: Any, concepts: dict[Any, float], gene
     if args.compare:
         output_file(args.compare, "--compare")
     headers = [f"{v:g}" for v in values]
-    method = "plain" if args.constant else "DSAS"
-    images, overlays = sweep_images(pipe, concepts, values, generate, adaptive=not args.constant,
-                                    record_alpha=bool(args.alpha_map))
-    written = [(args.out, [(method, images)])]
+    first = "plain" if args.constant else "DSAS"
+    methods = [first, *(m for m in ("DSAS", "plain") if m != first)] if args.compare else [first]
+    rows, overlays = sweep_rows(pipe, concepts, values, generate, methods, record_alpha=bool(args.alpha_map))
+    written = [(args.out, rows[:1])]
     if args.alpha_map:
-        written.append((args.alpha_map, [(method, overlays)]))
+        written.append((args.alpha_map, [(first, overlays)]))
     if args.compare:
-        zero = values.index(0.0)
-        steered = [v for v in values if v != 0.0]
-        other, _ = sweep_images(pipe, concepts, steered, generate, adaptive=args.constant)
-        other.insert(zero, images[zero])  # λ = 0 is the unsteered image for both
-        rows = [("DSAS", other), ("plain", images)] if args.constant else [("DSAS", images), ("plain", other)]
-        written.append((args.compare, rows))
-    for path, rows in written:
-        labelled_grid(rows, headers, args.cell).save(path)
+        written.append((args.compare, sorted(rows, key=lambda row: row[0] != "DSAS")))  # DSAS's row on top
+    for path, grid in written:
+        labelled_grid(grid, headers, args.cell).save(path)
         print(f"wrote {path}")
     return 0
 

@@ -1,11 +1,10 @@
 """A strength sweep as one picture: the same seed at several strengths, DSAS and plain steering in rows.
 
 ```python
-from dsas_diffusion.sweep import labelled_grid, sweep_images
+from dsas_diffusion.sweep import labelled_grid, sweep_rows
 run = lambda: pipe("a red circle", generator=torch.Generator().manual_seed(0)).images[0]
-dsas, _ = sweep_images(pipe, {concept: 1.0}, [0, 1, 2], run)
-plain, _ = sweep_images(pipe, {concept: 1.0}, [0, 1, 2], run, adaptive=False)
-labelled_grid([("DSAS", dsas), ("plain", plain)], ["0", "1", "2"]).save("sweep.png")
+rows, _ = sweep_rows(pipe, {concept: 1.0}, [0, 1, 2], run)  # DSAS's row, then plain steering's
+labelled_grid(rows, ["0", "1", "2"]).save("sweep.png")
 ```
 """
 
@@ -39,6 +38,32 @@ def sweep_images(pipe: Any, concepts: Mapping[Concept, float], values: Sequence[
             if record_alpha:  # this image's α only: the records were cleared before it
                 overlays.append(overlay(image, handle.alpha_heatmap()[0]))
     return images, overlays
+
+
+METHODS = {"DSAS": True, "plain": False}  # a row's label -> adaptive
+
+
+def sweep_rows(pipe: Any, concepts: Mapping[Concept, float], values: Sequence[float],
+               generate: Callable[[], Image.Image], methods: Sequence[str] = ("DSAS", "plain"),
+               record_alpha: bool = False) -> tuple[list[tuple[str, list[Image.Image]]], list[Image.Image]]:
+    """``([(method, images)], α overlays)``: :func:`sweep_images` for each of ``methods`` ("DSAS", "plain"), ready
+    for :func:`labelled_grid`. The image at 0 (the unsteered image) is made by the first method and shared by the
+    others; α overlays (with ``record_alpha``) are the first method's."""
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown or not methods:
+        raise DsasError(f"unknown steering {unknown or methods}: choose from {sorted(METHODS)}.")
+    zero = list(values).index(0.0) if 0.0 in values else None
+    rows: list[tuple[str, list[Image.Image]]] = []
+    overlays: list[Image.Image] = []
+    for i, method in enumerate(methods):
+        again = [v for v in values if v != 0.0] if i and zero is not None else list(values)
+        images, alphas = sweep_images(pipe, concepts, again, generate, adaptive=METHODS[method],
+                                      record_alpha=record_alpha and not i)
+        if len(again) < len(values):
+            images.insert(zero, rows[0][1][zero])
+        rows.append((method, images))
+        overlays = overlays or alphas
+    return rows, overlays
 
 
 def labelled_grid(rows: Sequence[tuple[str, Sequence[Image.Image]]], headers: Sequence[str],

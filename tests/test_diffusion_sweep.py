@@ -10,7 +10,7 @@ from PIL import Image
 from dsas_core import DsasError
 from dsas_core.cli import main
 from dsas_diffusion import load_concept, load_demo_pipeline, steer
-from dsas_diffusion.sweep import labelled_grid, sweep_images
+from dsas_diffusion.sweep import labelled_grid, sweep_images, sweep_rows
 
 CONCEPT = Path(__file__).resolve().parents[1] / "assets" / "concepts" / "circles-on-black"
 SQUARE = "a blue square on a yellow background"  # a control prompt: DSAS leaves it, plain steering does not
@@ -52,6 +52,25 @@ def test_sweep_records_one_alpha_map_per_image(pipe):
     with pytest.raises(DsasError, match="at least one strength"):
         sweep_images(pipe, {concept: 1.0}, [], _run(pipe))
     assert np.array_equal(_pixels(_run(pipe)()), _pixels(images[0]))  # nothing left attached by the refusal
+
+
+def test_sweep_rows_make_the_unsteered_image_once_and_match_single_sweeps(pipe):
+    concept = load_concept(CONCEPT)
+    calls = []
+    run = _run(pipe)
+
+    def counted():
+        calls.append(1)
+        return run()
+
+    rows, overlays = sweep_rows(pipe, {concept: 1.0}, [-1.0, 0.0, 2.0], counted, ["plain", "DSAS"])
+    assert [m for m, _ in rows] == ["plain", "DSAS"] and len(calls) == 3 + 2 and overlays == []
+    plain, _ = sweep_images(pipe, {concept: 1.0}, [-1.0, 0.0, 2.0], run, adaptive=False)
+    dsas, _ = sweep_images(pipe, {concept: 1.0}, [-1.0, 2.0], run)
+    assert [_pixels(i).tolist() for i in rows[0][1]] == [_pixels(i).tolist() for i in plain]
+    assert [_pixels(i).tolist() for i in rows[1][1]] == [_pixels(i).tolist() for i in (dsas[0], plain[1], dsas[1])]
+    with pytest.raises(DsasError, match=r"unknown steering \['linear'\]: choose from \['DSAS', 'plain'\]"):
+        sweep_rows(pipe, {concept: 1.0}, [0.0, 1.0], run, ["DSAS", "linear"])
 
 
 def test_labelled_grid_places_every_image_behind_its_labels():
