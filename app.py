@@ -196,6 +196,30 @@ def build_app(studio: Studio, text: TextStudio | None = None) -> gr.Blocks:
         except DsasError as err:
             raise fail(err) from None
 
+    def sweep(model, prompt, negative, seed, steps, guidance, mode, strengths, values,  # noqa: ANN001, ANN202
+              progress=gr.Progress(track_tqdm=True)):
+        """The request's image at its strengths × each value, DSAS's row above plain steering's (``mode`` is
+        ignored: both rows are drawn)."""
+        try:
+            req = request(model, prompt, negative, seed, steps, guidance, mode, strengths)
+            studio.validate(req)
+            return studio.sweep(req, values)
+        except DsasError as err:
+            raise fail(err) from None
+
+    def sweep_sliders(model, prompt, negative, seed, steps, guidance, mode, values, names,  # noqa: ANN001, ANN202
+                      *strengths):
+        """The sweep at the sliders' strengths."""
+        return sweep(model, prompt, negative, seed, steps, guidance, mode, strengths_of(names, strengths), values)
+
+    def api_sweep(model, prompt, negative, seed, steps, guidance, mode, strengths_json, values):  # noqa: ANN001, ANN202
+        """The sweep for a JSON object of strengths, e.g. {"red-to-blue": 1}, and values such as "0,1,2"."""
+        try:
+            strengths = parse_strengths(strengths_json)
+        except DsasError as err:
+            raise fail(err) from None
+        return sweep(model, prompt, negative, seed, steps, guidance, mode, strengths, values)
+
     def fit(model, source, target, control, name, transform, scaler, source_text, target_text,  # noqa: ANN001, ANN202
             progress=gr.Progress(track_tqdm=True)):
         try:
@@ -265,6 +289,13 @@ def build_app(studio: Studio, text: TextStudio | None = None) -> gr.Blocks:
                                  y_lim=[0, 1], x_label_angle=-90, sort=None, height=380)
             words = gr.HighlightedText(label="prompt words by the α each added (concepts fitted with the prompt "
                                              "scaler)", color_map=None, show_legend=False)
+            with gr.Accordion("Strength sweep: DSAS against plain steering", open=False):
+                with gr.Row():
+                    sweep_values = gr.Textbox("0,0.5,1,1.5,2", label="values (each slider's strength × each value)",
+                                              scale=3)
+                    sweep_btn = gr.Button("Sweep")
+                sweep_img = gr.Image(label="the same prompt and seed: DSAS's row above plain steering's",
+                                     format="png", type="pil", elem_id="sweep")
             image_eval = ImageEvalPanel(studio)
         text_tab = TextTab(text) if text is not None else None
         with gr.Tab("Fit an image concept"):
@@ -312,6 +343,11 @@ def build_app(studio: Studio, text: TextStudio | None = None) -> gr.Blocks:
         hidden_go = gr.Button(visible=False)
         hidden_go.click(api_generate, [*common, strengths_json], [plain_img, steered_img, heat_img],
                         api_name="generate", concurrency_limit=studio.workers)
+        sweep_btn.click(sweep_sliders, [*common, sweep_values, sl.names, *sl.sliders], sweep_img,
+                        concurrency_limit=studio.workers, **private)
+        hidden_sweep = gr.Button(visible=False)
+        hidden_sweep.click(api_sweep, [*common, strengths_json, sweep_values], sweep_img, api_name="sweep",
+                           concurrency_limit=studio.workers)
         new_slot = sl.on_added(model, pick, added)
         fit_btn.click(lambda: ("", None), None, [fit_msg, fit_files], **private).then(
             fit, [model, src, tgt, ctl, cname, transform, scaler, stext, ttext], [fit_msg, fit_files, added],

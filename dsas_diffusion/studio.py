@@ -28,6 +28,9 @@ from .evaluate import (Curves, EvalSettings, compare, image_grid, plot_pareto, s
 from .pipeline import check_concept_fits, steer
 from .scoring import load_clip
 from .sites import denoiser_of
+from .sweep import labelled_grid, sweep_rows
+
+SWEEP_CELL = 128  # pixels: the app's sweep shows small images (the demo's 32²) enlarged, large ones at most twice this
 
 __all__ = ["MAX_STRENGTH", "ConceptRegistry", "Request", "Result", "Studio"]  # the first two from dsas_core.registry
 
@@ -118,6 +121,23 @@ class Studio(StudioBase):
                 profile.append((concept.name, site, float(maps.mean())))
         heat = overlay(image, torch.stack(heats).amax(0))  # where any concept steered, as hard as the strongest
         return Result(image, heat, profile, words)
+
+    def sweep(self, req: Request, values: str) -> Image.Image:
+        """The Steer tab's strength sweep: the request's image with every strength set × each of ``values``
+        (comma-separated; 0, the unsteered image, always among them), DSAS's row above plain steering's, as one
+        labelled picture (each image at least :data:`SWEEP_CELL` pixels)."""
+        strengths = strength_list(values or "", "sweep values", "0,0.5,1,1.5,2")
+        check_sweep({}, strengths)
+        active = {n: float(v) for n, v in req.strengths.items() if float(v) != 0.0}
+        if not active:
+            raise DsasError("every strength is 0: set the strengths to sweep (each is multiplied by every value).")
+        top = max(abs(v) for v in strengths)
+        check_strengths({n: v * top for n, v in active.items()}, self.registry)  # the largest strength swept
+        concepts = {self.registry.get(n): v for n, v in active.items()}
+        with self.pool(req.model).borrow() as pipe:
+            rows, _ = sweep_rows(pipe, concepts, strengths, lambda: self._run(pipe, req))
+        side = max(rows[0][1][0].size)
+        return labelled_grid(rows, [f"{v:g}" for v in strengths], cell=max(SWEEP_CELL, min(side, 2 * SWEEP_CELL)))
 
     def fit(self, model: str, source: str, target: str, control: str, name: str, transform: str, scaler: str,
             source_text: str = "", target_text: str = "") -> tuple[Concept, bool]:

@@ -201,3 +201,43 @@ def test_the_api_evaluates_an_image_concept(served):
     assert [r[:3] for r in table["data"]] == [["oracle", "dsas", 0], ["oracle", "dsas", 8], ["oracle", "plain", 0],
                                               ["oracle", "plain", 8]]
     assert [f.rsplit("/", 1)[1] for f in files] == ["pareto.png", "grid.png", "results.csv", "results.json"]
+
+
+def test_a_strength_sweep_draws_dsas_above_plain_steering(tmp_path):
+    import numpy as np
+
+    from dsas_core import DsasError
+    from dsas_core.paths import assets_dir
+    from dsas_diffusion.studio import SWEEP_CELL, ConceptRegistry, Request, Studio
+
+    studio = Studio({"demo": load_demo_pipeline}, ConceptRegistry([assets_dir() / "concepts"], tmp_path), workers=1)
+    req = Request(model="demo", prompt="a blue square on a yellow background", steps=6,
+                  strengths={"circles-on-black": 1.0, "no-green": 0.0})
+    grid = np.asarray(studio.sweep(req, "2,0,1"), dtype=np.int16)
+    band, margin = grid.shape[0] - 2 * SWEEP_CELL, grid.shape[1] - 3 * SWEEP_CELL
+    assert band > 0 and margin > 0
+    cells = [[grid[band + r * SWEEP_CELL: band + (r + 1) * SWEEP_CELL, margin + c * SWEEP_CELL:
+                   margin + (c + 1) * SWEEP_CELL] for c in range(3)] for r in range(2)]
+    unsteered = np.asarray(studio.unsteered(req).resize((SWEEP_CELL, SWEEP_CELL), Image.NEAREST), dtype=np.int16)
+    assert np.array_equal(cells[0][0], unsteered) and np.array_equal(cells[1][0], unsteered)
+    dsas = max(np.abs(cells[0][c] - unsteered).mean() for c in (1, 2))
+    plain = min(np.abs(cells[1][c] - unsteered).mean() for c in (1, 2))
+    assert plain > 4 * dsas  # a square: DSAS leaves it, plain steering paints the background over
+    for strengths, values, said in (({"no-green": 0.0}, "0,1", "every strength is 0"),
+                                    ({"circles-on-black": 9.0}, "0,2", "between -16 and 16, got 18"),
+                                    ({"circles-on-black": 1.0}, "0", "holds no strength but 0")):
+        with pytest.raises(DsasError, match=said):
+            studio.sweep(Request(model="demo", prompt="a square", strengths=strengths), values)
+
+
+def test_the_api_sweeps_strengths(served):
+    client = served[0]
+    grid = client.predict("demo", PROMPT, "", 0, 4, 5.0, "DSAS", json.dumps({"red-to-blue": 1.0}), "0,2",
+                          api_name="/sweep")
+    from dsas_diffusion.studio import SWEEP_CELL
+
+    width, height = Image.open(grid).size
+    assert width > 2 * SWEEP_CELL and height > 2 * SWEEP_CELL
+    with pytest.raises(Exception, match="every strength is 0"):
+        client.predict("demo", PROMPT, "", 0, 4, 5.0, "DSAS", json.dumps({"red-to-blue": 0}), "0,2",
+                       api_name="/sweep")

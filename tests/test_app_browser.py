@@ -8,7 +8,7 @@ import pytest
 
 from app_harness import ROOT, launch, open_page
 from dsas_diffusion.demo import load_demo_pipeline
-from dsas_diffusion.studio import MAX_STRENGTH
+from dsas_diffusion.studio import MAX_STRENGTH, SWEEP_CELL
 from dsas_transformers.demo import load_demo_lm
 
 COLOURS = ("red", "green", "blue", "yellow", "purple", "orange")
@@ -83,7 +83,13 @@ def test_the_page_loads_a_slider_move_shows_a_new_steered_image(tmp_path):
                 arg=steered_src, timeout=60_000)
             page.wait_for_timeout(3000)  # the last request's images and the chart settle (labels are laid out last)
             page.screenshot(path=str(shot), full_page=True)
+            # the strength sweep: the sliders' strengths × each value, DSAS's row above plain steering's
+            page.get_by_text("Strength sweep: DSAS against plain steering").click()
+            page.get_by_role("button", name="Sweep", exact=True).click()
+            page.locator("#sweep img").wait_for(timeout=60_000)
+            swept = page.locator("#sweep img").evaluate("i => [i.naturalWidth, i.naturalHeight]")
             browser.close()
+        assert swept[0] > 5 * SWEEP_CELL and swept[1] > 2 * SWEEP_CELL  # 0, 0.5, 1, 1.5, 2 in two rows
         assert value > 0.5
         assert typed == 4.0
         assert Path(shot).stat().st_size > 10_000
