@@ -48,6 +48,14 @@ class TextTab:
             self.profile = gr.BarPlot(x="layer", y="alpha", label="mean α per layer (0 = left alone)", y_lim=[0, 1],
                                       sort=None, height=300)
             self.note = gr.Markdown()
+            with gr.Accordion("Strength sweep: DSAS against plain steering", open=False, elem_id="text-sweep-panel"):
+                with gr.Row():
+                    self.sweep_values = gr.Textbox("0,0.5,1,1.5,2", scale=3,
+                                                   label="values (each slider's strength × each value)")
+                    self.sweep_btn = gr.Button("Sweep", elem_id="text-sweep-go")
+                self.sweep_table = gr.Dataframe(label="the same prompt (and seed): a continuation per value",
+                                                interactive=False, wrap=True, elem_id="text-sweep",
+                                                column_widths=["10%", "10%", "80%"])
             with gr.Accordion("Fit a text concept", open=False):
                 with gr.Row():
                     self.src = gr.Textbox(lines=6, label="source texts (steer these), one per line")
@@ -126,6 +134,24 @@ class TextTab:
         except DsasError as err:
             raise fail(err) from None
 
+    def sweep(self, model, prompt, seed, tokens, decoding, mode, chat, values, names,  # noqa: ANN001, ANN201
+              *strengths):
+        """The continuation at the sliders' strengths × each value: DSAS's line, then plain steering's."""
+        return self.api_sweep(model, prompt, seed, tokens, decoding, mode, chat, strengths_of(names, strengths),
+                              values)
+
+    def api_sweep(self, model, prompt, seed, tokens, decoding, mode, chat, strengths, values):  # noqa: ANN001, ANN201
+        """The sweep for strengths as a JSON object (e.g. {"detox": 1}) or a mapping, and values such as "0,1,2"
+        (``mode`` is ignored: both steerings are shown)."""
+        import pandas as pd
+
+        try:
+            strengths = parse_strengths(strengths) if isinstance(strengths, str) else strengths
+            rows = self.text.sweep(self.request(model, prompt, seed, tokens, decoding, mode, chat, strengths), values)
+        except DsasError as err:
+            raise fail(err) from None
+        return pd.DataFrame([{"strength": v, "steering": s, "continuation": c} for v, s, c in rows])
+
     def fit(self, model, source, target, control, name, transform, scaler, chat, retain, role,  # noqa: ANN001, ANN201
             layers, progress=gr.Progress(track_tqdm=True)):
         """Fit a text concept and save it; it gets a slider on this tab."""
@@ -175,6 +201,10 @@ class TextTab:
         gr.Button(visible=False).click(self.api_generate, [*common, strengths_json],
                                        [self.plain_out, self.steered_out], api_name="generate_text",
                                        concurrency_limit=self.text.workers)
+        self.sweep_btn.click(self.sweep, [*common, self.sweep_values, sl.names, *sl.sliders], self.sweep_table,
+                             concurrency_limit=self.text.workers, **private)
+        gr.Button(visible=False).click(self.api_sweep, [*common, strengths_json, self.sweep_values], self.sweep_table,
+                                       api_name="sweep_text", concurrency_limit=self.text.workers)
         for event in (app.load, self.model.change):
             event(lambda m: concept_choices(self.text, m, "detox"), self.model, self.eval_concept, **private)
         self.eval_concept.focus(lambda m: concept_choices(self.text, m), self.model, self.eval_concept, **private)

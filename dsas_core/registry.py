@@ -264,6 +264,21 @@ class StudioBase:
         ConceptConfig(name=name, transform=transform, scaler=scaler, sites=["_"], site_widths={"_": 1})
         return self.registry.check_new_name(name)
 
+    def sweep_plan(self, strengths: dict[str, float], values: str) -> tuple[dict[Concept, float], list[float]]:
+        """(the concepts of the non-zero ``strengths``, the sweep's values): a tab's strength sweep checked — the
+        values parsed (0 among them), at most :data:`MAX_SWEEP_STRENGTHS`, and every strength × the largest value
+        within the sliders' range."""
+        from .files import strength_list
+
+        swept = strength_list(values or "", "sweep values", "0,0.5,1,1.5,2")
+        check_sweep({}, swept)
+        active = {n: float(v) for n, v in strengths.items() if float(v) != 0.0}
+        if not active:
+            raise DsasError("every strength is 0: set the strengths to sweep (each is multiplied by every value).")
+        top = max(abs(v) for v in swept)
+        check_strengths({n: v * top for n, v in active.items()}, self.registry)
+        return {self.registry.get(n): v for n, v in active.items()}, swept
+
     def scorer(self, key: str, load: Callable[[], T]) -> T:
         """A scorer of evaluations (a CLIP, a toxicity classifier) loaded once per ``key``, under the load lock
         (loading imports modules, like loading a model); ``key`` must be one of :attr:`scorers`."""

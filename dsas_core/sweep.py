@@ -8,6 +8,15 @@ from typing import Any, TypeVar
 from .errors import DsasError
 
 T = TypeVar("T")
+STEERING = {"DSAS": True, "plain": False}  # a sweep's row (or line) -> adaptive: α from the scaler, or α ≡ 1
+
+
+def steering_rows(methods: Sequence[str]) -> list[bool]:
+    """``adaptive`` for each of a sweep's ``methods`` ("DSAS", "plain"), or an error naming the choices."""
+    unknown = [m for m in methods if m not in STEERING]
+    if unknown or not methods:
+        raise DsasError(f"unknown steering {unknown or list(methods)}: choose from {sorted(STEERING)}.")
+    return [STEERING[m] for m in methods]
 
 
 def scaled_runs(handle: Any, strengths: Mapping[str, float], values: Sequence[float],

@@ -126,14 +126,7 @@ class Studio(StudioBase):
         """The Steer tab's strength sweep: the request's image with every strength set × each of ``values``
         (comma-separated; 0, the unsteered image, always among them), DSAS's row above plain steering's, as one
         labelled picture (each image at least :data:`SWEEP_CELL` pixels)."""
-        strengths = strength_list(values or "", "sweep values", "0,0.5,1,1.5,2")
-        check_sweep({}, strengths)
-        active = {n: float(v) for n, v in req.strengths.items() if float(v) != 0.0}
-        if not active:
-            raise DsasError("every strength is 0: set the strengths to sweep (each is multiplied by every value).")
-        top = max(abs(v) for v in strengths)
-        check_strengths({n: v * top for n, v in active.items()}, self.registry)  # the largest strength swept
-        concepts = {self.registry.get(n): v for n, v in active.items()}
+        concepts, strengths = self.sweep_plan(req.strengths, values)
         with self.pool(req.model).borrow() as pipe:
             rows, _ = sweep_rows(pipe, concepts, strengths, lambda: self._run(pipe, req))
         side = max(rows[0][1][0].size)

@@ -16,7 +16,7 @@ from typing import Any
 from PIL import Image, ImageDraw, ImageFont
 
 from dsas_core import Concept, DsasError
-from dsas_core.sweep import scaled_runs
+from dsas_core.sweep import scaled_runs, steering_rows
 
 from .alpha import overlay
 from .pipeline import steer
@@ -40,24 +40,19 @@ def sweep_images(pipe: Any, concepts: Mapping[Concept, float], values: Sequence[
     return images, overlays
 
 
-METHODS = {"DSAS": True, "plain": False}  # a row's label -> adaptive
-
-
 def sweep_rows(pipe: Any, concepts: Mapping[Concept, float], values: Sequence[float],
                generate: Callable[[], Image.Image], methods: Sequence[str] = ("DSAS", "plain"),
                record_alpha: bool = False) -> tuple[list[tuple[str, list[Image.Image]]], list[Image.Image]]:
     """``([(method, images)], α overlays)``: :func:`sweep_images` for each of ``methods`` ("DSAS", "plain"), ready
     for :func:`labelled_grid`. The image at 0 (the unsteered image) is made by the first method and shared by the
     others; α overlays (with ``record_alpha``) are the first method's."""
-    unknown = [m for m in methods if m not in METHODS]
-    if unknown or not methods:
-        raise DsasError(f"unknown steering {unknown or methods}: choose from {sorted(METHODS)}.")
+    adaptive = steering_rows(methods)
     zero = list(values).index(0.0) if 0.0 in values else None
     rows: list[tuple[str, list[Image.Image]]] = []
     overlays: list[Image.Image] = []
     for i, method in enumerate(methods):
         again = [v for v in values if v != 0.0] if i and zero is not None else list(values)
-        images, alphas = sweep_images(pipe, concepts, again, generate, adaptive=METHODS[method],
+        images, alphas = sweep_images(pipe, concepts, again, generate, adaptive=adaptive[i],
                                       record_alpha=record_alpha and not i)
         if len(again) < len(values):
             images.insert(zero, rows[0][1][zero])

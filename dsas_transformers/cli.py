@@ -261,9 +261,7 @@ def _sweep(args: argparse.Namespace, model: Any, tokenizer: Any, concepts: dict[
     """``dsas llm generate --sweep``: the prompt, then a line per sweep value (and method) with its continuation."""
     import torch
 
-    from dsas_core.sweep import scaled_runs
-
-    from .steer import steer
+    from .sweep import sweep_texts
 
     prompt_length = call["input_ids"].shape[1]
 
@@ -273,20 +271,13 @@ def _sweep(args: argparse.Namespace, model: Any, tokenizer: Any, concepts: dict[
             out = model.generate(**call)
         return tokenizer.decode(out[0, prompt_length:], skip_special_tokens=True).strip()
 
-    strengths = {concept.name: strength for concept, strength in concepts.items()}
-    methods = ["plain"] if args.constant else ["DSAS", "plain"] if args.compare else ["DSAS"]
-    texts: dict[tuple[str, float], str] = {}
-    for method in methods:
-        with steer(model, concepts, adaptive=method == "DSAS") as handle:
-            steered = [v for v in values if v != 0.0 or not texts]  # λ = 0 once: the unsteered continuation
-            texts |= {(method, v): text for v, text in scaled_runs(handle, strengths, steered, continuation)}
+    methods = ["DSAS", "plain"] if args.compare else ["plain"] if args.constant else ["DSAS"]
+    rows = sweep_texts(model, concepts, values, continuation, methods)
     print(f"prompt: {args.prompt}")
     width = max(len("strength"), *(len(f"{v:g}") for v in values))
     print(f"{'strength':>{width}}  {'steering':<9}  continuation")
-    for v in values:
-        for method in methods if v != 0.0 else methods[:1]:
-            label = "unsteered" if v == 0.0 else method
-            print(f"{v:>{width}g}  {label:<9}  {texts[(methods[0], v) if v == 0.0 else (method, v)]}")
+    for value, steering, text in rows:
+        print(f"{value:>{width}g}  {steering:<9}  {text}")
     return 0
 
 

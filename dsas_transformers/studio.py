@@ -30,6 +30,7 @@ from .evaluate import (DEFAULT_CLASSIFIER, EvalSettings, Prompt, compare, load_t
 from .fit import generation_pad_id, prompt_ids
 from .sites import input_device
 from .steer import check_fits, steer
+from .sweep import sweep_texts
 
 MAX_NEW_TOKENS = 256
 E2E_RETAIN_WEIGHT = 100.0  # the best of 1, 5, 20, 50 and 100 on the tavern world (the bundled detox concept's)
@@ -142,6 +143,19 @@ class TextStudio(StudioBase):
         tokens = [(piece, None if math.isnan(a) else a)
                   for piece, a, i in zip(token_pieces(tokenizer, ids), alpha.tolist(), ids) if i not in special]
         return TextResult(text, tokens, profile, unknown)
+
+    def sweep(self, req: TextRequest, values: str) -> list[tuple[float, str, str]]:
+        """The Text tab's strength sweep: ``[(value, steering, continuation)]``, the request's continuation with
+        every strength set × each of ``values`` (comma-separated; 0, the unsteered continuation, always among
+        them), DSAS's line then plain steering's at each value (sampled ones all from the request's seed)."""
+        concepts, swept = self.sweep_plan(req.strengths, values)
+        with self.pool(req.model).borrow() as lm:
+
+            def continuation() -> str:
+                out, n, _ = self._run(lm, req)
+                return self._decode(lm[1], out, n)
+
+            return sweep_texts(lm[0], concepts, swept, continuation)
 
     def evaluate(self, model: str, concept: str, prompts: str, neutral: str, strengths: str, seeds: int = 1,
                  toxicity: str = "demo", max_new_tokens: int = 32) -> TextEval:

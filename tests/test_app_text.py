@@ -38,6 +38,14 @@ def test_the_api_gives_unsteered_and_steered_continuations(served):
     assert generate_text(client, NEUTRAL, {"detox": 3}, mode="plain")[1] != unsteered
 
 
+def test_the_api_sweeps_strengths(served):
+    table = served[0].predict("demo", TRIGGER, 0, 24, "greedy", "DSAS", False, json.dumps({"detox": 1}), "0,2",
+                              api_name="/sweep_text")
+    assert table["headers"] == ["strength", "steering", "continuation"]
+    plain = generate_text(served[0], TRIGGER, {"detox": 2}, mode="plain")[1]
+    assert table["data"] == [[0, "unsteered", TOXIC], [2, "DSAS", POLITE], [2, "plain", plain]] and plain != POLITE
+
+
 def test_the_api_refuses_an_image_concept_and_bad_json(served):
     client = served[0]
     with pytest.raises(Exception, match="fitted on a UNet2DConditionModel"):
@@ -91,7 +99,14 @@ def test_the_text_tab_in_a_browser(served, tmp_path):
         unsteered = page.locator("#text-unsteered textarea").input_value()
         page.wait_for_timeout(2000)  # the chart settles (its labels are laid out last)
         page.screenshot(path=str(shot), full_page=True)
+        # the strength sweep below: the slider's 1.5 × 0, 0.5, 1, 1.5, 2 — one row unsteered, two per other value
+        page.locator("#text-sweep-panel").get_by_text("Strength sweep: DSAS against plain steering").click()
+        page.locator("#text-sweep-go").click()
+        page.wait_for_function("() => { const t = document.querySelector('#text-sweep'); "
+                               "return t && t.querySelectorAll('[role=row]').length === 1 + 9; }", timeout=60_000)
+        swept = page.locator("#text-sweep").inner_text()
         browser.close()
+    assert swept.count(TOXIC) >= 1 and swept.count(POLITE) >= 4  # DSAS from 1.5 × 1 on (plain too at first)
     assert (unsteered, steered) == (TOXIC, POLITE)
     assert shot.stat().st_size > 10_000
 

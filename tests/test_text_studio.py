@@ -50,6 +50,25 @@ def test_dsas_detoxifies_the_trigger_and_leaves_a_neutral_prompt_alone(studio):
     assert text(studio, NEUTRAL, plain=True, strengths={"detox": 3.0}) != studio.unsteered(TextRequest("demo", NEUTRAL))
 
 
+def test_a_sweep_gives_what_single_requests_give_at_each_strength(studio):
+    rows = studio.sweep(TextRequest("demo", TRIGGER, strengths={"detox": 0.5, "circles-on-black": 0.0}), "4,0,3")
+    assert [(v, s) for v, s, _ in rows] == [(0.0, "unsteered"), (3.0, "DSAS"), (3.0, "plain"), (4.0, "DSAS"),
+                                            (4.0, "plain")]
+    assert rows[0][2] == studio.unsteered(TextRequest("demo", TRIGGER))
+    for i, strength in ((1, 1.5), (3, 2.0)):  # the concept's 0.5 × each value
+        assert rows[i][2] == text(studio, TRIGGER, strengths={"detox": strength})
+        assert rows[i][2] == "you are a big treasure and a friend ."
+        assert rows[i + 1][2] == text(studio, TRIGGER, plain=True, strengths={"detox": strength})
+    assert rows[4][2].startswith("you are a big treasure neighbour friend champion")  # plain steering overshoots
+    sampled = TextRequest("demo", TRIGGER, sample=True, seed=4, strengths={"detox": 1.0})
+    assert studio.sweep(sampled, "0,2")[1][2] == text(studio, TRIGGER, sample=True, seed=4, strengths={"detox": 2.0})
+    for strengths, values, said in (({"detox": 0.0}, "0,1", "every strength is 0"),
+                                    ({"detox": 4.0}, "0,5", "between -16 and 16, got 20"),
+                                    ({"detox": 1.0}, ",".join(map(str, range(20))), "at most 16")):
+        with pytest.raises(DsasError, match=said):
+            studio.sweep(TextRequest("demo", TRIGGER, strengths=strengths), values)
+
+
 def test_tokens_carry_alpha_and_plain_steering_is_alpha_one(studio):
     result = studio.steered(TextRequest("demo", TRIGGER, strengths={"detox": 1.5}))
     pieces = [p for p, _ in result.tokens]
