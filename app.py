@@ -196,8 +196,7 @@ def build_app(studio: Studio, text: TextStudio | None = None) -> gr.Blocks:
         except DsasError as err:
             raise fail(err) from None
 
-    def sweep(model, prompt, negative, seed, steps, guidance, mode, strengths, values,  # noqa: ANN001, ANN202
-              progress=gr.Progress(track_tqdm=True)):
+    def sweep(model, prompt, negative, seed, steps, guidance, mode, strengths, values):  # noqa: ANN001, ANN202
         """The request's image at its strengths × each value, DSAS's row above plain steering's (``mode`` is
         ignored: both rows are drawn)."""
         try:

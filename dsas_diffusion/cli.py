@@ -137,14 +137,10 @@ def generate_command(args: argparse.Namespace) -> int:
     from .pipeline import load_concept, steer
     from .sites import image_size
 
-    output_file(args.out, "--out")
-    if args.alpha_map:
-        output_file(args.alpha_map, "--alpha-map")
-    if args.cell is not None and (args.sweep is None or args.cell < 1):
-        from dsas_core import DsasError
-
-        raise DsasError(f"--cell {args.cell}: " + ("give a side of at least 1 pixel." if args.sweep is not None else
-                                                     "it sizes the images of a --sweep grid; add --sweep L1,L2,..."))
+    for path, option in ((args.out, "--out"), (args.alpha_map, "--alpha-map"), (args.compare, "--compare")):
+        if path:
+            output_file(path, option)
+    values = _sweep_values(args) if args.sweep is not None or args.cell is not None else []
     pipe = load_pipeline(args.model)
     concepts = {}
     for spec in args.concept:
@@ -158,8 +154,8 @@ def generate_command(args: argparse.Namespace) -> int:
         gen = torch.Generator(device="cpu").manual_seed(args.seed)
         return pipe(args.prompt, generator=gen, **kwargs).images[0]
 
-    if args.sweep is not None:
-        return _sweep(args, pipe, concepts, generate)
+    if values:
+        return _sweep(args, values, pipe, concepts, generate)
     plain = generate() if args.compare or not concepts else None
     if concepts:
         with steer(pipe, concepts, adaptive=not args.constant, record_alpha=bool(args.alpha_map)) as handle:
@@ -180,19 +176,26 @@ def generate_command(args: argparse.Namespace) -> int:
     return 0
 
 
-def _sweep(args: argparse.Namespace, pipe: Any, concepts: dict[Any, float], generate: Callable[[], Any]) -> int:
-    """``dsas generate --sweep``: the images at each strength as one labelled row in ``--out``; the α maps'
-    row in ``--alpha-map``; DSAS's row above plain steering's in ``--compare`` (λ = 0's image shared)."""
+def _sweep_values(args: argparse.Namespace) -> list[float]:
+    """``--sweep``'s values, checked with ``--concept`` and ``--cell`` before the pipeline loads."""
     from dsas_core import DsasError
     from dsas_core.files import strength_list
 
+    if args.sweep is None:
+        raise DsasError(f"--cell {args.cell}: it sizes the images of a --sweep grid; add --sweep L1,L2,...")
+    if args.cell is not None and args.cell < 1:
+        raise DsasError(f"--cell {args.cell}: give a side of at least 1 pixel.")
+    if not args.concept:
+        raise DsasError("--sweep scales the strengths of the --concept folders: give at least one --concept DIR.")
+    return strength_list(args.sweep, "--sweep", "0,0.5,1,1.5")
+
+
+def _sweep(args: argparse.Namespace, values: list[float], pipe: Any, concepts: dict[Any, float],
+           generate: Callable[[], Any]) -> int:
+    """``dsas generate --sweep``: the images at each strength as one labelled row in ``--out``; the α maps'
+    row in ``--alpha-map``; DSAS's row above plain steering's in ``--compare`` (λ = 0's image shared)."""
     from .sweep import labelled_grid, sweep_rows
 
-    if not concepts:
-        raise DsasError("--sweep scales the strengths of the --concept folders: give at least one --concept DIR.")
-    values = strength_list(args.sweep, "--sweep", "0,0.5,1,1.5")
-    if args.compare:
-        output_file(args.compare, "--compare")
     headers = [f"{v:g}" for v in values]
     first = "plain" if args.constant else "DSAS"
     methods = [first, *(m for m in ("DSAS", "plain") if m != first)] if args.compare else [first]

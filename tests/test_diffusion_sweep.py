@@ -122,8 +122,8 @@ def test_generate_sweep_writes_the_row_the_alpha_row_and_dsas_above_plain(tmp_pa
     assert plain_moved > 4 * dsas_moved  # on a control prompt plain steering changes the image, DSAS barely
 
 
-def test_generate_sweep_explains_bad_input(tmp_path, capsys):
-    args = ["generate", "--model", "demo", "--prompt", SQUARE, "--steps", "1", "--out", str(tmp_path / "s.png")]
+def test_generate_sweep_explains_bad_input_before_loading_a_model(tmp_path, capsys):
+    args = ["generate", "--model", str(tmp_path / "no-model"), "--prompt", SQUARE, "--out", str(tmp_path / "s.png")]
     assert main(args + ["--sweep", "0,1"]) == 2
     assert "--sweep scales the strengths of the --concept folders" in capsys.readouterr().err
     assert main(args + ["--concept", str(CONCEPT), "--sweep", "0"]) == 2
@@ -132,3 +132,7 @@ def test_generate_sweep_explains_bad_input(tmp_path, capsys):
     assert "give comma-separated numbers, e.g. 0,0.5,1,1.5" in capsys.readouterr().err
     assert main(args + ["--concept", str(CONCEPT), "--cell", "96"]) == 2
     assert "--cell 96: it sizes the images of a --sweep grid; add --sweep" in capsys.readouterr().err
+    assert main(args + ["--concept", str(CONCEPT), "--sweep", "1", "--cell", "0"]) == 2
+    assert "--cell 0: give a side of at least 1 pixel." in capsys.readouterr().err
+    assert main(args + ["--concept", str(CONCEPT), "--sweep", "1", "--compare", str(tmp_path / "no" / "c.png")]) == 2
+    assert "--compare" in capsys.readouterr().err and not (tmp_path / "s.png").exists()
