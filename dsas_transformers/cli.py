@@ -29,8 +29,8 @@ FIT_EXAMPLE = """example:
 GENERATE_EXAMPLE = """example:
   dsas llm generate --model Qwen/Qwen2.5-1.5B --prompt "You are such a" --concept concepts/detox=1.5 \\
       --show-alpha --max-new-tokens 32
-  dsas llm generate --model demo --prompt "you are a big" --concept assets/concepts/detox \\
-      --sweep 0,0.5,1,1.5 --compare      # a continuation per strength, DSAS and plain steering"""
+  dsas llm generate --model demo --prompt "you are a big nitwit and a" --concept assets/concepts/detox \\
+      --sweep 0,1,1.5,2 --compare --max-new-tokens 8   # a line per strength: DSAS, then plain steering"""
 SITES_EXAMPLE = """example:
   dsas llm sites demo                       # the bundled tavern-world LM
   dsas llm sites Qwen/Qwen2.5-1.5B

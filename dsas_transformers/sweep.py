@@ -10,6 +10,7 @@ from dsas_core.sweep import scaled_runs, steering_rows
 
 from .steer import steer
 
+
 def sweep_texts(model: Any, concepts: Mapping[Concept, float], values: Sequence[float],
                 continuation: Callable[[], str],
                 methods: Sequence[str] = ("DSAS", "plain")) -> list[tuple[float, str, str]]:
