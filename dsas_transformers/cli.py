@@ -39,9 +39,10 @@ SITES_EXAMPLE = """example:
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add ``dsas llm`` and its subcommands."""
-    llm = sub.add_parser("llm", help="steer transformers causal language models (fit, generate, sites, eval)",
+    llm = sub.add_parser("llm", help="steer transformers causal language models (fit, generate, chat, sites, eval)",
                          description="DSAS for transformers causal language models.",
-                         epilog=f"{FIT_EXAMPLE}\n\n{GENERATE_EXAMPLE}\n\n{SITES_EXAMPLE}", formatter_class=HelpFormatter)
+                         epilog=f"{FIT_EXAMPLE}\n\n{GENERATE_EXAMPLE}\n\n{SITES_EXAMPLE}",
+                         formatter_class=HelpFormatter)
     llm.set_defaults(func=lambda args: llm.print_help() or 0)
     cmds = llm.add_subparsers(dest="llm_command", metavar="SUBCOMMAND")
 
@@ -83,16 +84,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                           epilog=GENERATE_EXAMPLE)
     _model_args(gen)
     gen.add_argument("--prompt", required=True, help="the prompt text")
-    gen.add_argument("--concept", action="append", default=[], metavar="DIR[=STRENGTH]",
-                     help="a concept directory or hub id and its strength λ; repeat for several")
-    gen.add_argument("--constant", action="store_true", help="plain steering: α ≡ 1 at every fitted site")
+    steering_args(gen, max_new_tokens=32)
     gen.add_argument("--show-alpha", action="store_true", help="print each token coloured by its mean α")
     gen.add_argument("--html", type=Path, default=None, help="also write the α map as HTML to this file")
-    gen.add_argument("--max-new-tokens", type=int, default=32, help="tokens to generate")
-    gen.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
-    gen.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (with --sample)")
-    gen.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (with --sample)")
-    gen.add_argument("--seed", type=int, default=0, help="sampling seed (with --sample)")
     gen.add_argument("--chat-template", action="store_true", help="wrap the prompt as a user message")
     gen.add_argument("--sweep", default=None, metavar="L1,L2,...",
                      help="one continuation per strength, every --concept at its strength × each value, in order "
@@ -110,16 +104,41 @@ def register(sub: argparse._SubParsersAction) -> None:
     sites.add_argument("--json", action="store_true", help="print the table as JSON")
     sites.set_defaults(func=sites_command, device="cpu")
 
+    from .cli_chat import add_parser as add_chat_parser
     from .cli_eval import add_parser as add_eval_parser
+
+    add_chat_parser(cmds)
 
     add_eval_parser(cmds)
 
 
 def _model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True, metavar="MODEL", help="'demo' (the bundled tavern-world LM), a hub id or a local folder")
+    p.add_argument("--model", required=True, metavar="MODEL",
+                   help="'demo' (the bundled tavern-world LM), a hub id or a local folder")
     p.add_argument("--dtype", default="auto", choices=DTYPES, help="weights dtype ('auto': as saved)")
     p.add_argument("--device", default=None,
                    help="cpu, cuda, cuda:1, ... or 'auto' (accelerate device_map); default: cuda if available")
+
+
+def steering_args(p: argparse.ArgumentParser, max_new_tokens: int) -> None:
+    """The concepts, the steering and the decoding flags that ``generate`` and ``chat`` share."""
+    p.add_argument("--concept", action="append", default=[], metavar="DIR[=STRENGTH]",
+                   help="a concept directory or hub id and its strength λ; repeat for several")
+    p.add_argument("--constant", action="store_true", help="plain steering: α ≡ 1 at every fitted site")
+    p.add_argument("--max-new-tokens", type=int, default=max_new_tokens, help="tokens to generate")
+    p.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
+    p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (with --sample)")
+    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (with --sample)")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed (with --sample)")
+
+
+def decoding(args: argparse.Namespace, tokenizer: Any) -> dict[str, Any]:
+    """``generate()``'s settings from :func:`steering_args`' flags (greedy unless ``--sample``)."""
+    from .fit import generation_pad_id
+
+    kwargs: dict[str, Any] = {"max_new_tokens": args.max_new_tokens, "do_sample": args.sample,
+                              "pad_token_id": generation_pad_id(tokenizer)}
+    return kwargs | ({"temperature": args.temperature, "top_p": args.top_p} if args.sample else {})
 
 
 def read_prompt_file(path: Path) -> list[str]:
@@ -164,7 +183,8 @@ def fit_command(args: argparse.Namespace) -> int:
     texts = {k: read_prompt_file(getattr(args, k)) for k in ("source", "target")}
     control = read_prompt_file(args.control) if args.control else None
     if control is None and args.scaler in ("probe", "e2e"):
-        raise DsasError(f"the {args.scaler} scaler needs --control texts (inputs to leave alone); or use --scaler constant.")
+        raise DsasError(f"the {args.scaler} scaler needs --control texts (inputs to leave alone); or use --scaler "
+                        "constant.")
     output_folder(args.out, "--out")
     model, tokenizer = load(args.model, args.dtype, args.device)
     name = args.name or args.out.resolve().name
@@ -194,7 +214,7 @@ def generate_command(args: argparse.Namespace) -> int:
     """dsas llm generate."""
     import torch
 
-    from .fit import generation_pad_id, prompt_ids
+    from .fit import prompt_ids
     from .sites import input_device
     from .steer import attach
 
@@ -222,10 +242,7 @@ def generate_command(args: argparse.Namespace) -> int:
               f"{tokenizer.unk_token}", file=sys.stderr)
     device = input_device(model)
     enc = {"input_ids": ids.to(device), "attention_mask": torch.ones_like(ids, device=device)}
-    gen_kwargs: dict[str, Any] = {"max_new_tokens": args.max_new_tokens, "do_sample": args.sample,
-                                  "pad_token_id": generation_pad_id(tokenizer)}
-    if args.sample:
-        gen_kwargs |= {"temperature": args.temperature, "top_p": args.top_p}
+    gen_kwargs = decoding(args, tokenizer)
     if values:
         return _sweep(args, model, tokenizer, concepts, values, {**enc, **gen_kwargs})
     torch.manual_seed(args.seed)
@@ -295,5 +312,6 @@ def sites_command(args: argparse.Namespace) -> int:
           f"{fam.layers!r}{'; ' + fam.note if fam.note else ''}")
     print(f"  {'role':<10} {'layer':>5}  {'module':<50} {'output':<9} {'width':>6}")
     for r in rows:
-        print(f"  {r['role']:<10} {r['layer'] if r['layer'] is not None else '-':>5}  {r['name']:<50} {r['output']:<9} {r['width']:>6}")
+        layer = r["layer"] if r["layer"] is not None else "-"
+        print(f"  {r['role']:<10} {layer:>5}  {r['name']:<50} {r['output']:<9} {r['width']:>6}")
     return 0

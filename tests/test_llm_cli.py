@@ -129,7 +129,7 @@ def test_sites_lists_every_role_of_every_layer(model_dir, capsys):
     assert "model.layers.3.post_attention_layernorm" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("command", [["llm"], ["llm", "fit"], ["llm", "generate"], ["llm", "sites"]])
+@pytest.mark.parametrize("command", [["llm"], ["llm", "fit"], ["llm", "generate"], ["llm", "sites"], ["llm", "chat"]])
 def test_every_llm_command_has_help_with_an_example(command, capsys):
     with pytest.raises(SystemExit) as exit_:
         main([*command, "--help"])

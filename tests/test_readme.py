@@ -159,3 +159,20 @@ def test_the_language_model_sweep_prints_what_the_readme_shows(tmp_path, monkeyp
     shown = re.search(r"```bash\n[^`]*--sweep 0,1,1.5,2 --compare[^`]*```\n\n```text\n(.*?)```", README, re.S)
     assert main([*words[1:], "--device", "cpu"]) == 0
     assert capsys.readouterr().out == shown.group(1)
+
+
+def test_the_chat_transcript_is_what_the_chat_replies(tmp_path, monkeypatch, capsys):
+    import io
+    import sys
+
+    from dsas_core.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "assets").symlink_to(assets_dir())
+    (shown,) = [b for b in re.findall(r"```text\n(.*?)```", README, re.S) if b.startswith("$ dsas llm chat")]
+    command, intro, *turns = shown.splitlines()
+    assert intro.startswith("demo: a prompt a line (no chat template); DSAS: detox 1.5.")
+    typed = [line[len("you: "):] for line in turns if line.startswith("you: ")]
+    monkeypatch.setattr(sys, "stdin", io.StringIO("".join(f"{line}\n" for line in typed)))  # a pipe: replies only
+    assert main([*shlex.split(command)[2:], "--device", "cpu"]) == 0
+    assert capsys.readouterr().out.splitlines() == [line for line in turns if not line.startswith("you: ")]
