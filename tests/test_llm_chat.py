@@ -3,7 +3,6 @@
 import io
 import sys
 
-import pytest
 
 from dsas_core.cli import main
 from dsas_core.paths import assets_dir
