@@ -3,7 +3,6 @@
 import io
 import sys
 
-
 from dsas_core.cli import main
 from dsas_core.paths import assets_dir
 from dsas_transformers import steer
