@@ -67,3 +67,26 @@ def test_a_chat_template_keeps_the_conversation_until_reset():
 def test_chat_needs_a_concept_before_loading(tmp_path, capsys):
     assert main(["llm", "chat", "--model", str(tmp_path / "no-model")]) == 2
     assert "give at least one --concept DIR[=STRENGTH] to steer with" in capsys.readouterr().err
+
+
+def test_at_a_terminal_the_chat_introduces_itself_and_ends_at_end_of_input(monkeypatch, capsys):
+    typed = iter([INSULT, "/show"])
+
+    def read(prompt):
+        assert prompt == "you: "
+        return next(typed)  # StopIteration after the last line: turned into end of input below
+
+    monkeypatch.setattr(sys.stdin, "isatty", lambda: True, raising=False)
+    monkeypatch.setattr("builtins.input", lambda prompt: _or_eof(read, prompt))
+    assert main(["llm", "chat", "--model", "demo", "--device", "cpu", "--max-new-tokens", "8", "--concept",
+                 f"{DETOX}=1.5", "--constant"]) == 0
+    assert capsys.readouterr().out.splitlines() == [
+        "demo: a prompt a line (no chat template); plain: detox 1.5. /help for commands, /quit or Ctrl-D to leave.",
+        "treasure friend friend friend friend friend friend friend", "(plain: detox 1.5)", ""]
+
+
+def _or_eof(read, prompt):
+    try:
+        return read(prompt)
+    except StopIteration:
+        raise EOFError from None
