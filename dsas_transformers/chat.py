@@ -96,7 +96,7 @@ class Chat:
             return f"(α {'shown' if self.show_alpha else 'hidden'})"
         if word == "/show":
             return self.state()
-        if word == "/strength" and rest:
+        if word == "/strength":
             return self.strength(rest)
         return f"unknown command {line!r}.\n{HELP}"
 

@@ -39,13 +39,14 @@ def test_each_reply_is_what_generate_gives_at_the_strengths_set_then(monkeypatch
 
 
 def test_commands_explain_themselves(monkeypatch, capsys):
-    out = _chat(monkeypatch, capsys, ["/alpha", INSULT, "/strength x", "/strength nope 1", "/strength", "/show"],
-                "--concept", DETOX)
+    out = _chat(monkeypatch, capsys, ["/alpha", INSULT, "/strength x", "/strength nope 1", "/strength", "/bogus",
+                                      "/show"], "--concept", DETOX)
     assert out[:2] == ["(α shown)", "nitwit ."]  # λ = 1: not yet enough on this model
     assert out[2] == "α detox: <bos>[0.50] you[0.53] are[0.50] a[0.24] big[0.16] nitwit[0.75] and[0.01] a[1.00] " \
                      "nitwit[0.50] .[0.51]"  # α is highest where the insult comes
     assert out[3:5] == ["strength for 'detox' must be a number, got 'x'.", "no concept 'nope' here; attached: detox."]
-    assert out[5] == "unknown command '/strength'." and "\n".join(out[6:-1]) == HELP
+    assert out[5] == "give /strength VALUE or /strength NAME VALUE, e.g. /strength 1.5."
+    assert out[6] == "unknown command '/bogus'." and "\n".join(out[7:-1]) == HELP
     assert out[-1] == "(DSAS: detox 1)"
 
 
