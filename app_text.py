@@ -137,16 +137,22 @@ class TextTab:
     def sweep(self, model, prompt, seed, tokens, decoding, mode, chat, values, names,  # noqa: ANN001, ANN201
               *strengths):
         """The continuation at the sliders' strengths × each value: DSAS's line, then plain steering's."""
-        return self.api_sweep(model, prompt, seed, tokens, decoding, mode, chat, strengths_of(names, strengths),
-                              values)
+        return self._sweep(model, prompt, seed, tokens, decoding, mode, chat, strengths_of(names, strengths), values)
 
-    def api_sweep(self, model, prompt, seed, tokens, decoding, mode, chat, strengths, values):  # noqa: ANN001, ANN201
-        """The sweep for strengths as a JSON object (e.g. {"detox": 1}) or a mapping, and values such as "0,1,2"
-        (``mode`` is ignored: both steerings are shown)."""
+    def api_sweep(self, model, prompt, seed, tokens, decoding, mode, chat, strengths_json,  # noqa: ANN001, ANN201
+                  values):
+        """The sweep for a JSON object of strengths, e.g. {"detox": 1}, and values such as "0,1,2"."""
+        try:
+            strengths = parse_strengths(strengths_json)
+        except DsasError as err:
+            raise fail(err) from None
+        return self._sweep(model, prompt, seed, tokens, decoding, mode, chat, strengths, values)
+
+    def _sweep(self, model, prompt, seed, tokens, decoding, mode, chat, strengths, values):  # noqa: ANN001, ANN202
+        """The sweep's table (``mode`` is ignored: both steerings are shown)."""
         import pandas as pd
 
         try:
-            strengths = parse_strengths(strengths) if isinstance(strengths, str) else strengths
             rows = self.text.sweep(self.request(model, prompt, seed, tokens, decoding, mode, chat, strengths), values)
         except DsasError as err:
             raise fail(err) from None

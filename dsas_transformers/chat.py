@@ -14,6 +14,7 @@ import torch
 
 from dsas_core import DsasError
 
+from .fit import prompt_ids
 from .sites import input_device
 from .steer import LMSteering
 
@@ -56,12 +57,7 @@ class Chat:
 
     def reply(self, text: str) -> str:
         """The model's answer to ``text``, continuing the conversation where there is a chat template."""
-        messages = [*self.history, {"role": "user", "content": text}]
-        if self.templated:
-            prompt = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-            ids = self.tokenizer(prompt, return_tensors="pt", add_special_tokens=False)["input_ids"]
-        else:
-            ids = self.tokenizer(text, return_tensors="pt")["input_ids"]
+        ids, _ = prompt_ids(self.tokenizer, text, self.templated, self.history)
         ids = ids.to(input_device(self.model))  # (1, N)
         self.handle.clear_records()
         torch.manual_seed(self.seed)  # every turn samples from the same seed: a strength change is what differs
@@ -69,7 +65,7 @@ class Chat:
             out = self.model.generate(ids, attention_mask=torch.ones_like(ids), **self.generate)
         answer = self.tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True).strip()
         if self.templated:
-            self.history = [*messages, {"role": "assistant", "content": answer}]
+            self.history = [*self.history, {"role": "user", "content": text}, {"role": "assistant", "content": answer}]
         if not self.show_alpha:
             return answer
         lines = [answer]

@@ -34,20 +34,24 @@ def read_texts(texts: Sequence[str] | str, what: str) -> list[str]:
     return list(texts)
 
 
-def apply_chat_template(tokenizer: Any, texts: Sequence[str], add_generation_prompt: bool = False) -> list[str]:
-    """Wrap each text as one user message in the tokenizer's chat template (as text, special tokens included)."""
+def apply_chat_template(tokenizer: Any, texts: Sequence[str], add_generation_prompt: bool = False,
+                        history: Sequence[dict[str, str]] = ()) -> list[str]:
+    """Wrap each text as one user message in the tokenizer's chat template (as text, special tokens included),
+    after the earlier turns of ``history`` ({"role": ..., "content": ...} each) where given."""
     if not getattr(tokenizer, "chat_template", None):
         raise DsasError(f"chat_template=True, but the tokenizer ({type(tokenizer).__name__}) has no chat template. "
                         "Use a chat/instruct model's tokenizer, or leave the template off (chat_template=False; no "
                         "--chat-template in the CLI).")
-    return [tokenizer.apply_chat_template([{"role": "user", "content": t}], tokenize=False,
+    return [tokenizer.apply_chat_template([*history, {"role": "user", "content": t}], tokenize=False,
                                           add_generation_prompt=add_generation_prompt) for t in texts]
 
 
-def prompt_ids(tokenizer: Any, prompt: str, chat_template: bool = False) -> tuple[Tensor, int]:
+def prompt_ids(tokenizer: Any, prompt: str, chat_template: bool = False,
+               history: Sequence[dict[str, str]] = ()) -> tuple[Tensor, int]:
     """(1, N) input ids of one prompt for ``generate`` — wrapped as a user message with the generation prompt when
-    ``chat_template`` (the template then holds the special tokens) — and how many of them are the unknown token."""
-    text = apply_chat_template(tokenizer, [prompt], add_generation_prompt=True)[0] if chat_template else prompt
+    ``chat_template`` (the template then holds the special tokens), after the conversation's earlier turns
+    (``history``) — and how many of them are the unknown token."""
+    text = apply_chat_template(tokenizer, [prompt], True, history)[0] if chat_template else prompt
     ids = tokenizer(text, return_tensors="pt", add_special_tokens=not chat_template)["input_ids"]
     unknown = 0 if tokenizer.unk_token_id is None else int((ids == tokenizer.unk_token_id).sum())
     return ids, unknown
